@@ -1,0 +1,1 @@
+"""DICOM out: SEG, Parametric Maps, surface meshes, SR, and delivery to the PACS."""

@@ -1,0 +1,1 @@
+"""DICOM in: associations, spool, study assembly, series classification."""

@@ -1,0 +1,5 @@
+import sys
+
+from neuroseg.worker.cli import main
+
+sys.exit(main())

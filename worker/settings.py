@@ -1,0 +1,350 @@
+"""The one typed settings object of neuroseg.
+
+Values come, highest priority first, from:
+
+1. environment variables prefixed ``NEUROSEG_`` (``NEUROSEG_PORT=11113``);
+2. an optional TOML or YAML config file (``neuroseg --config FILE`` or
+   ``NEUROSEG_CONFIG=FILE``) whose keys are the field names without the prefix;
+3. the defaults below.
+
+The names are a public contract (admins script against them): add fields, never
+rename them. Build the settings once with :func:`get_settings` and pass them
+down; nothing else in neuroseg reads the environment.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tomllib
+from enum import Enum
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    InitSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+log = logging.getLogger(__name__)
+
+ENV_PREFIX = "NEUROSEG_"
+CONFIG_FILE_VARIABLE = "NEUROSEG_CONFIG"
+
+# DICOM PS3.5 AE title: 1-16 characters of the default repertoire, no backslash
+# or control characters; leading/trailing spaces are not significant.
+_AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
+
+
+class SettingsError(ValueError):
+    """A setting has a value that neuroseg cannot use; the message names it."""
+
+
+def check_ae_title(value: str) -> str:
+    """Return ``value`` stripped if it is a valid DICOM AE title, else raise ``ValueError``."""
+    stripped = value.strip()
+    if not stripped or not _AE_TITLE.match(stripped):
+        raise ValueError(
+            f"{value!r} is not a DICOM AE title (1-16 printable ASCII characters, no backslash)"
+        )
+    return stripped
+
+
+class DicomDestination(BaseModel):
+    """A DICOM C-STORE destination written as ``AET@host:port``."""
+
+    kind: Literal["dicom"] = "dicom"
+    ae_title: str = Field(min_length=1, max_length=16)
+    host: str = Field(min_length=1)
+    port: int = Field(ge=1, le=65535)
+
+    @field_validator("ae_title")
+    @classmethod
+    def _ae_title(cls, value: str) -> str:
+        return check_ae_title(value)
+
+    @classmethod
+    def parse(cls, text: str) -> "DicomDestination":
+        """Parse ``AET@host:port`` (IPv6 hosts in brackets: ``AET@[::1]:104``)."""
+        match = re.fullmatch(r"\s*([^@]+)@(\[[^\]]+\]|[^:@\s]+):(\d+)\s*", text)
+        if not match:
+            raise ValueError(f"{text!r} is not a destination of the form AET@host:port")
+        ae_title, host, port = match.groups()
+        return cls(ae_title=ae_title, host=host.strip("[]"), port=int(port))
+
+    def __str__(self) -> str:
+        return f"{self.ae_title}@{self.host}:{self.port}"
+
+
+class SegmentationKind(str, Enum):
+    BINARY = "BINARY"
+    LABELMAP = "LABELMAP"
+
+
+class MapKind(str, Enum):
+    """Parametric maps that can be sent back to the PACS."""
+
+    PROBABILITY = "probability"
+    UNCERTAINTY = "uncertainty"
+    GRADCAM = "gradcam"
+
+
+class MeshFormat(str, Enum):
+    STL = "stl"
+    SURFACE_SEGMENTATION = "surface"
+
+
+class FrameOfReferencePolicy(str, Enum):
+    """What to do when the sequences of a study have different frames of reference."""
+
+    REGISTER = "register"
+    REFUSE = "refuse"
+
+
+def _split_commas(value: Any) -> Any:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+CommaList = Annotated[list[str], NoDecode]
+
+
+class _ConfigFileSource(InitSettingsSource):
+    """Reads the optional TOML/YAML config file named by ``NEUROSEG_CONFIG``."""
+
+    def __init__(self, settings_cls: type[BaseSettings], path: Path | None) -> None:
+        data: dict[str, Any] = {}
+        if path is not None:
+            data = read_config_file(path)
+            unknown = sorted(set(data) - set(settings_cls.model_fields))
+            if unknown:
+                raise SettingsError(
+                    f"config file {path}: unknown setting(s) {', '.join(unknown)}; "
+                    f"allowed: {', '.join(sorted(settings_cls.model_fields))}"
+                )
+        super().__init__(settings_cls, data)
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Read a TOML (``.toml``) or YAML (``.yaml``/``.yml``) config file into a dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise SettingsError(f"config file {path} does not exist")
+    try:
+        if path.suffix == ".toml":
+            data = tomllib.loads(path.read_text())
+        elif path.suffix in (".yaml", ".yml"):
+            data = yaml.safe_load(path.read_text()) or {}
+        else:
+            raise SettingsError(f"config file {path}: use a .toml, .yaml or .yml file")
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        raise SettingsError(f"config file {path} cannot be parsed: {exc}") from exc
+    if not isinstance(data, dict):
+        raise SettingsError(f"config file {path} must hold a table of settings")
+    return {str(key).lower(): value for key, value in data.items()}
+
+
+class Settings(BaseSettings):
+    """Every setting of neuroseg; the environment variable is ``NEUROSEG_`` + the upper-case name."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="ignore", validate_default=True, frozen=True
+    )
+
+    # --- where things live -------------------------------------------------
+    data_dir: Path = Field(Path("./neuroseg-data"), description="spool, outbox, embedded broker, SQLite")
+
+    # --- DICOM in (listener) ------------------------------------------------
+    ae_title: str = Field("NEUROSEG", description="our AE title")
+    port: int = Field(11112, ge=1, le=65535, description="DICOM listener port")
+    bind_address: str = Field("0.0.0.0", description="address the DICOM listener binds to")
+    allowed_calling_aes: CommaList = Field(
+        default_factory=list, description="comma list of calling AE titles; empty means any"
+    )
+    tls_cert: Path | None = Field(None, description="PEM certificate: turns on DICOM TLS")
+    tls_key: Path | None = Field(None, description="PEM private key for the certificate")
+    tls_ca: Path | None = Field(None, description="PEM CA bundle; when set, peers must present a certificate")
+    stable_seconds: float = Field(30.0, gt=0, description="quiet time before a study counts as complete")
+    max_wait_seconds: float = Field(600.0, gt=0, description="longest wait for the required sequences")
+    classification_rules: Path | None = Field(
+        None, description="YAML rules for series classification; unset means the shipped rules"
+    )
+    max_pdu_size: int = Field(0, ge=0, description="largest PDU we accept; 0 means unlimited")
+
+    # --- queue and job store (worker) ----------------------------------------
+    broker_url: str | None = Field(None, description="Celery broker; unset means the embedded filesystem broker")
+    database_url: str | None = Field(None, description="job store; unset means SQLite in the data dir")
+    task_soft_time_limit: int = Field(3600, gt=0, description="seconds before a job is asked to stop")
+    task_time_limit: int = Field(3900, gt=0, description="seconds before a job is killed")
+    frame_of_reference_policy: FrameOfReferencePolicy = Field(
+        FrameOfReferencePolicy.REGISTER, description="sequences in different frames of reference"
+    )
+    retention_days: float = Field(7.0, ge=0, description="days to keep spool data after successful delivery")
+    retry_on_cpu: bool = Field(True, description="retry a job on the CPU after a CUDA out-of-memory error")
+
+    # --- model ------------------------------------------------------------------
+    model_path: Path | None = Field(None, description="weights to load; unset means the shipped demo weights")
+    mc_samples: int = Field(20, ge=1, le=200, description="Monte Carlo dropout passes")
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+
+    # --- DICOM out ----------------------------------------------------------------
+    destinations: Annotated[list[DicomDestination], NoDecode] = Field(
+        default_factory=list, description="comma list of AET@host:port; unset means the outbox folder"
+    )
+    calling_ae_title: str = Field("NEUROSEG", description="AE title we use when sending results")
+    segmentation_type: SegmentationKind = Field(SegmentationKind.BINARY, description="BINARY or LABELMAP SEG")
+    reference_role: str = Field("T1ce", description="sequence whose grid the results are written on (fallback FLAIR)")
+    send_maps: Annotated[list[MapKind], NoDecode] = Field(
+        default_factory=lambda: [MapKind.PROBABILITY, MapKind.UNCERTAINTY, MapKind.GRADCAM],
+        description="comma list of probability, uncertainty, gradcam",
+    )
+    mesh_formats: Annotated[list[MeshFormat], NoDecode] = Field(
+        default_factory=lambda: [MeshFormat.STL], description="comma list of stl, surface"
+    )
+    delivery_max_retries: int = Field(12, ge=0, description="C-STORE retries with backoff before giving up")
+
+    # --- admin web app ---------------------------------------------------------------
+    admin_host: str = Field("127.0.0.1", description="admin app bind address")
+    admin_port: int = Field(8080, ge=1, le=65535, description="admin app port")
+    admin_token: SecretStr | None = Field(None, description="admin login secret; required to see patient data")
+    flower_url: str | None = Field(None, description="link to a Flower monitor, shown on the dashboard")
+
+    @field_validator("allowed_calling_aes", mode="before")
+    @classmethod
+    def _split_calling_aes(cls, value: Any) -> Any:
+        return _split_commas(value)
+
+    @field_validator("allowed_calling_aes")
+    @classmethod
+    def _check_calling_aes(cls, value: list[str]) -> list[str]:
+        return [check_ae_title(item) for item in value]
+
+    @field_validator("ae_title", "calling_ae_title")
+    @classmethod
+    def _check_own_ae(cls, value: str) -> str:
+        return check_ae_title(value)
+
+    @field_validator("destinations", mode="before")
+    @classmethod
+    def _parse_destinations(cls, value: Any) -> Any:
+        items = _split_commas(value)
+        if isinstance(items, list):
+            return [DicomDestination.parse(item) if isinstance(item, str) else item for item in items]
+        return items
+
+    @field_validator("send_maps", "mesh_formats", mode="before")
+    @classmethod
+    def _split_enums(cls, value: Any) -> Any:
+        return _split_commas(value)
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+            raise ValueError(f"{value!r} is not a device; use auto, cpu, cuda or cuda:N")
+        return value
+
+    @field_validator("reference_role")
+    @classmethod
+    def _check_reference_role(cls, value: str) -> str:
+        allowed = {"T1": "T1", "T1CE": "T1ce", "T2": "T2", "FLAIR": "FLAIR"}
+        if value.upper() not in allowed:
+            raise ValueError(f"{value!r} is not a sequence role; use one of {', '.join(allowed.values())}")
+        return allowed[value.upper()]
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> "Settings":
+        if self.max_wait_seconds < self.stable_seconds:
+            raise ValueError(
+                f"max_wait_seconds ({self.max_wait_seconds}) must be at least stable_seconds ({self.stable_seconds})"
+            )
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key must be set together")
+        if self.task_time_limit <= self.task_soft_time_limit:
+            raise ValueError("task_time_limit must be larger than task_soft_time_limit")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        config_file = os.environ.get(CONFIG_FILE_VARIABLE)
+        file_source = _ConfigFileSource(settings_cls, Path(config_file) if config_file else None)
+        return (init_settings, env_settings, file_source)
+
+    # --- derived locations ------------------------------------------------------------
+    @property
+    def spool_dir(self) -> Path:
+        return self.data_dir / "spool"
+
+    @property
+    def outbox_dir(self) -> Path:
+        return self.data_dir / "outbox"
+
+    @property
+    def broker_dir(self) -> Path:
+        return self.data_dir / "broker"
+
+    @property
+    def results_dir(self) -> Path:
+        """Per-job arrays and meshes kept for the 3D viewer."""
+        return self.data_dir / "results"
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'neuroseg.db').resolve()}"
+
+
+def _describe(error: dict[str, Any]) -> str:
+    location = ".".join(str(part) for part in error.get("loc", ())) or "settings"
+    field = location.split(".")[0]
+    name = f"{ENV_PREFIX}{field.upper()}" if field != "settings" else "settings"
+    value = error.get("input")
+    message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
+    if isinstance(value, dict) or field == "settings":
+        return f"{name}: {message}"
+    return f"{name}={value!r}: {message}"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build a :class:`Settings`, turning validation errors into one clear :class:`SettingsError`.
+
+    Keyword arguments override every other source (used by tests and the CLI).
+    """
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        lines = [_describe(error) for error in exc.errors()]
+        raise SettingsError("; ".join(lines)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, built on first call (never at import)."""
+    return load_settings()
+
+
+def describe_settings() -> list[tuple[str, str, str]]:
+    """(environment variable, default, meaning) for each setting, for docs and ``--help``."""
+    rows = []
+    for name, field in Settings.model_fields.items():
+        default = field.get_default(call_default_factory=True)
+        if isinstance(default, list):
+            default = ",".join(item.value if isinstance(item, Enum) else str(item) for item in default)
+        elif isinstance(default, Enum):
+            default = default.value
+        rows.append((f"{ENV_PREFIX}{name.upper()}", "" if default is None else str(default), field.description or ""))
+    return rows
