@@ -87,3 +87,12 @@ def test_cli_config_prints_settings_and_masks_the_admin_token(monkeypatch, capsy
     assert "NEUROSEG_AE_TITLE=NEUROSEG" in output
     assert "NEUROSEG_ADMIN_TOKEN=********" in output
     assert "s3cret" not in output
+
+
+def test_readme_lists_every_setting():
+    from tests.services import REPO_ROOT
+    from neuroseg.worker.settings import describe_settings
+
+    readme = (REPO_ROOT / "README.md").read_text()
+    missing = [name for name, _, _ in describe_settings() if f"`{name}`" not in readme]
+    assert missing == [], f"README configuration table lacks {missing}"
