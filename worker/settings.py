@@ -189,6 +189,10 @@ class Settings(BaseSettings):
     )
     retention_days: float = Field(7.0, ge=0, description="days to keep spool data after successful delivery")
     retry_on_cpu: bool = Field(True, description="retry a job on the CPU after a CUDA out-of-memory error")
+    job_stale_seconds: float = Field(
+        120.0, gt=0, description="a running job without a worker heartbeat for this long is taken over"
+    )
+    job_max_attempts: int = Field(5, ge=1, description="times a job may be started before it fails for good")
 
     # --- model ------------------------------------------------------------------
     model_path: Path | None = Field(None, description="weights to load; unset means the shipped demo weights")

@@ -1,0 +1,1101 @@
+"""The job store: every study, series, job, stage, output and delivery, in SQL.
+
+The job store is the truth about the work (the broker only carries job ids).
+It is a SQLite file in the data dir by default and PostgreSQL (or any
+SQLAlchemy URL) through ``NEUROSEG_DATABASE_URL``. Every state change is
+written here; nothing lives only in memory.
+
+Who uses what
+-------------
+- The listener hands studies over through :func:`neuroseg.worker.queue.enqueue_study`,
+  which calls :meth:`JobStore.create_job`, and may log what it decided with
+  :meth:`JobStore.record_event`.
+- The worker claims a job with :meth:`JobStore.claim` (a conditional UPDATE,
+  so a redelivered message never runs a job twice at the same time and a
+  finished job is never rerun), then walks the stages with
+  :meth:`JobStore.enter_stage`, :meth:`JobStore.report_progress`,
+  :meth:`JobStore.record_outputs`, :meth:`JobStore.record_delivery_attempt`
+  and ends with :meth:`JobStore.finish` or :meth:`JobStore.mark_retrying`.
+- The admin app reads with :meth:`JobStore.list_jobs`, :meth:`JobStore.get_job`,
+  :meth:`JobStore.counts_by_state`, :meth:`JobStore.stage_durations` and
+  :meth:`JobStore.delivery_failure_count`; its actions (retry, cancel,
+  override a role and reprocess) are in :mod:`neuroseg.worker.queue`
+  because they also publish a task.
+
+Job states
+----------
+``queued -> loading -> preprocessing -> inference -> explaining -> encoding
+-> delivering -> done``; from any running state a job may end ``failed``
+(permanent, with a reason), ``partial`` (some outputs could not be made or
+delivered), ``cancelled``, or wait as ``retrying`` (transient error; Celery
+retries it). A job resumed after a delivery-only failure is claimed straight
+into ``delivering``. :data:`TRANSITIONS` is the complete state machine.
+
+Schema versions
+---------------
+The schema is created and upgraded by :func:`migrate` (run by
+:meth:`JobStore.from_settings`): ``schema_version`` holds one row, and each
+entry of :data:`MIGRATIONS` upgrades from its index to the next version.
+Add a migration, never edit an old one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from enum import Enum
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    create_engine,
+    event,
+    func,
+    select,
+    update,
+)
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from neuroseg.worker.contracts import SequenceRole, StudyManifest
+from neuroseg.worker.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class JobState(str, Enum):
+    """Where a job is; the running states double as the recorded stage names."""
+
+    QUEUED = "queued"
+    LOADING = "loading"
+    PREPROCESSING = "preprocessing"
+    INFERENCE = "inference"
+    EXPLAINING = "explaining"
+    ENCODING = "encoding"
+    DELIVERING = "delivering"
+    DONE = "done"
+    PARTIAL = "partial"
+    FAILED = "failed"
+    RETRYING = "retrying"
+    CANCELLED = "cancelled"
+
+
+RUNNING_STATES = frozenset(
+    {JobState.LOADING, JobState.PREPROCESSING, JobState.INFERENCE, JobState.EXPLAINING,
+     JobState.ENCODING, JobState.DELIVERING}
+)
+WAITING_STATES = frozenset({JobState.QUEUED, JobState.RETRYING})
+FINAL_STATES = frozenset({JobState.DONE, JobState.PARTIAL, JobState.FAILED, JobState.CANCELLED})
+STAGE_ORDER = (
+    JobState.LOADING, JobState.PREPROCESSING, JobState.INFERENCE, JobState.EXPLAINING,
+    JobState.ENCODING, JobState.DELIVERING,
+)
+_ENDINGS = {JobState.DONE, JobState.PARTIAL, JobState.FAILED, JobState.RETRYING, JobState.CANCELLED}
+
+#: state -> states it may move to. Claiming moves a waiting job (or a running
+#: job whose worker is gone) into ``loading`` or, to resume delivery, ``delivering``.
+TRANSITIONS: dict[JobState, frozenset[JobState]] = {
+    JobState.QUEUED: frozenset({JobState.LOADING, JobState.DELIVERING, JobState.FAILED, JobState.CANCELLED}),
+    JobState.RETRYING: frozenset({JobState.LOADING, JobState.DELIVERING, JobState.FAILED, JobState.CANCELLED,
+                                  JobState.QUEUED}),
+    **{
+        state: frozenset(
+            {*(STAGE_ORDER[i + 1:i + 2]), *_ENDINGS, JobState.LOADING, JobState.DELIVERING}
+        )
+        for i, state in enumerate(STAGE_ORDER)
+    },
+    JobState.DONE: frozenset({JobState.QUEUED}),
+    JobState.PARTIAL: frozenset({JobState.QUEUED}),
+    JobState.FAILED: frozenset({JobState.QUEUED}),
+    JobState.CANCELLED: frozenset({JobState.QUEUED}),
+}
+
+
+class TransitionError(ValueError):
+    """A state change that the state machine does not allow."""
+
+
+def check_transition(old: JobState | str, new: JobState | str) -> None:
+    """Raise :class:`TransitionError` unless ``old -> new`` is in :data:`TRANSITIONS`."""
+    old, new = JobState(old), JobState(new)
+    if new not in TRANSITIONS[old]:
+        allowed = ", ".join(sorted(state.value for state in TRANSITIONS[old]))
+        raise TransitionError(f"a job cannot go from {old.value} to {new.value}; from {old.value}: {allowed}")
+
+
+def manifest_fingerprint(manifest: StudyManifest) -> str:
+    """A hash of what decides the processing: the study, its series, their roles and sizes.
+
+    Two manifests with the same fingerprint would give the same results, so
+    :meth:`JobStore.create_job` returns the existing job for them. Reasons,
+    confidences, calling AE titles and the completion reason do not count.
+    """
+    key = {
+        "study": manifest.study_instance_uid,
+        "series": sorted(
+            (item.series_instance_uid, item.role.value, int(item.instance_count), item.sop_class_uid)
+            for item in manifest.series
+        ),
+    }
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def worker_identity() -> str:
+    """``hostname:pid`` of this process, stored with a claim."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+# --- tables -------------------------------------------------------------------------------------
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class SchemaVersionRow(Base):
+    __tablename__ = "schema_version"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version: Mapped[int] = mapped_column(Integer)
+
+
+class StudyRow(Base):
+    __tablename__ = "studies"
+    study_instance_uid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    patient_id: Mapped[str] = mapped_column(String(64), default="")
+    patient_name: Mapped[str] = mapped_column(String(330), default="")
+    accession_number: Mapped[str] = mapped_column(String(64), default="")
+    study_description: Mapped[str] = mapped_column(String(256), default="")
+    first_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class JobRow(Base):
+    __tablename__ = "jobs"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    study_instance_uid: Mapped[str] = mapped_column(ForeignKey("studies.study_instance_uid"), index=True)
+    # unique for jobs created from a manifest; NULL for admin reprocesses
+    dedup_key: Mapped[str | None] = mapped_column(String(128), unique=True, nullable=True)
+    fingerprint: Mapped[str] = mapped_column(String(32))
+    manifest: Mapped[dict[str, Any]] = mapped_column(JSON)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    stage: Mapped[str] = mapped_column(String(16))
+    percent: Mapped[float] = mapped_column(Float, default=0.0)
+    message: Mapped[str] = mapped_column(Text, default="")
+    error: Mapped[str] = mapped_column(Text, default="")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    worker: Mapped[str] = mapped_column(String(128), default="")
+    device: Mapped[str] = mapped_column(String(32), default="")
+    model_name: Mapped[str] = mapped_column(String(128), default="")
+    model_version: Mapped[str] = mapped_column(String(64), default="")
+    sequences_used: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    volumes_ml: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    resume_stage: Mapped[str] = mapped_column(String(16), default="")
+    cancel_requested: Mapped[int] = mapped_column(Integer, default=0)
+    replaces_job_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    reason: Mapped[str] = mapped_column(String(64), default="received")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    published_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    retry_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class SeriesRow(Base):
+    __tablename__ = "series"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), index=True)
+    series_instance_uid: Mapped[str] = mapped_column(String(64))
+    folder: Mapped[str] = mapped_column(Text)
+    role: Mapped[str] = mapped_column(String(16))
+    classified_role: Mapped[str] = mapped_column(String(16))
+    confidence: Mapped[float] = mapped_column(Float)
+    reasons: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    modality: Mapped[str] = mapped_column(String(16), default="")
+    series_description: Mapped[str] = mapped_column(String(256), default="")
+    series_number: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    sop_class_uid: Mapped[str] = mapped_column(String(64), default="")
+    instance_count: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class StageRow(Base):
+    __tablename__ = "stages"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), index=True)
+    name: Mapped[str] = mapped_column(String(16))
+    attempt: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    duration_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    outcome: Mapped[str] = mapped_column(String(16), default="running")
+
+
+class EventRow(Base):
+    __tablename__ = "events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    study_instance_uid: Mapped[str] = mapped_column(String(64), default="", index=True)
+    job_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    message: Mapped[str] = mapped_column(Text, default="")
+
+
+class OutputRow(Base):
+    __tablename__ = "outputs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    sop_instance_uid: Mapped[str] = mapped_column(String(64))
+    series_instance_uid: Mapped[str] = mapped_column(String(64), default="")
+    sop_class_uid: Mapped[str] = mapped_column(String(64), default="")
+    path: Mapped[str] = mapped_column(Text, default="")
+
+
+class DeliveryRow(Base):
+    __tablename__ = "deliveries"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), index=True)
+    destination: Mapped[str] = mapped_column(String(128))
+    status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    sent: Mapped[int] = mapped_column(Integer, default=0)
+    failed: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    last_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+# --- schema versions --------------------------------------------------------------------------
+
+
+def _migration_1(connection: Connection) -> None:
+    """Version 1: every table above."""
+    tables = [model.__table__ for model in (StudyRow, JobRow, SeriesRow, StageRow, EventRow, OutputRow, DeliveryRow)]
+    Base.metadata.create_all(connection, tables=tables)
+
+
+#: MIGRATIONS[i] upgrades a schema at version i to version i + 1.
+MIGRATIONS: tuple[Callable[[Connection], None], ...] = (_migration_1,)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def schema_version(engine: Engine) -> int:
+    """The schema version of the database (0 when it is empty)."""
+    SchemaVersionRow.__table__.create(engine, checkfirst=True)
+    with engine.connect() as connection:
+        value = connection.execute(select(SchemaVersionRow.version).where(SchemaVersionRow.id == 1)).scalar()
+    return int(value or 0)
+
+
+def migrate(engine: Engine) -> int:
+    """Bring the schema up to :data:`SCHEMA_VERSION`; return the version it had before.
+
+    Safe to run from several processes at once: each step runs in one
+    transaction that also bumps the version, and a step that another process
+    finished first is skipped.
+    """
+    before = schema_version(engine)
+    if before > SCHEMA_VERSION:
+        raise RuntimeError(
+            f"the job store has schema version {before}, newer than this neuroseg ({SCHEMA_VERSION}); "
+            "upgrade neuroseg"
+        )
+    for version in range(before, SCHEMA_VERSION):
+        with engine.begin() as connection:
+            current = connection.execute(
+                select(SchemaVersionRow.version).where(SchemaVersionRow.id == 1)
+            ).scalar() or 0
+            if current > version:
+                continue
+            MIGRATIONS[version](connection)
+            if current == 0 and version == 0:
+                try:
+                    with connection.begin_nested():
+                        connection.execute(SchemaVersionRow.__table__.insert().values(id=1, version=1))
+                except IntegrityError:
+                    continue
+            else:
+                connection.execute(
+                    update(SchemaVersionRow).where(SchemaVersionRow.id == 1).values(version=version + 1)
+                )
+        log.info("job store schema upgraded to version %d", version + 1)
+    return before
+
+
+_ENGINES: dict[str, Engine] = {}
+_ENGINES_LOCK = threading.Lock()
+
+
+def _engine_for(url: str) -> Engine:
+    with _ENGINES_LOCK:
+        engine = _ENGINES.get(url)
+        if engine is None:
+            if url.startswith("sqlite"):
+                engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
+
+                @event.listens_for(engine, "connect")
+                def _sqlite_pragmas(dbapi_connection, _record) -> None:  # noqa: ANN001
+                    cursor = dbapi_connection.cursor()
+                    cursor.execute("PRAGMA journal_mode=WAL")
+                    cursor.execute("PRAGMA busy_timeout=60000")
+                    cursor.execute("PRAGMA foreign_keys=ON")
+                    cursor.close()
+            else:
+                engine = create_engine(url, pool_pre_ping=True)
+            migrate(engine)
+            _ENGINES[url] = engine
+        return engine
+
+
+# --- records handed out ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SeriesRecord:
+    """A series of a job, with the role used and the classifier's role and reasons."""
+
+    series_instance_uid: str
+    folder: str
+    role: str
+    classified_role: str
+    confidence: float
+    reasons: list[str]
+    modality: str
+    series_description: str
+    series_number: int | None
+    sop_class_uid: str
+    instance_count: int
+
+
+@dataclass(frozen=True)
+class StageRecord:
+    """One run of one stage; ``duration_s`` is None while it runs."""
+
+    name: str
+    attempt: int
+    started_at: datetime
+    finished_at: datetime | None
+    duration_s: float | None
+    outcome: str
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    at: datetime
+    kind: str
+    message: str
+    job_id: str | None = None
+    study_instance_uid: str = ""
+
+
+@dataclass(frozen=True)
+class OutputRecord:
+    """One DICOM object made for a job (``path`` is its file under the job folder)."""
+
+    kind: str
+    sop_instance_uid: str
+    series_instance_uid: str
+    sop_class_uid: str
+    path: str
+
+
+@dataclass(frozen=True)
+class DeliveryRecord:
+    """Delivery of a job's outputs to one destination (``AET@host:port`` or ``outbox:<folder>``).
+
+    ``status`` is ``pending``, ``retrying``, ``delivered``, ``partial`` or ``failed``.
+    """
+
+    destination: str
+    status: str
+    attempts: int
+    sent: int
+    failed: int
+    last_error: str
+    last_attempt_at: datetime | None
+    delivered_at: datetime | None
+
+
+@dataclass(frozen=True)
+class JobSummary:
+    """A row of the jobs list."""
+
+    id: str
+    study_instance_uid: str
+    patient_id: str
+    patient_name: str
+    accession_number: str
+    study_description: str
+    state: str
+    stage: str
+    percent: float
+    message: str
+    error: str
+    attempts: int
+    worker: str
+    device: str
+    model_name: str
+    model_version: str
+    reason: str
+    replaces_job_id: str | None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @property
+    def duration_s(self) -> float | None:
+        if self.started_at is None:
+            return None
+        end = self.finished_at or utcnow()
+        return (end - self.started_at).total_seconds()
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["duration_s"] = self.duration_s
+        return _jsonable(data)
+
+
+@dataclass(frozen=True)
+class JobDetail(JobSummary):
+    """Everything about one job: series, stage timings, events, outputs and deliveries."""
+
+    manifest: dict[str, Any] = field(default_factory=dict)
+    sequences_used: list[str] = field(default_factory=list)
+    volumes_ml: dict[str, float] = field(default_factory=dict)
+    resume_stage: str = ""
+    cancel_requested: bool = False
+    series: list[SeriesRecord] = field(default_factory=list)
+    stages: list[StageRecord] = field(default_factory=list)
+    events: list[EventRecord] = field(default_factory=list)
+    outputs: list[OutputRecord] = field(default_factory=list)
+    deliveries: list[DeliveryRecord] = field(default_factory=list)
+
+    def study_manifest(self) -> StudyManifest:
+        return StudyManifest.from_dict(self.manifest)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {key: _jsonable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(item) for item in value]
+    return value
+
+
+class ClaimOutcome(str, Enum):
+    """What :meth:`JobStore.claim` decided."""
+
+    CLAIMED = "claimed"        # this worker runs the job now
+    FINISHED = "finished"      # already done/failed/cancelled: drop the message
+    BUSY = "busy"              # another live worker runs it: try again later
+    MISSING = "missing"        # no such job id
+
+
+@dataclass(frozen=True)
+class Claim:
+    outcome: ClaimOutcome
+    state: str = ""
+    attempt: int = 0
+    resume_stage: str = ""
+
+
+# --- the store --------------------------------------------------------------------------------
+
+
+class JobStore:
+    """Reads and writes the job store; one instance per process is enough (thread-safe).
+
+    Parameters
+    ----------
+    url: str
+        SQLAlchemy database URL; the schema is created or upgraded on first use.
+    stale_after_s: float
+        A running job whose heartbeat is older than this is considered
+        abandoned (its worker died) and may be claimed again.
+    """
+
+    def __init__(self, url: str, stale_after_s: float = 120.0) -> None:
+        self.url = url
+        self.engine = _engine_for(url)
+        self.stale_after = timedelta(seconds=stale_after_s)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "JobStore":
+        """The job store named by ``settings.effective_database_url`` (creates the data dir)."""
+        if settings.database_url is None:
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+        return cls(settings.effective_database_url, stale_after_s=settings.job_stale_seconds)
+
+    def session(self) -> Session:
+        return self._sessions()
+
+    # --- creating jobs ----------------------------------------------------------------------
+
+    def create_job(
+        self,
+        manifest: StudyManifest,
+        *,
+        reason: str = "received",
+        replaces_job_id: str | None = None,
+        deduplicate: bool = True,
+    ) -> tuple[str, bool]:
+        """Create the job for ``manifest``, or return the existing one.
+
+        The rule for a study sent more than once: a manifest with the same
+        :func:`manifest_fingerprint` as an earlier one (same series, roles
+        and instance counts) returns the earlier job, whatever its state;
+        a manifest that differs (a series added, more instances, another
+        role) creates a new job for the study, recorded as replacing the
+        newest earlier job. Its outputs carry the same deterministic UIDs,
+        so they replace the old ones in the PACS.
+
+        Parameters
+        ----------
+        manifest: StudyManifest
+            The study as the listener assembled it.
+        reason: str
+            Why the job exists (``received``, ``reprocess``, ``role override``).
+        replaces_job_id: str or None
+            The job this one supersedes; found automatically when None.
+        deduplicate: bool
+            False for admin reprocesses, which always create a new job.
+
+        Returns
+        -------
+        tuple of (str, bool)
+            The job id and whether it was created now.
+        """
+        fingerprint = manifest_fingerprint(manifest)
+        dedup_key = f"{manifest.study_instance_uid}:{fingerprint}" if deduplicate else None
+        now = utcnow()
+        with self.session() as session:
+            if dedup_key is not None:
+                existing = session.scalar(select(JobRow.id).where(JobRow.dedup_key == dedup_key))
+                if existing is not None:
+                    return existing, False
+            study = session.get(StudyRow, manifest.study_instance_uid)
+            if study is None:
+                study = StudyRow(study_instance_uid=manifest.study_instance_uid, first_seen_at=now)
+                session.add(study)
+            study.patient_id = manifest.patient_id
+            study.patient_name = manifest.patient_name
+            study.accession_number = manifest.accession_number
+            study.study_description = manifest.study_description
+            study.last_seen_at = now
+            if replaces_job_id is None:
+                replaces_job_id = session.scalar(
+                    select(JobRow.id)
+                    .where(JobRow.study_instance_uid == manifest.study_instance_uid)
+                    .order_by(JobRow.created_at.desc())
+                    .limit(1)
+                )
+            job_id = uuid.uuid4().hex
+            session.add(JobRow(
+                id=job_id, study_instance_uid=manifest.study_instance_uid, dedup_key=dedup_key,
+                fingerprint=fingerprint, manifest=manifest.to_dict(), state=JobState.QUEUED.value,
+                stage=JobState.QUEUED.value, percent=0.0, message="waiting for a worker", error="",
+                attempts=0, reason=reason, replaces_job_id=replaces_job_id, created_at=now, updated_at=now,
+                sequences_used=[], volumes_ml={}, resume_stage="", cancel_requested=0,
+            ))
+            for item in manifest.series:
+                session.add(SeriesRow(
+                    job_id=job_id, series_instance_uid=item.series_instance_uid, folder=item.folder,
+                    role=item.role.value, classified_role=item.role.value, confidence=float(item.confidence),
+                    reasons=list(item.reasons), modality=item.modality,
+                    series_description=item.series_description, series_number=item.series_number,
+                    sop_class_uid=item.sop_class_uid, instance_count=int(item.instance_count),
+                ))
+            session.add(EventRow(
+                at=now, study_instance_uid=manifest.study_instance_uid, job_id=job_id, kind="queued",
+                message=f"job created ({reason}; {len(manifest.series)} series"
+                + (f"; replaces job {replaces_job_id}" if replaces_job_id else "") + ")",
+            ))
+            try:
+                session.commit()
+            except IntegrityError:
+                # another process created the same job a moment ago
+                session.rollback()
+                existing = session.scalar(select(JobRow.id).where(JobRow.dedup_key == dedup_key))
+                if existing is None:
+                    raise
+                return existing, False
+        return job_id, True
+
+    def mark_published(self, job_id: str) -> None:
+        """Record that a task message for the job was handed to the broker."""
+        self._update(job_id, published_at=utcnow())
+
+    # --- the worker side --------------------------------------------------------------------
+
+    def claim(self, job_id: str, worker: str | None = None, max_attempts: int = 5) -> Claim:
+        """Take the job for this worker with a conditional UPDATE.
+
+        A job can be claimed when it waits (``queued``/``retrying``) or when it
+        is running but abandoned: its heartbeat is older than ``stale_after_s``
+        or its worker is a dead process on this host. The job moves to
+        ``loading``, or to ``delivering`` when its outputs were already made
+        (``resume_stage``). A job that was claimed ``max_attempts`` times
+        without finishing fails instead of looping forever.
+
+        Returns
+        -------
+        Claim
+            ``CLAIMED`` (run it), ``FINISHED`` (drop the message), ``BUSY``
+            (another live worker has it: retry the message later) or
+            ``MISSING``.
+        """
+        worker = worker or worker_identity()
+        now = utcnow()
+        with self.session() as session:
+            row = session.get(JobRow, job_id)
+            if row is None:
+                return Claim(ClaimOutcome.MISSING)
+            state = JobState(row.state)
+            if state in FINAL_STATES:
+                return Claim(ClaimOutcome.FINISHED, state.value, row.attempts)
+            if state in RUNNING_STATES and not self._abandoned(row, now):
+                return Claim(ClaimOutcome.BUSY, state.value, row.attempts)
+            if row.cancel_requested:
+                self._set_state(session, row, JobState.CANCELLED, message="cancelled before it started")
+                session.commit()
+                return Claim(ClaimOutcome.FINISHED, JobState.CANCELLED.value, row.attempts)
+            if row.attempts >= max_attempts:
+                reason = (f"gave up after {row.attempts} attempts; the worker stopped during "
+                          f"'{row.stage}' each time (out of memory or killed?)")
+                self._set_state(session, row, JobState.FAILED, error=reason, message=reason)
+                session.commit()
+                return Claim(ClaimOutcome.FINISHED, JobState.FAILED.value, row.attempts)
+            target = JobState.DELIVERING if row.resume_stage == JobState.DELIVERING.value else JobState.LOADING
+            attempt, resume_stage, study_uid = row.attempts + 1, row.resume_stage, row.study_instance_uid
+            result = session.execute(
+                update(JobRow)
+                .where(JobRow.id == job_id, JobRow.state == row.state, JobRow.updated_at == row.updated_at)
+                .values(state=target.value, stage=target.value, worker=worker, attempts=JobRow.attempts + 1,
+                        heartbeat_at=now, updated_at=now, started_at=func.coalesce(JobRow.started_at, now),
+                        finished_at=None, percent=0.0, error="", retry_at=None,
+                        message=f"claimed by {worker}")
+            )
+            if result.rowcount != 1:
+                session.rollback()
+                return Claim(ClaimOutcome.BUSY, row.state, row.attempts)
+            self._close_open_stages(session, job_id, now, "abandoned")
+            session.add(StageRow(job_id=job_id, name=target.value, attempt=attempt, started_at=now))
+            session.add(EventRow(at=now, study_instance_uid=study_uid, job_id=job_id, kind="claimed",
+                                 message=f"attempt {attempt}: {worker} took the job from {state.value}"))
+            session.commit()
+            return Claim(ClaimOutcome.CLAIMED, target.value, attempt, resume_stage)
+
+    def _abandoned(self, row: JobRow, now: datetime) -> bool:
+        heartbeat = _utc(row.heartbeat_at) or _utc(row.updated_at)
+        if heartbeat is None or now - heartbeat > self.stale_after:
+            return True
+        host, _, pid = row.worker.rpartition(":")
+        if host == socket.gethostname() and pid.isdigit():
+            try:
+                os.kill(int(pid), 0)
+            except ProcessLookupError:
+                return True
+            except PermissionError:
+                return False
+        return False
+
+    def enter_stage(self, job_id: str, stage: JobState | str, message: str = "") -> None:
+        """Move a running job to the next stage: closes the previous stage's timing, opens this one."""
+        stage = JobState(stage)
+        now = utcnow()
+        with self.session() as session:
+            row = self._get_row(session, job_id)
+            if row.state == stage.value:
+                return
+            check_transition(row.state, stage)
+            self._close_open_stages(session, job_id, now, "ok")
+            session.add(StageRow(job_id=job_id, name=stage.value, attempt=row.attempts, started_at=now))
+            self._set_state(session, row, stage, message=message or stage.value, percent=0.0)
+            session.commit()
+
+    def report_progress(self, job_id: str, percent: float, message: str | None = None) -> bool:
+        """Update the percentage (0-100) of the current stage and the heartbeat.
+
+        Returns True when an admin asked to cancel the job (the pipeline stops).
+        """
+        values: dict[str, Any] = {"percent": max(0.0, min(100.0, float(percent))), "heartbeat_at": utcnow()}
+        if message is not None:
+            values["message"] = message[:2000]
+        with self.session() as session:
+            session.execute(update(JobRow).where(JobRow.id == job_id).values(**values))
+            cancel = session.scalar(select(JobRow.cancel_requested).where(JobRow.id == job_id))
+            session.commit()
+        return bool(cancel)
+
+    def heartbeat(self, job_id: str) -> None:
+        """Tell the store the worker holding the job is alive."""
+        with self.session() as session:
+            session.execute(update(JobRow).where(JobRow.id == job_id).values(heartbeat_at=utcnow()))
+            session.commit()
+
+    def set_model(self, job_id: str, *, model_name: str, model_version: str, device: str = "",
+                  sequences_used: Sequence[str] = (), volumes_ml: dict[str, float] | None = None) -> None:
+        """Record the model, device, sequences used and tumour volumes of a job."""
+        values: dict[str, Any] = {"model_name": model_name, "model_version": model_version,
+                                  "sequences_used": list(sequences_used)}
+        if device:
+            values["device"] = device
+        if volumes_ml is not None:
+            values["volumes_ml"] = {key: float(value) for key, value in volumes_ml.items()}
+        self._update(job_id, **values)
+
+    def set_resume_stage(self, job_id: str, stage: JobState | str | None) -> None:
+        """Remember the stage a retry should start from (``delivering`` once outputs exist)."""
+        self._update(job_id, resume_stage=JobState(stage).value if stage else "")
+
+    def record_outputs(self, job_id: str, outputs: Iterable[OutputRecord]) -> None:
+        """Replace the job's list of output objects."""
+        with self.session() as session:
+            session.query(OutputRow).filter(OutputRow.job_id == job_id).delete()
+            for item in outputs:
+                session.add(OutputRow(job_id=job_id, **asdict(item)))
+            session.commit()
+
+    def record_delivery_attempt(self, job_id: str, destination: str, *, status: str, sent: int = 0,
+                                failed: int = 0, error: str = "") -> None:
+        """Record one attempt to deliver the job's outputs to ``destination``.
+
+        ``status`` is ``delivered``, ``partial``, ``retrying`` or ``failed``.
+        Also writes an event, so the timeline shows every attempt.
+        """
+        now = utcnow()
+        with self.session() as session:
+            row = session.scalar(select(DeliveryRow).where(DeliveryRow.job_id == job_id,
+                                                           DeliveryRow.destination == destination))
+            if row is None:
+                row = DeliveryRow(job_id=job_id, destination=destination, status=status, attempts=0)
+                session.add(row)
+            row.status = status
+            row.attempts = (row.attempts or 0) + 1
+            row.sent, row.failed, row.last_error, row.last_attempt_at = sent, failed, error[:4000], now
+            if status == "delivered":
+                row.delivered_at = now
+            job = self._get_row(session, job_id)
+            session.add(EventRow(at=now, study_instance_uid=job.study_instance_uid, job_id=job_id,
+                                 kind="delivery", message=f"{destination}: {status}, {sent} sent, {failed} failed"
+                                 + (f": {error}" if error else "")))
+            session.commit()
+
+    def finish(self, job_id: str, state: JobState | str, *, error: str = "", message: str = "") -> None:
+        """End the job in ``done``, ``partial``, ``failed`` or ``cancelled``; ``error`` is the human reason."""
+        state = JobState(state)
+        if state not in FINAL_STATES:
+            raise ValueError(f"finish() takes a final state ({', '.join(s.value for s in FINAL_STATES)}), not {state.value}")
+        now = utcnow()
+        with self.session() as session:
+            row = self._get_row(session, job_id)
+            if row.state == state.value:
+                return
+            check_transition(row.state, state)
+            outcome = "ok" if state is JobState.DONE else state.value
+            self._close_open_stages(session, job_id, now, outcome)
+            self._set_state(session, row, state, error=error, message=message or error or state.value,
+                            percent=100.0 if state is JobState.DONE else row.percent)
+            row.finished_at = now
+            row.cancel_requested = 0
+            session.commit()
+
+    def mark_retrying(self, job_id: str, error: str, retry_in_s: float) -> None:
+        """A transient error: the job waits ``retry_in_s`` seconds for Celery to retry it."""
+        now = utcnow()
+        with self.session() as session:
+            row = self._get_row(session, job_id)
+            check_transition(row.state, JobState.RETRYING)
+            self._close_open_stages(session, job_id, now, "retry")
+            self._set_state(session, row, JobState.RETRYING, error=error,
+                            message=f"retry in {retry_in_s:.0f} s: {error}")
+            row.retry_at = now + timedelta(seconds=retry_in_s)
+            session.commit()
+
+    def record_event(self, kind: str, message: str, *, study_instance_uid: str = "",
+                     job_id: str | None = None) -> None:
+        """Add a line to the timeline (of a job, of a study, or of the service)."""
+        with self.session() as session:
+            session.add(EventRow(at=utcnow(), study_instance_uid=study_instance_uid, job_id=job_id,
+                                 kind=kind[:32], message=message))
+            session.commit()
+
+    # --- admin actions (DB part; queue.py publishes) --------------------------------------------
+
+    def requeue(self, job_id: str, *, resume_stage: str | None = None, why: str = "retry") -> bool:
+        """Put a finished job (``failed``, ``partial``, ``done``, ``cancelled``) back to ``queued``.
+
+        ``resume_stage="delivering"`` re-delivers the outputs already made
+        instead of processing again. Returns False when the job is waiting or
+        running (nothing to do). The caller publishes the task.
+        """
+        now = utcnow()
+        with self.session() as session:
+            row = self._get_row(session, job_id)
+            if JobState(row.state) not in FINAL_STATES:
+                return False
+            check_transition(row.state, JobState.QUEUED)
+            self._set_state(session, row, JobState.QUEUED, error="", message=f"queued again ({why})", percent=0.0)
+            row.attempts, row.finished_at, row.cancel_requested = 0, None, 0
+            if resume_stage is not None:
+                row.resume_stage = resume_stage
+            session.commit()
+        return True
+
+    def request_cancel(self, job_id: str) -> str:
+        """Cancel a job: a waiting job becomes ``cancelled`` now; a running one stops at its next step.
+
+        Returns the job's state afterwards (a final job is left alone).
+        """
+        with self.session() as session:
+            row = self._get_row(session, job_id)
+            state = JobState(row.state)
+            if state in WAITING_STATES:
+                self._set_state(session, row, JobState.CANCELLED, message="cancelled by an admin")
+                row.finished_at = utcnow()
+            elif state in RUNNING_STATES:
+                row.cancel_requested = 1
+                row.message = "cancel requested; stopping at the next step"
+            session.commit()
+            return row.state
+
+    def manifest_with_roles(self, job_id: str, roles: dict[str, SequenceRole | str]) -> StudyManifest:
+        """The job's manifest with some series' roles replaced (``{series_uid: role}``)."""
+        detail = self.get_job(job_id)
+        if detail is None:
+            raise KeyError(f"no job {job_id!r}")
+        manifest = detail.study_manifest()
+        known = {item.series_instance_uid for item in manifest.series}
+        unknown = sorted(set(roles) - known)
+        if unknown:
+            raise ValueError(f"series {', '.join(unknown)} not in job {job_id}; its series: {', '.join(sorted(known))}")
+        data = manifest.to_dict()
+        for item in data["series"]:
+            if item["series_instance_uid"] in roles:
+                role = SequenceRole.parse(getattr(roles[item["series_instance_uid"]], "value",
+                                                  roles[item["series_instance_uid"]]))
+                if role.value != item["role"]:
+                    item["reasons"] = [*item["reasons"], f"role set to {role.value} by an admin (was {item['role']})"]
+                    item["role"] = role.value
+                    item["confidence"] = 1.0
+        return StudyManifest.from_dict(data)
+
+    # --- reading ------------------------------------------------------------------------------
+
+    def list_jobs(self, *, state: str | Sequence[str] | None = None, study_instance_uid: str | None = None,
+                  since: datetime | None = None, until: datetime | None = None,
+                  limit: int = 100, offset: int = 0) -> list[JobSummary]:
+        """Jobs, newest first, filtered by state(s), study and creation time (UTC)."""
+        query = select(JobRow, StudyRow).join(StudyRow, StudyRow.study_instance_uid == JobRow.study_instance_uid)
+        if state:
+            states = [state] if isinstance(state, str) else list(state)
+            query = query.where(JobRow.state.in_([JobState(item).value for item in states]))
+        if study_instance_uid:
+            query = query.where(JobRow.study_instance_uid == study_instance_uid)
+        if since is not None:
+            query = query.where(JobRow.created_at >= since)
+        if until is not None:
+            query = query.where(JobRow.created_at < until)
+        query = query.order_by(JobRow.created_at.desc(), JobRow.id).limit(limit).offset(offset)
+        with self.session() as session:
+            return [self._summary(job, study) for job, study in session.execute(query).all()]
+
+    def get_job(self, job_id: str) -> JobDetail | None:
+        """Everything about one job, or None when the id is unknown."""
+        with self.session() as session:
+            job = session.get(JobRow, job_id)
+            if job is None:
+                return None
+            study = session.get(StudyRow, job.study_instance_uid)
+            summary = asdict(self._summary(job, study))
+            series = [SeriesRecord(
+                series_instance_uid=row.series_instance_uid, folder=row.folder, role=row.role,
+                classified_role=row.classified_role, confidence=row.confidence, reasons=list(row.reasons or []),
+                modality=row.modality, series_description=row.series_description,
+                series_number=row.series_number, sop_class_uid=row.sop_class_uid,
+                instance_count=row.instance_count,
+            ) for row in session.scalars(select(SeriesRow).where(SeriesRow.job_id == job_id).order_by(SeriesRow.id))]
+            stages = [StageRecord(row.name, row.attempt, _utc(row.started_at), _utc(row.finished_at),
+                                  row.duration_s, row.outcome)
+                      for row in session.scalars(select(StageRow).where(StageRow.job_id == job_id)
+                                                 .order_by(StageRow.id))]
+            events = [EventRecord(_utc(row.at), row.kind, row.message, row.job_id, row.study_instance_uid)
+                      for row in session.scalars(select(EventRow).where(EventRow.job_id == job_id)
+                                                 .order_by(EventRow.id))]
+            outputs = [OutputRecord(row.kind, row.sop_instance_uid, row.series_instance_uid, row.sop_class_uid,
+                                    row.path)
+                       for row in session.scalars(select(OutputRow).where(OutputRow.job_id == job_id)
+                                                  .order_by(OutputRow.id))]
+            deliveries = [DeliveryRecord(row.destination, row.status, row.attempts, row.sent, row.failed,
+                                         row.last_error, _utc(row.last_attempt_at), _utc(row.delivered_at))
+                          for row in session.scalars(select(DeliveryRow).where(DeliveryRow.job_id == job_id)
+                                                     .order_by(DeliveryRow.id))]
+            return JobDetail(
+                **summary, manifest=dict(job.manifest), sequences_used=list(job.sequences_used or []),
+                volumes_ml=dict(job.volumes_ml or {}), resume_stage=job.resume_stage,
+                cancel_requested=bool(job.cancel_requested), series=series, stages=stages, events=events,
+                outputs=outputs, deliveries=deliveries,
+            )
+
+    def job_state(self, job_id: str) -> str | None:
+        """The state of a job (cheap), or None when the id is unknown."""
+        with self.session() as session:
+            return session.scalar(select(JobRow.state).where(JobRow.id == job_id))
+
+    def counts_by_state(self) -> dict[str, int]:
+        """Number of jobs in each state (every state present, zero included), for metrics."""
+        counts = {state.value: 0 for state in JobState}
+        with self.session() as session:
+            for state, count in session.execute(select(JobRow.state, func.count()).group_by(JobRow.state)):
+                counts[state] = int(count)
+        return counts
+
+    def stage_durations(self, since: datetime | None = None) -> list[tuple[str, float]]:
+        """(stage, seconds) of every finished stage run, for histograms."""
+        query = select(StageRow.name, StageRow.duration_s).where(StageRow.duration_s.is_not(None))
+        if since is not None:
+            query = query.where(StageRow.finished_at >= since)
+        with self.session() as session:
+            return [(name, float(duration)) for name, duration in session.execute(query)]
+
+    def delivery_failure_count(self) -> int:
+        """Delivery attempts that did not deliver everything (retrying, partial or failed)."""
+        with self.session() as session:
+            return int(session.scalar(
+                select(func.count()).select_from(EventRow).where(
+                    EventRow.kind == "delivery", ~EventRow.message.like("%: delivered,%"))
+            ) or 0)
+
+    def study_count(self) -> int:
+        """Number of distinct studies ever handed to the queue."""
+        with self.session() as session:
+            return int(session.scalar(select(func.count()).select_from(StudyRow)) or 0)
+
+    def events(self, *, study_instance_uid: str | None = None, limit: int = 200) -> list[EventRecord]:
+        """The newest timeline lines, optionally of one study."""
+        query = select(EventRow).order_by(EventRow.id.desc()).limit(limit)
+        if study_instance_uid:
+            query = query.where(EventRow.study_instance_uid == study_instance_uid)
+        with self.session() as session:
+            return [EventRecord(_utc(row.at), row.kind, row.message, row.job_id, row.study_instance_uid)
+                    for row in session.scalars(query)]
+
+    def jobs_needing_publish(self, *, queued_grace_s: float) -> list[str]:
+        """Jobs whose task message may be lost, to be published again (claims make this safe).
+
+        These are queued jobs never published or published more than
+        ``queued_grace_s`` ago, retrying jobs past their retry time by that
+        grace, and running jobs whose worker stopped sending heartbeats.
+        """
+        now = utcnow()
+        grace = timedelta(seconds=queued_grace_s)
+        found = []
+        with self.session() as session:
+            rows = session.scalars(select(JobRow).where(
+                JobRow.state.in_([state.value for state in (*WAITING_STATES, *RUNNING_STATES)])))
+            for row in rows:
+                state = JobState(row.state)
+                published = _utc(row.published_at)
+                if state is JobState.QUEUED:
+                    if published is None or now - published > grace:
+                        found.append(row.id)
+                elif state is JobState.RETRYING:
+                    retry_at = _utc(row.retry_at) or now
+                    if now - max(retry_at, published or retry_at) > grace:
+                        found.append(row.id)
+                elif self._abandoned(row, now) and (published is None or now - published > self.stale_after):
+                    found.append(row.id)
+        return found
+
+    def finished_jobs_before(self, before: datetime) -> list[JobSummary]:
+        """Jobs that ended (any final state) before ``before``, oldest first, for retention."""
+        query = (select(JobRow, StudyRow).join(StudyRow, StudyRow.study_instance_uid == JobRow.study_instance_uid)
+                 .where(JobRow.state.in_([state.value for state in FINAL_STATES]), JobRow.finished_at < before)
+                 .order_by(JobRow.finished_at))
+        with self.session() as session:
+            return [self._summary(job, study) for job, study in session.execute(query).all()]
+
+    # --- helpers ------------------------------------------------------------------------------
+
+    def _get_row(self, session: Session, job_id: str) -> JobRow:
+        row = session.get(JobRow, job_id)
+        if row is None:
+            raise KeyError(f"no job {job_id!r} in the job store")
+        return row
+
+    def _update(self, job_id: str, **values: Any) -> None:
+        with self.session() as session:
+            result = session.execute(update(JobRow).where(JobRow.id == job_id).values(**values))
+            if result.rowcount != 1:
+                raise KeyError(f"no job {job_id!r} in the job store")
+            session.commit()
+
+    def _set_state(self, session: Session, row: JobRow, state: JobState, *, message: str = "",
+                   error: str | None = None, percent: float | None = None) -> None:
+        now = utcnow()
+        old = row.state
+        row.state = state.value
+        if state in RUNNING_STATES or state in WAITING_STATES:
+            row.stage = state.value
+        if error is not None:
+            row.error = error[:4000]
+        if percent is not None:
+            row.percent = percent
+        row.message = message[:2000]
+        row.updated_at = now
+        row.heartbeat_at = now
+        text = f"{old} -> {state.value}" + (f": {message}" if message and message != state.value else "")
+        session.add(EventRow(at=now, study_instance_uid=row.study_instance_uid, job_id=row.id,
+                             kind="state", message=text))
+
+    @staticmethod
+    def _close_open_stages(session: Session, job_id: str, now: datetime, outcome: str) -> None:
+        for stage in session.scalars(select(StageRow).where(StageRow.job_id == job_id,
+                                                             StageRow.finished_at.is_(None))):
+            stage.finished_at = now
+            stage.duration_s = (now - _utc(stage.started_at)).total_seconds()
+            stage.outcome = outcome
+
+    @staticmethod
+    def _summary(job: JobRow, study: StudyRow | None) -> JobSummary:
+        return JobSummary(
+            id=job.id, study_instance_uid=job.study_instance_uid,
+            patient_id=study.patient_id if study else "", patient_name=study.patient_name if study else "",
+            accession_number=study.accession_number if study else "",
+            study_description=study.study_description if study else "",
+            state=job.state, stage=job.stage, percent=job.percent, message=job.message, error=job.error,
+            attempts=job.attempts, worker=job.worker, device=job.device, model_name=job.model_name,
+            model_version=job.model_version, reason=job.reason, replaces_job_id=job.replaces_job_id,
+            created_at=_utc(job.created_at), updated_at=_utc(job.updated_at), started_at=_utc(job.started_at),
+            finished_at=_utc(job.finished_at),
+        )
