@@ -286,10 +286,9 @@ def _ds_decimal(value: float) -> str:
     return text
 
 
-def write_mr_series(
+def build_mr_series(
     volume: np.ndarray,
     affine: np.ndarray,
-    out_dir: str | os.PathLike[str],
     *,
     study: StudyIdentity,
     series_number: int,
@@ -299,7 +298,7 @@ def write_mr_series(
     series_instance_uid: str | None = None,
     series_datetime: dt.datetime | None = None,
 ) -> list[Path]:
-    """Write ``volume`` as a single-frame MR Image Storage series.
+    """Build ``volume`` as a single-frame MR Image Storage series in memory.
 
     Parameters
     ----------
@@ -309,10 +308,6 @@ def write_mr_series(
         4x4 matrix mapping ``(slice, row, column, 1)`` to LPS millimetres
         (see the module docstring for how each column becomes a DICOM
         attribute).
-    out_dir: str or os.PathLike
-        Folder for this series; created if missing. Files are named
-        ``IM0001.dcm``, ``IM0002.dcm``, ... after the slice index and written
-        atomically (temporary file, then rename).
     study: StudyIdentity
         Patient and study identity, and the seed of every UID.
     series_number: int
@@ -333,8 +328,8 @@ def write_mr_series(
 
     Returns
     -------
-    list of pathlib.Path
-        The written files, in slice order.
+    list of pydicom.dataset.Dataset
+        One dataset per slice (with file meta), in slice order.
 
     Raises
     ------
@@ -368,9 +363,7 @@ def write_mr_series(
     window_center = float(lo) + window_width / 2
 
     base = _series_dataset(study, protocol, series_uid, study_uid, series_number, when, geometry)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths: list[Path] = []
+    datasets: list[Dataset] = []
     for k in range(volume.shape[0]):
         ds = Dataset()
         ds.update(base)
@@ -405,13 +398,53 @@ def write_mr_series(
         ds.file_meta = meta
         ds["SmallestImagePixelValue"].VR = "SS" if signed else "US"
         ds["LargestImagePixelValue"].VR = "SS" if signed else "US"
+        datasets.append(ds)
+    return datasets
+
+
+
+def write_mr_series(
+    volume: np.ndarray,
+    affine: np.ndarray,
+    out_dir: str | os.PathLike[str],
+    *,
+    study: StudyIdentity,
+    series_number: int,
+    role: str,
+    series_description: str | None = None,
+    protocol: MrProtocol | None = None,
+    series_instance_uid: str | None = None,
+    series_datetime: dt.datetime | None = None,
+) -> list[Path]:
+    """Write ``volume`` as a single-frame MR Image Storage series.
+
+    Takes the same arguments as :func:`build_mr_series` plus ``out_dir``.
+
+    Parameters
+    ----------
+    out_dir: str or os.PathLike
+        Folder for this series; created if missing. Files are named
+        ``IM0001.dcm``, ``IM0002.dcm``, ... after the slice index and written
+        atomically (temporary file, then rename).
+
+    Returns
+    -------
+    list of pathlib.Path
+        The written files, in slice order.
+    """
+    datasets = build_mr_series(volume, affine, study=study, series_number=series_number, role=role,
+                               series_description=series_description, protocol=protocol,
+                               series_instance_uid=series_instance_uid, series_datetime=series_datetime)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths: list[Path] = []
+    for k, ds in enumerate(datasets):
         path = out_dir / f"IM{k + 1:04d}.dcm"
         _atomic_dcmwrite(ds, path)
         paths.append(path)
-    log.info("wrote %d %s slices of %dx%d to %s (series %s)", len(paths), role,
-             volume.shape[1], volume.shape[2], out_dir, series_uid)
+    log.info("wrote %d %s slices of %dx%d to %s (series %s)", len(paths), datasets[0].SeriesDescription,
+             datasets[0].Rows, datasets[0].Columns, out_dir, datasets[0].SeriesInstanceUID)
     return paths
-
 
 def _series_dataset(study: StudyIdentity, protocol: MrProtocol, series_uid: str, study_uid: str,
                     series_number: int, when: dt.datetime, geometry: _Geometry) -> Dataset:
@@ -600,6 +633,7 @@ __all__ = [
     "MR_IMAGE_STORAGE",
     "ROLES",
     "MrProtocol",
+    "build_mr_series",
     "StudyIdentity",
     "default_protocol",
     "nifti_to_slices",
