@@ -7,7 +7,7 @@
 -- Sending runs as an asynchronous Orthanc job: a failed push (listener down)
 -- shows up in /jobs and can be resubmitted with POST /jobs/<id>/resubmit.
 
-local NEUROSEG_MODALITY = 'neuroseg'
+local ROUTE_TO = 'neuroseg'
 
 local ROUTED_SOP_CLASSES = {
   ['1.2.840.10008.5.1.4.1.1.4'] = true,    -- MR Image Storage
@@ -29,5 +29,5 @@ function OnStableSeries(seriesId, tags, metadata)
   end
   print('neuroseg routing: sending series ' .. seriesId .. ' (' .. (tags['SeriesDescription'] or '') .. ')')
   local request = { Resources = { seriesId }, Asynchronous = true, Permissive = false }
-  RestApiPost('/modalities/' .. NEUROSEG_MODALITY .. '/store', DumpJson(request, true))
+  RestApiPost('/modalities/' .. ROUTE_TO .. '/store', DumpJson(request, true))
 end
