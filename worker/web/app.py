@@ -1,0 +1,178 @@
+"""The admin web app: dashboard, job pages, the 3D viewer, JSON API, /health and /metrics.
+
+Build it with :func:`create_app` and serve it with any ASGI server
+(``neuroseg admin`` runs uvicorn on ``admin_host:admin_port``). Everything
+except ``/health``, ``/metrics``, ``/login`` and the static assets requires a
+login (see :mod:`neuroseg.worker.web.auth`), so no patient data reaches an
+anonymous user. The JSON API is described by the OpenAPI document at
+``/api/openapi.json``; the Swagger/ReDoc pages are off because they load their
+JavaScript from a CDN, which a closed hospital network cannot reach.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.responses import RedirectResponse
+from fastapi.staticfiles import StaticFiles
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
+from starlette.responses import Response
+
+from neuroseg.worker.settings import Settings
+from neuroseg.worker.web.auth import Authenticator, LoginRequired
+from neuroseg.worker.web.monitor import QueueMonitor
+from neuroseg.worker.web.viewer_data import ResultFolder, ResultNotFound, job_result_folder
+
+log = logging.getLogger(__name__)
+
+WEB_DIR = Path(__file__).resolve().parent
+STATIC_DIR = WEB_DIR / "static"
+TEMPLATE_DIR = WEB_DIR / "templates"
+
+# No inline script anywhere; Plotly's WebGL code needs 'unsafe-eval' (it
+# generates shader wrappers with Function()), so only the viewer page allows it.
+_CSP = (
+    "default-src 'self'; script-src 'self'{extra}; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data: blob:; font-src 'self' data:; connect-src 'self'; worker-src 'self' blob:; "
+    "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+CONTENT_SECURITY_POLICY = _CSP.format(extra="")
+VIEWER_CONTENT_SECURITY_POLICY = _CSP.format(extra=" 'unsafe-eval'")
+
+
+class SecurityHeaders(BaseHTTPMiddleware):
+    """Adds CSP, anti-framing, nosniff and referrer headers to every response."""
+
+    async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
+        response = await call_next(request)
+        headers = response.headers
+        if "content-security-policy" not in headers:
+            headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+        headers["X-Frame-Options"] = "DENY"
+        headers["X-Content-Type-Options"] = "nosniff"
+        headers["Referrer-Policy"] = "no-referrer"
+        headers["Cross-Origin-Opener-Policy"] = "same-origin"
+        headers["Permissions-Policy"] = "camera=(), microphone=(), geolocation=()"
+        if not request.url.path.startswith("/static/"):
+            headers.setdefault("Cache-Control", "no-store")
+        return response
+
+
+class JobStoreProvider:
+    """Opens the job store on first use, so the app starts (and /health answers) when the DB is down."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._store = None
+        self._lock = threading.Lock()
+
+    def get(self):  # -> neuroseg.worker.jobstore.JobStore
+        with self._lock:
+            if self._store is None:
+                from neuroseg.worker.jobstore import JobStore
+
+                self._store = JobStore.from_settings(self.settings)
+            return self._store
+
+
+class ResultCache:
+    """The last few jobs' :class:`ResultFolder` objects, so their arrays load once per viewer session."""
+
+    def __init__(self, results_dir: Path, cache_dir: Path, size: int = 3) -> None:
+        self.results_dir = results_dir
+        self.cache_dir = cache_dir
+        self.size = size
+        self._items: OrderedDict[str, ResultFolder] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, job_id: str) -> ResultFolder:
+        """The result folder of ``job_id``; raises :class:`ResultNotFound` when there is none."""
+        folder = job_result_folder(self.results_dir, job_id)
+        with self._lock:
+            item = self._items.get(job_id)
+            if item is not None and item.folder == folder:
+                self._items.move_to_end(job_id)
+                return item
+        item = ResultFolder(folder, cache_dir=self.cache_dir / job_id)
+        with self._lock:
+            self._items[job_id] = item
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+        return item
+
+    def forget(self, job_id: str) -> None:
+        with self._lock:
+            self._items.pop(job_id, None)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """Build the admin app for ``settings``.
+
+    Parameters
+    ----------
+    settings: Settings
+        Read for the admin token, the job store URL, the broker, the data
+        folders and the Flower link; never read from the environment here.
+
+    Returns
+    -------
+    FastAPI
+        The ASGI app. ``app.state`` holds ``settings``, ``authenticator``,
+        ``jobstore`` (a lazy provider), ``monitor``, ``results`` and ``templates``.
+    """
+    from neuroseg.worker.web import api, pages, viewer
+    from neuroseg.worker.web.metrics import router as metrics_router
+
+    app = FastAPI(
+        title="neuroseg admin",
+        summary="Queue, jobs, deliveries and the 3D tumour viewer of neuroseg",
+        version=_package_version(),
+        openapi_url="/api/openapi.json",
+        docs_url=None,
+        redoc_url=None,
+    )
+    token = settings.admin_token.get_secret_value() if settings.admin_token is not None else None
+    app.state.settings = settings
+    app.state.authenticator = Authenticator(token)
+    if not app.state.authenticator.enabled:
+        log.warning("NEUROSEG_ADMIN_TOKEN is not set: the admin app shows no patient data until it is")
+    app.state.jobstore = JobStoreProvider(settings)
+    app.state.monitor = QueueMonitor(settings)
+    app.state.results = ResultCache(settings.results_dir, settings.data_dir / "viewer-cache")
+    templates = Environment(
+        loader=FileSystemLoader(str(TEMPLATE_DIR)), autoescape=select_autoescape(["html"]), auto_reload=False
+    )
+    templates.globals["version"] = app.version
+    app.state.templates = templates
+
+    app.add_middleware(SecurityHeaders)
+
+    @app.exception_handler(LoginRequired)
+    async def _to_login(request: Request, exc: LoginRequired) -> RedirectResponse:
+        from urllib.parse import quote
+
+        return RedirectResponse(f"/login?next={quote(exc.next_path, safe='')}", status_code=303)
+
+    @app.exception_handler(ResultNotFound)
+    async def _no_result(request: Request, exc: ResultNotFound) -> Response:
+        from fastapi.responses import JSONResponse
+
+        return JSONResponse({"detail": str(exc)}, status_code=404)
+
+    app.include_router(metrics_router)
+    app.include_router(pages.router)
+    app.include_router(api.router)
+    app.include_router(viewer.router)
+    app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
+    return app
+
+
+def _package_version() -> str:
+    from neuroseg.worker.cli import package_version
+
+    return package_version()
