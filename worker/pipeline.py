@@ -1,0 +1,375 @@
+"""The pipeline of one job, wired in one readable place.
+
+::
+
+    STAGES = (load -> model (preprocessing, inference, explaining) -> encode -> deliver)
+
+Each stage is a plain function of a :class:`JobContext`; the job store
+records every stage change with its duration and percentage. The stages
+write their products under the job folder (``settings.results_dir/<job id>``):
+
+- ``viewer/``: arrays and meshes for the admin 3D viewer (the model's
+  ``write_result_folder``);
+- ``dicom/``: the encoded DICOM objects, plus ``objects.json`` listing them.
+
+Once the objects are on disk the job's ``resume_stage`` is ``delivering``: a
+retry after a delivery failure (PACS down) or a worker death during delivery
+sends the stored objects again instead of redoing inference. Reprocessing
+gives the same SOP Instance UIDs (derived from study, model version and
+object kind), so a redelivered or reprocessed result replaces, never
+duplicates, what the PACS holds.
+
+Errors: :class:`InputError` for anything wrong with the study (the job fails
+with that reason), :class:`TransientError` for what may pass (PACS down, CUDA
+out of memory without CPU fallback), :class:`JobCancelled` when an admin
+cancels. The task (:mod:`neuroseg.worker.tasks`) maps them to job states.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+
+from neuroseg.worker.contracts import StudyManifest
+from neuroseg.worker.errors import InputError, NeurosegError, TransientError
+from neuroseg.worker.jobstore import JobState, JobStore, OutputRecord
+from neuroseg.worker.loading import LoadedStudy, load_study
+from neuroseg.worker.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class JobCancelled(NeurosegError):
+    """An admin cancelled the job while it ran."""
+
+
+@dataclass
+class JobContext:
+    """What the stages of one job share."""
+
+    job_id: str
+    settings: Settings
+    store: JobStore
+    manifest: StudyManifest
+    folder: Path
+    loaded: LoadedStudy | None = None
+    result: Any = None
+    objects: list[Any] = field(default_factory=list)
+    partial_reasons: list[str] = field(default_factory=list)
+    device: str = ""
+
+    def progress(self, percent: float, message: str | None = None) -> None:
+        """Record progress of the current stage; stop the job if an admin cancelled it."""
+        if self.store.report_progress(self.job_id, percent, message):
+            raise JobCancelled("cancelled by an admin while running")
+
+    def enter(self, stage: JobState, message: str = "") -> None:
+        if self.store.report_progress(self.job_id, 100.0):
+            raise JobCancelled("cancelled by an admin while running")
+        self.store.enter_stage(self.job_id, stage, message)
+        log.info("job %s (study %s): %s %s", self.job_id, self.manifest.study_instance_uid, stage.value, message)
+
+    @property
+    def dicom_folder(self) -> Path:
+        return self.folder / "dicom"
+
+    @property
+    def viewer_folder(self) -> Path:
+        return self.folder / "viewer"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of the pipeline: the job state it starts in and the function that does it."""
+
+    state: JobState
+    run: Callable[[JobContext], None]
+
+
+# --- stage 1: load ---------------------------------------------------------------------------
+
+
+def load_volumes(ctx: JobContext) -> None:
+    """Read the classified series, validate their geometry and resample them onto the reference grid."""
+    ctx.loaded = load_study(ctx.manifest, ctx.settings, progress=ctx.progress)
+    for note in ctx.loaded.notes:
+        ctx.store.record_event("note", note, job_id=ctx.job_id, study_instance_uid=ctx.manifest.study_instance_uid)
+    for role, why in ctx.loaded.skipped.items():
+        reason = f"{role} series not used: {why}"
+        ctx.partial_reasons.append(reason)
+        # kept in the timeline so a resumed delivery still ends the job partial
+        ctx.store.record_event("partial", reason, job_id=ctx.job_id,
+                               study_instance_uid=ctx.manifest.study_instance_uid)
+
+
+# --- stage 2: the model ------------------------------------------------------------------------
+
+_MODELS: dict[tuple[str, str], Any] = {}
+
+
+def resolve_device(setting: str) -> str:
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; other values as given."""
+    if setting != "auto":
+        return setting
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def get_model(settings: Settings, device: str) -> Any:
+    """The model for ``settings.model_path`` on ``device``, loaded once per worker process."""
+    from neuroseg.model.inference import load_model
+
+    key = (str(settings.model_path or ""), device)
+    model = _MODELS.get(key)
+    if model is None:
+        started = time.monotonic()
+        try:
+            model = load_model(settings.model_path, device)
+        except (FileNotFoundError, ValueError) as exc:
+            # a wrong model is a configuration problem: every job would fail the same way
+            raise InputError(f"the model cannot be loaded ({settings.model_path or 'shipped weights'}): {exc}") \
+                from exc
+        _MODELS[key] = model
+        log.info("model %s loaded on %s in %.1f s", settings.model_path or "(shipped weights)", device,
+                 time.monotonic() - started)
+    return model
+
+
+def _stage_for_step(message: str) -> JobState | None:
+    text = message.lower()
+    if any(word in text for word in ("grad-cam", "gradcam", "explain")):
+        return JobState.EXPLAINING
+    if any(word in text for word in ("mc ", "monte carlo", "dropout", "sliding", "inference", "pass")):
+        return JobState.INFERENCE
+    return None
+
+
+def run_model(ctx: JobContext) -> None:
+    """Segment, with MC dropout uncertainty and Grad-CAM; stages follow the model's progress steps."""
+    from neuroseg.model.inference import segment
+
+    assert ctx.loaded is not None
+    device = resolve_device(ctx.settings.device)
+    state = {"stage": JobState.PREPROCESSING}
+
+    def progress(fraction: float, message: str = "") -> None:
+        wanted = _stage_for_step(message or "")
+        if wanted is not None and STAGE_RANK[wanted] > STAGE_RANK[state["stage"]]:
+            ctx.enter(wanted, message)
+            state["stage"] = wanted
+        percent = fraction * 100 if fraction <= 1.0 else fraction
+        ctx.progress(percent, message or None)
+
+    def attempt(on: str) -> Any:
+        model = get_model(ctx.settings, on)
+        return segment(ctx.loaded.images, ctx.loaded.affine, model, mc_samples=ctx.settings.mc_samples,
+                       progress=progress)
+
+    try:
+        result = attempt(device)
+    except (ValueError, TypeError) as exc:
+        raise InputError(f"the model refused the volumes: {exc}") from exc
+    except RuntimeError as exc:
+        if "out of memory" not in str(exc).lower() or not device.startswith("cuda"):
+            raise
+        if not ctx.settings.retry_on_cpu:
+            raise TransientError(f"CUDA out of memory on {device}; retrying later") from exc
+        log.warning("job %s: CUDA out of memory on %s; running on the CPU", ctx.job_id, device)
+        ctx.store.record_event("note", f"CUDA out of memory on {device}; ran on the CPU instead",
+                               job_id=ctx.job_id)
+        _release_cuda()
+        device = "cpu"
+        result = attempt(device)
+    for stage in (JobState.INFERENCE, JobState.EXPLAINING):
+        if STAGE_RANK[stage] > STAGE_RANK[state["stage"]]:
+            ctx.enter(stage)
+            state["stage"] = stage
+    ctx.result = result
+    ctx.device = device
+    ctx.store.set_model(ctx.job_id, model_name=str(result.model_name), model_version=str(result.model_version),
+                        device=device, sequences_used=list(result.sequences_used),
+                        volumes_ml=dict(result.volumes_ml))
+    from neuroseg.model.io import write_result_folder
+
+    write_result_folder(result, ctx.loaded.images, ctx.loaded.affine, ctx.viewer_folder)
+
+
+def _release_cuda() -> None:
+    import torch
+
+    _MODELS.clear()
+    torch.cuda.empty_cache()
+
+
+# --- stage 3: encode -----------------------------------------------------------------------------
+
+
+def encode_outputs(ctx: JobContext) -> None:
+    """Write SEG, Parametric Maps, meshes and SR on the reference series' grid, and keep them on disk."""
+    from neuroseg.dicom_out import EncodeOptions, EncodeRequest, encode_study
+
+    assert ctx.loaded is not None and ctx.result is not None
+    result, loaded = ctx.result, ctx.loaded
+    reference = loaded.reference
+    others = {role.value: volume.datasets for role, volume in loaded.volumes.items()
+              if volume is not reference}
+    weights = str(result.model_name)
+    tag = "DEMO WEIGHTS research use" if "demo" in weights.lower() or "phantom" in weights.lower() \
+        else "research use"
+    settings = ctx.settings
+    try:
+        request = EncodeRequest(
+            reference_series=reference.datasets, labels=np.asarray(result.labels),
+            model_name=str(result.model_name), model_version=str(result.model_version),
+            other_series=others, probabilities=dict(result.probabilities), variance=dict(result.variance),
+            gradcam=dict(result.gradcam), entropy=result.entropy, volumes_ml=None,
+            sequences_used=tuple(result.sequences_used),
+            options=EncodeOptions(
+                segmentation_type=settings.segmentation_type.value,
+                maps=frozenset(kind.value for kind in settings.send_maps),
+                mesh_formats=frozenset(kind.value for kind in settings.mesh_formats),
+                series_tag=tag,
+            ),
+        )
+        ctx.progress(5, "building DICOM objects")
+        objects = list(encode_study(request))
+    except ValueError as exc:
+        raise InputError(f"the results cannot be encoded on the reference series: {exc}") from exc
+    save_objects(ctx, objects)
+    ctx.objects = objects
+    ctx.progress(100, f"{len(objects)} DICOM objects written")
+
+
+def save_objects(ctx: JobContext, objects: list[Any]) -> None:
+    """Write each object to ``dicom/<kind>.dcm`` atomically, list them, record them, set resume at delivering."""
+    folder = ctx.dicom_folder
+    folder.mkdir(parents=True, exist_ok=True)
+    listing = []
+    for item in objects:
+        path = folder / f"{item.kind}.dcm"
+        _atomic_write(item.dataset, path)
+        listing.append({"kind": item.kind, "sop_class_uid": str(item.sop_class_uid),
+                        "sop_instance_uid": str(item.sop_instance_uid),
+                        "series_instance_uid": str(item.dataset.get("SeriesInstanceUID", "")),
+                        "path": path.name})
+    index = folder / "objects.json"
+    tmp = index.with_suffix(".tmp")
+    tmp.write_text(json.dumps(listing, indent=1))
+    os.replace(tmp, index)
+    ctx.store.record_outputs(ctx.job_id, [
+        OutputRecord(kind=item["kind"], sop_instance_uid=item["sop_instance_uid"],
+                     series_instance_uid=item["series_instance_uid"], sop_class_uid=item["sop_class_uid"],
+                     path=str(folder / item["path"]))
+        for item in listing])
+    ctx.store.set_resume_stage(ctx.job_id, JobState.DELIVERING)
+
+
+def _atomic_write(dataset: pydicom.Dataset, path: Path) -> None:
+    handle, name = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".dcm")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            dataset.save_as(stream, enforce_file_format=True)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(name, path)
+    except BaseException:
+        Path(name).unlink(missing_ok=True)
+        raise
+
+
+def load_saved_objects(ctx: JobContext) -> list[Any]:
+    """The objects an earlier attempt encoded, read back from the job folder."""
+    from neuroseg.dicom_out.common import EncodedObject
+
+    index = ctx.dicom_folder / "objects.json"
+    if not index.is_file():
+        raise InputError(f"job {ctx.job_id} was to resume at delivery but {index} is missing; "
+                         "retry it without re-deliver to process the study again")
+    objects = []
+    for item in json.loads(index.read_text()):
+        dataset = pydicom.dcmread(ctx.dicom_folder / item["path"])
+        objects.append(EncodedObject(kind=item["kind"], sop_class_uid=item["sop_class_uid"],
+                                     sop_instance_uid=item["sop_instance_uid"], dataset=dataset))
+    return objects
+
+
+def has_outputs(store: JobStore, job_id: str) -> bool:
+    """Whether the job has encoded objects on disk (so a give-up means ``partial``, not ``failed``)."""
+    detail = store.get_job(job_id)
+    return bool(detail and detail.outputs)
+
+
+# --- stage 4: deliver -----------------------------------------------------------------------------
+
+
+def deliver_outputs(ctx: JobContext) -> None:
+    """Send the objects to every destination (or the outbox); see :mod:`neuroseg.worker.delivery`."""
+    from neuroseg.worker.delivery import deliver_job_outputs
+
+    if not ctx.objects:
+        ctx.objects = load_saved_objects(ctx)
+    problems = deliver_job_outputs(ctx.store, ctx.job_id, ctx.settings, ctx.objects,
+                                   study_instance_uid=ctx.manifest.study_instance_uid, progress=ctx.progress)
+    ctx.partial_reasons.extend(problems)
+
+
+# --- the pipeline ------------------------------------------------------------------------------
+
+STAGES = (
+    Stage(JobState.LOADING, load_volumes),
+    Stage(JobState.PREPROCESSING, run_model),  # moves on to inference and explaining as the model reports
+    Stage(JobState.ENCODING, encode_outputs),
+    Stage(JobState.DELIVERING, deliver_outputs),
+)
+STAGE_RANK = {state: rank for rank, state in enumerate(
+    (JobState.LOADING, JobState.PREPROCESSING, JobState.INFERENCE, JobState.EXPLAINING, JobState.ENCODING,
+     JobState.DELIVERING))}
+
+
+def job_folder(settings: Settings, job_id: str) -> Path:
+    """Where a job keeps its viewer data and encoded objects."""
+    return settings.results_dir / job_id
+
+
+def run_job(store: JobStore, job_id: str, settings: Settings) -> str:
+    """Run a claimed job from the stage it was claimed into; return its final state.
+
+    The job must be claimed (state ``loading``, or ``delivering`` to resume a
+    delivery). Ends the job ``done`` or ``partial`` (with the reasons); lets
+    :class:`InputError`, :class:`TransientError` and :class:`JobCancelled` out
+    for the task to record.
+    """
+    detail = store.get_job(job_id)
+    if detail is None:
+        raise KeyError(f"no job {job_id!r}")
+    ctx = JobContext(job_id=job_id, settings=settings, store=store, manifest=detail.study_manifest(),
+                     folder=job_folder(settings, job_id))
+    ctx.folder.mkdir(parents=True, exist_ok=True)
+    start = JobState(detail.state)
+    if start not in (JobState.LOADING, JobState.DELIVERING):
+        raise RuntimeError(f"job {job_id} is {start.value}; claim it before running it")
+    if start is JobState.DELIVERING:
+        ctx.partial_reasons.extend(event.message for event in detail.events if event.kind == "partial")
+    for stage in STAGES:
+        if STAGE_RANK[stage.state] < STAGE_RANK[start]:
+            continue
+        if stage.state is not start:
+            ctx.enter(stage.state)
+        stage.run(ctx)
+    if ctx.partial_reasons:
+        reason = "; ".join(dict.fromkeys(ctx.partial_reasons))
+        store.finish(job_id, JobState.PARTIAL, error=reason)
+        return JobState.PARTIAL.value
+    store.finish(job_id, JobState.DONE, message=f"done: {len(ctx.objects)} objects delivered")
+    return JobState.DONE.value
