@@ -62,49 +62,33 @@ def outbox_destination(settings: Settings, study_instance_uid: str) -> str:
 def send_to(objects: Sequence[Any], destination: DicomDestination, settings: Settings) -> DestinationOutcome:
     """Send the objects to one DICOM destination with ``dicom_out.send.deliver`` and summarise.
 
-    A connection or association failure, or a status that says "try later"
-    (0xA7xx out of resources), counts as transient.
+    Unreachable, rejected or aborted associations (``DeliveryUnavailable``)
+    and "out of resources" statuses (0xA7xx) count as transient; any other
+    refusal is permanent for that object.
     """
-    from neuroseg.dicom_out.send import deliver
+    from neuroseg.dicom_out.send import DeliveryUnavailable, deliver
 
     try:
-        report = deliver(objects, destination, calling_ae_title=settings.calling_ae_title)
-    except (OSError, ConnectionError, TimeoutError, RuntimeError) as exc:
-        return DestinationOutcome(str(destination), 0, len(objects), True, f"{type(exc).__name__}: {exc}")
-    return _summarise(str(destination), report, len(objects))
-
-
-def _summarise(destination: str, report: Any, count: int) -> DestinationOutcome:
-    """Turn dicom_out's delivery report into counts (tolerant of its exact shape)."""
-    results = list(getattr(report, "results", report) or [])
-    association_error = str(getattr(report, "error", "") or "")
-    if not results:
-        return DestinationOutcome(destination, 0, count, True, association_error or "nothing was sent")
-    failed = [item for item in results if str(getattr(getattr(item, "status", ""), "value",
-                                                          getattr(item, "status", ""))).lower() == "failure"]
-    transient = bool(association_error) or any(_looks_transient(item) for item in failed)
-    errors = "; ".join(f"{getattr(item, 'kind', '?')}: {getattr(item, 'error', '') or getattr(item, 'message', '')}"
-                       for item in failed[:5])
-    return DestinationOutcome(destination, len(results) - len(failed), len(failed), transient,
-                              association_error or errors)
-
-
-def _looks_transient(item: Any) -> bool:
-    if getattr(item, "transient", None) is not None:
-        return bool(item.transient)
-    code = getattr(item, "status_code", None)
-    if isinstance(code, int) and code > 0:
-        return 0xA700 <= code <= 0xA7FF
-    return getattr(item, "status_code", None) is None  # no DIMSE answer: not sent at all
+        results = deliver(objects, ae_title=destination.ae_title, host=destination.host, port=destination.port,
+                          calling_ae_title=settings.calling_ae_title)
+    except DeliveryUnavailable as exc:
+        stored = sum(1 for item in exc.results if item.ok)
+        return DestinationOutcome(str(destination), stored, len(objects) - stored, True, str(exc))
+    refused = [item for item in results if not item.ok]
+    transient = any(item.status is not None and 0xA700 <= item.status <= 0xA7FF for item in refused)
+    error = "; ".join(f"{item.kind}: {item.message}" for item in refused[:5])
+    if len(refused) > 5:
+        error += f"; and {len(refused) - 5} more"
+    return DestinationOutcome(str(destination), len(results) - len(refused), len(refused), transient, error)
 
 
 def write_to_outbox(objects: Sequence[Any], settings: Settings, study_instance_uid: str) -> DestinationOutcome:
-    """Write the objects to the outbox folder of the study (files named by SOP Instance UID)."""
+    """Write the objects to ``outbox/<StudyInstanceUID>/<kind>.dcm`` (atomic; a rewrite replaces)."""
     from neuroseg.dicom_out.send import write_outbox
 
     destination = outbox_destination(settings, study_instance_uid)
     try:
-        write_outbox(objects, settings.outbox_dir)
+        write_outbox(objects, settings.outbox_dir / study_instance_uid)
     except OSError as exc:
         return DestinationOutcome(destination, 0, len(objects), True, f"outbox not writable: {exc}")
     return DestinationOutcome(destination, len(objects), 0, False)
