@@ -1,0 +1,442 @@
+"""What every encoder shares: the request, the options, checks and identity.
+
+The caller (the worker) guarantees that every array is already on the grid of
+the reference series: shape ``(slices, rows, columns)`` with ``array[k]``
+belonging to ``reference_series[k]``, and the series sorted along its normal.
+:class:`EncodeRequest` checks what it can (shapes, values, series
+consistency) and raises a :class:`DicomOutError` naming the problem.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+import numpy as np
+from highdicom.sr import CodedConcept
+from pydicom.dataset import Dataset
+
+from neuroseg.dicom_out.enum import MapKind, MeshFormat, SegmentationTypeValues, TumorClass
+
+log = logging.getLogger(__name__)
+
+#: Shown wherever the IOD has free text for it (see ``statement_places`` in the README
+#: section of dicom_out): ContentDescription (SEG, PM, Surface SEG), DocumentTitle
+#: (STL), Algorithm Parameters in the SR, and "research use" in every SeriesDescription.
+NOT_FOR_DIAGNOSTIC_USE = "Research use only - not for diagnostic use"
+
+#: Private coding scheme for concepts that DICOM/SNOMED do not define (predictive entropy).
+LOCAL_SCHEME = "99NEUROSEG"
+PREDICTIVE_ENTROPY = CodedConcept("PRED-ENTROPY", LOCAL_SCHEME, "Predictive entropy")
+MC_DROPOUT = CodedConcept("MC-DROPOUT", LOCAL_SCHEME, "Monte Carlo dropout")
+
+MANUFACTURER = "neuroseg"
+
+#: SeriesNumber of each result series (fixed, so a reprocess keeps them).
+SERIES_NUMBERS = {
+    "seg": 9001,
+    "pmap-probability": 9010,
+    "pmap-uncertainty": 9020,
+    "pmap-gradcam": 9030,
+    "mesh-stl": 9040,
+    "mesh-surface": 9041,
+    "sr": 9050,
+}
+
+_CLASS_CODES: dict[TumorClass, CodedConcept] = {
+    # CID 7168 "Brain Lesion Segmentation Type With Necrosis"; DICOM uses Necrosis for
+    # necrotic / non-enhancing core as well, which is what BraTS label 1 means.
+    TumorClass.NCR: CodedConcept("6574001", "SCT", "Necrosis"),
+    TumorClass.ED: CodedConcept("79654002", "SCT", "Edema"),
+    TumorClass.ET: CodedConcept("C113842", "NCIt", "Enhancing Lesion"),
+}
+MORPHOLOGICALLY_ABNORMAL_STRUCTURE = CodedConcept("49755003", "SCT", "Morphologically Abnormal Structure")
+#: Recommended display colours (BraTS convention: NCR red, ED green, ET yellow), sRGB.
+CLASS_COLOURS: dict[TumorClass, tuple[int, int, int]] = {
+    TumorClass.NCR: (230, 40, 40),
+    TumorClass.ED: (40, 200, 60),
+    TumorClass.ET: (250, 215, 30),
+}
+#: Segment numbers in the SEG (and Surface SEG).
+SEGMENT_NUMBERS: dict[TumorClass, int] = {TumorClass.NCR: 1, TumorClass.ED: 2, TumorClass.ET: 3}
+
+
+def class_code(tumor_class: TumorClass) -> CodedConcept:
+    """Segmented Property Type code of a tumour class."""
+    return _CLASS_CODES[TumorClass(tumor_class)]
+
+
+class DicomOutError(ValueError):
+    """The inputs cannot be encoded; the message names the offending item."""
+
+
+class SourceSeriesError(DicomOutError):
+    """The source series lacks something the output objects must reference."""
+
+
+class GridMismatchError(DicomOutError):
+    """An array is not on the reference series' grid."""
+
+
+def package_version() -> str:
+    try:
+        return version("neuroseg")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def _enum_set(values: Any, enum: type, name: str) -> frozenset:
+    if isinstance(values, (str, bytes)):
+        values = [values]
+    result = set()
+    for value in values:
+        try:
+            result.add(enum(getattr(value, "value", value)))
+        except ValueError:
+            allowed = ", ".join(item.value for item in enum)
+            raise DicomOutError(f"EncodeOptions.{name} has {value!r}; allowed: {allowed}") from None
+    return frozenset(result)
+
+
+@dataclass(frozen=True)
+class EncodeOptions:
+    """Which objects to write and how.
+
+    Parameters
+    ----------
+    segmentation_type: str
+        ``"BINARY"`` (default: one frame per slice and segment, empty frames
+        kept) or ``"LABELMAP"`` (Label Map Segmentation Storage).
+    maps: collection of str
+        Subset of ``{"probability", "uncertainty", "gradcam"}``.
+    mesh_formats: collection of str
+        Subset of ``{"stl", "surface"}``.
+    include_brain_surface: bool
+        Add a brain surface mesh (needs ``brain_mask``).
+    brain_mask: numpy.ndarray or None
+        Boolean brain mask on the reference grid.
+    mesh_smoothing: float
+        Gaussian smoothing (mm) of the masks before marching cubes.
+    mesh_target_faces: int
+        Upper bound on the faces of each mesh.
+    series_tag: str
+        Appended to each SeriesDescription after " - " (e.g. ``"research use"``
+        or ``"DEMO WEIGHTS research use"``).
+    """
+
+    segmentation_type: str = "BINARY"
+    maps: frozenset[str] = frozenset({"probability", "uncertainty", "gradcam"})
+    mesh_formats: frozenset[str] = frozenset({"stl"})
+    include_brain_surface: bool = False
+    brain_mask: np.ndarray | None = field(default=None, compare=False, repr=False)
+    mesh_smoothing: float = 1.0
+    mesh_target_faces: int = 20000
+    series_tag: str = "research use"
+
+    def __post_init__(self) -> None:
+        value = getattr(self.segmentation_type, "value", self.segmentation_type)
+        try:
+            object.__setattr__(self, "segmentation_type", SegmentationTypeValues(str(value).upper()).value)
+        except ValueError:
+            raise DicomOutError(
+                f"EncodeOptions.segmentation_type={self.segmentation_type!r}; use 'BINARY' or 'LABELMAP'"
+            ) from None
+        object.__setattr__(self, "maps", frozenset(m.value for m in _enum_set(self.maps, MapKind, "maps")))
+        object.__setattr__(self, "mesh_formats", frozenset(
+            m.value for m in _enum_set(self.mesh_formats, MeshFormat, "mesh_formats")))
+        if self.include_brain_surface and self.brain_mask is None:
+            raise DicomOutError("EncodeOptions.include_brain_surface=True needs brain_mask")
+        if self.mesh_target_faces < 100:
+            raise DicomOutError(f"EncodeOptions.mesh_target_faces={self.mesh_target_faces}; use at least 100")
+        if self.mesh_smoothing < 0:
+            raise DicomOutError(f"EncodeOptions.mesh_smoothing={self.mesh_smoothing}; must be >= 0 mm")
+        if len(self.series_tag) > 30:
+            raise DicomOutError(f"EncodeOptions.series_tag={self.series_tag!r} is longer than 30 characters")
+
+
+@dataclass(frozen=True)
+class EncodedObject:
+    """One DICOM object ready to send.
+
+    ``kind`` names it within the study: ``"seg"``, ``"pmap-probability-ncr"``,
+    ``"pmap-uncertainty-entropy"``, ``"pmap-uncertainty-sd-et"``,
+    ``"pmap-gradcam-ed"``, ``"mesh-stl-wt"``, ``"mesh-surface"``, ``"sr"``.
+    """
+
+    kind: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    dataset: Dataset = field(repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class EncodeRequest:
+    """Everything needed to encode the results of one study.
+
+    Parameters
+    ----------
+    reference_series: Sequence[pydicom.dataset.Dataset]
+        Single-frame images of the series the results are on, sorted along
+        the slice normal; axis 0 of every array follows this order.
+    labels: numpy.ndarray
+        BraTS label map (0, 1, 2, 4), shape (slices, rows, columns).
+    model_name, model_version: str
+        Identify the model; the version is part of every UID key.
+    other_series: Mapping[str, Sequence[pydicom.dataset.Dataset]]
+        Role -> datasets of the other sequences used (further sources).
+    probabilities, variance, gradcam: Mapping[str, numpy.ndarray]
+        Per class (``"ncr"``, ``"ed"``, ``"et"``) float arrays on the grid:
+        mean softmax, MC dropout variance of the softmax, Grad-CAM (>= 0).
+    entropy: numpy.ndarray or None
+        Predictive entropy (nats) on the grid.
+    volumes_ml: Mapping[str, float] or None
+        Region volumes in millilitres (``"ncr"``, ``"ed"``, ``"et"``,
+        ``"wt"``, ``"tc"``); computed from ``labels`` when None.
+    sequences_used: Sequence[str]
+        The sequences the model actually read (e.g. ``("t1ce", "flair")``).
+    options: EncodeOptions
+        Which objects to write.
+    """
+
+    reference_series: Sequence[Dataset]
+    labels: np.ndarray
+    model_name: str
+    model_version: str
+    other_series: Mapping[str, Sequence[Dataset]] = field(default_factory=dict)
+    probabilities: Mapping[str, np.ndarray] = field(default_factory=dict)
+    variance: Mapping[str, np.ndarray] = field(default_factory=dict)
+    gradcam: Mapping[str, np.ndarray] = field(default_factory=dict)
+    entropy: np.ndarray | None = None
+    volumes_ml: Mapping[str, float] | None = None
+    sequences_used: Sequence[str] = ()
+    options: EncodeOptions = field(default_factory=EncodeOptions)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.options, EncodeOptions):
+            raise TypeError(f"EncodeRequest.options must be EncodeOptions; got {type(self.options).__name__}")
+        if not self.model_name or not self.model_version:
+            raise DicomOutError("EncodeRequest needs model_name and model_version (they name the outputs)")
+        check_reference_series(self.reference_series)
+        for role, series in self.other_series.items():
+            check_other_series(role, series, self.reference_series[0])
+        shape = self.grid_shape
+        labels = np.asarray(self.labels)
+        _check_grid("labels", labels, shape)
+        if labels.dtype.kind not in "iub":
+            raise DicomOutError(f"labels must be an integer array (BraTS 0/1/2/4); got dtype {labels.dtype}")
+        unexpected = sorted(set(np.unique(labels).tolist()) - {0, 1, 2, 4})
+        if unexpected:
+            raise DicomOutError(f"labels contain values {unexpected}; BraTS labels are 0, 1, 2 and 4")
+        object.__setattr__(self, "labels", labels.astype(np.uint8, copy=False))
+        for name in ("probabilities", "variance", "gradcam"):
+            arrays = {}
+            for key, array in getattr(self, name).items():
+                arrays[_class_key(name, key).value] = _float_grid(f"{name}[{key!r}]", array, shape)
+            object.__setattr__(self, name, arrays)
+        if self.entropy is not None:
+            object.__setattr__(self, "entropy", _float_grid("entropy", self.entropy, shape))
+        for name, key in (("probability", "probabilities"), ("gradcam", "gradcam")):
+            if name in self.options.maps and not getattr(self, key):
+                raise DicomOutError(f"options.maps asks for {name} maps but EncodeRequest.{key} is empty")
+        if "uncertainty" in self.options.maps and self.entropy is None and not self.variance:
+            raise DicomOutError("options.maps asks for uncertainty maps but neither entropy nor variance is given")
+        if self.options.brain_mask is not None:
+            _check_grid("options.brain_mask", np.asarray(self.options.brain_mask), shape)
+        if self.volumes_ml is not None:
+            missing = {"ncr", "ed", "et", "wt", "tc"} - set(self.volumes_ml)
+            if missing:
+                raise DicomOutError(f"volumes_ml lacks {sorted(missing)}; give all of ncr, ed, et, wt, tc or None")
+
+    @property
+    def grid_shape(self) -> tuple[int, int, int]:
+        """(slices, rows, columns) of the reference series."""
+        first = self.reference_series[0]
+        return (len(self.reference_series), int(first.Rows), int(first.Columns))
+
+    @property
+    def study_instance_uid(self) -> str:
+        return str(self.reference_series[0].StudyInstanceUID)
+
+    @property
+    def voxel_volume_ml(self) -> float:
+        """Volume of one voxel of the reference grid in millilitres."""
+        first = self.reference_series[0]
+        row_spacing, column_spacing = (float(v) for v in first.PixelSpacing)
+        return row_spacing * column_spacing * slice_spacing(self.reference_series) / 1000.0
+
+    def region_volumes_ml(self) -> dict[str, float]:
+        """Volumes per region: the given ``volumes_ml`` or counted from the labels."""
+        if self.volumes_ml is not None:
+            return {key: float(self.volumes_ml[key]) for key in ("ncr", "ed", "et", "wt", "tc")}
+        counts = {value: int(np.count_nonzero(self.labels == value)) for value in (1, 2, 4)}
+        voxel = self.voxel_volume_ml
+        return {
+            "ncr": counts[1] * voxel, "ed": counts[2] * voxel, "et": counts[4] * voxel,
+            "wt": (counts[1] + counts[2] + counts[4]) * voxel, "tc": (counts[1] + counts[4]) * voxel,
+        }
+
+    def source_datasets(self) -> list[Dataset]:
+        """Every source dataset: the reference series, then the other series."""
+        items = list(self.reference_series)
+        for series in self.other_series.values():
+            items.extend(series)
+        return items
+
+
+def _class_key(name: str, key: str) -> TumorClass:
+    try:
+        return TumorClass(str(key).lower())
+    except ValueError:
+        raise DicomOutError(f"EncodeRequest.{name} has key {key!r}; use 'ncr', 'ed' or 'et'") from None
+
+
+def _check_grid(name: str, array: np.ndarray, shape: tuple[int, int, int]) -> None:
+    if array.shape != shape:
+        raise GridMismatchError(
+            f"{name} has shape {array.shape} but the reference series grid is {shape} "
+            "(slices, rows, columns); resample it onto the reference series first"
+        )
+
+
+def _float_grid(name: str, array: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    array = np.asarray(array)
+    _check_grid(name, array, shape)
+    if array.dtype.kind not in "fiub":
+        raise DicomOutError(f"{name} must be numeric; got dtype {array.dtype}")
+    array = array.astype(np.float32, copy=False)
+    if not np.all(np.isfinite(array)):
+        raise DicomOutError(f"{name} contains NaN or infinite values")
+    return array
+
+
+def _position(ds: Dataset) -> np.ndarray:
+    return np.asarray([float(v) for v in ds.ImagePositionPatient])
+
+
+def _normal(ds: Dataset) -> np.ndarray:
+    iop = np.asarray([float(v) for v in ds.ImageOrientationPatient])
+    return np.cross(iop[:3], iop[3:])
+
+
+def slice_spacing(series: Sequence[Dataset]) -> float:
+    """Distance between slice centres along the normal (SliceThickness for one slice)."""
+    if len(series) < 2:
+        return float(getattr(series[0], "SliceThickness", 1.0) or 1.0)
+    normal = _normal(series[0])
+    return abs(float((_position(series[1]) - _position(series[0])) @ normal))
+
+
+def check_reference_series(series: Sequence[Dataset]) -> None:
+    """Check the reference series can be the source of SEG and Parametric Maps.
+
+    Raises
+    ------
+    SourceSeriesError
+        Naming the series and the attribute at fault.
+    """
+    if not series:
+        raise SourceSeriesError("reference_series is empty")
+    first = series[0]
+    series_uid = str(getattr(first, "SeriesInstanceUID", "<no SeriesInstanceUID>"))
+    where = f"reference series {series_uid}"
+    for ds in series:
+        if not isinstance(ds, Dataset):
+            raise TypeError(f"{where}: items must be pydicom Datasets; got {type(ds).__name__}")
+        for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID",
+                        "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns"):
+            if keyword not in ds or ds[keyword].value in (None, ""):
+                raise SourceSeriesError(f"{where}: instance {ds.get('SOPInstanceUID', '?')} lacks {keyword}")
+        if "FrameOfReferenceUID" not in ds or not ds.FrameOfReferenceUID:
+            raise SourceSeriesError(
+                f"{where}: instance {ds.SOPInstanceUID} has no FrameOfReferenceUID (0020,0052); "
+                "results cannot be placed in patient space without it"
+            )
+        if int(getattr(ds, "NumberOfFrames", 1) or 1) != 1:
+            raise SourceSeriesError(f"{where}: instance {ds.SOPInstanceUID} is multi-frame; "
+                                    "give a single-frame series")
+    for keyword in ("SeriesInstanceUID", "StudyInstanceUID", "FrameOfReferenceUID", "Rows", "Columns"):
+        values = {str(ds[keyword].value) for ds in series}
+        if len(values) > 1:
+            raise SourceSeriesError(f"{where}: {keyword} differs between instances ({sorted(values)[:3]})")
+    iop = np.asarray([float(v) for v in first.ImageOrientationPatient])
+    for ds in series[1:]:
+        if not np.allclose([float(v) for v in ds.ImageOrientationPatient], iop, atol=1e-4):
+            raise SourceSeriesError(f"{where}: instance {ds.SOPInstanceUID} has a different "
+                                    "ImageOrientationPatient; mixed orientations cannot share one grid")
+    if len({str(ds.SOPInstanceUID) for ds in series}) != len(series):
+        raise SourceSeriesError(f"{where}: an instance appears twice")
+    if len(series) > 1:
+        normal = _normal(first)
+        distances = np.asarray([_position(ds) @ normal for ds in series])
+        steps = np.diff(distances)
+        if not (np.all(steps > 1e-4) or np.all(steps < -1e-4)):
+            raise SourceSeriesError(f"{where}: instances are not sorted along the slice normal "
+                                    "(sort them by ImagePositionPatient before encoding)")
+
+
+def check_other_series(role: str, series: Sequence[Dataset], reference: Dataset) -> None:
+    """Other series are further sources: same study, real images."""
+    if not series:
+        raise SourceSeriesError(f"other_series[{role!r}] is empty")
+    for ds in series:
+        if str(getattr(ds, "StudyInstanceUID", "")) != str(reference.StudyInstanceUID):
+            raise SourceSeriesError(
+                f"other_series[{role!r}]: instance {ds.get('SOPInstanceUID', '?')} belongs to study "
+                f"{ds.get('StudyInstanceUID', '?')}, not {reference.StudyInstanceUID}"
+            )
+        for keyword in ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID"):
+            if keyword not in ds:
+                raise SourceSeriesError(f"other_series[{role!r}]: an instance lacks {keyword}")
+
+
+def software_versions(model_name: str, model_version: str) -> list[str]:
+    """SoftwareVersions (0018,1020): ours and the model's."""
+    return [f"neuroseg {package_version()}"[:64], f"{model_name} {model_version}"[:64]]
+
+
+def series_description(what: str, options: EncodeOptions) -> str:
+    """``"<what> - <series_tag>"``, at most 64 characters (LO)."""
+    tail = f" - {options.series_tag}" if options.series_tag else ""
+    return what[: 64 - len(tail)] + tail
+
+
+def content_description(what: str) -> str:
+    """ContentDescription (LO, 64): what it is plus the not-for-diagnostic statement."""
+    tail = ". Not for diagnostic use"
+    return what[: 64 - len(tail)] + tail
+
+
+#: Patient, study and patient-study attributes copied from the source (PS3.3 C.7.1.1,
+#: C.7.2.1, C.7.2.2) into objects built by hand.
+IDENTITY_KEYWORDS = (
+    "PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex",
+    "OtherPatientIDsSequence", "PatientAge", "PatientSize", "PatientWeight", "EthnicGroup",
+    "StudyInstanceUID", "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID",
+    "AccessionNumber", "IssuerOfAccessionNumberSequence", "StudyDescription",
+)
+TYPE2_IDENTITY = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                  "ReferringPhysicianName", "StudyID", "AccessionNumber")
+
+
+def copy_identity(source: Dataset, target: Dataset) -> None:
+    """Copy patient and study identity from ``source`` into ``target``."""
+    for keyword in IDENTITY_KEYWORDS:
+        if keyword in source:
+            target[keyword] = source[keyword]
+    for keyword in TYPE2_IDENTITY:
+        if keyword not in target:
+            setattr(target, keyword, "")
+    if "SpecificCharacterSet" in source:
+        target.SpecificCharacterSet = source.SpecificCharacterSet
+
+
+def coding_scheme_identification() -> Dataset:
+    """An item of CodingSchemeIdentificationSequence describing :data:`LOCAL_SCHEME`."""
+    item = Dataset()
+    item.CodingSchemeDesignator = LOCAL_SCHEME
+    item.CodingSchemeName = "neuroseg local codes"
+    item.CodingSchemeResponsibleOrganization = "neuroseg project"
+    return item

@@ -1,0 +1,192 @@
+"""Parametric Maps of probability, uncertainty and Grad-CAM (highdicom).
+
+One float32 Parametric Map per quantity, each in its own series, so that a
+viewer lists and windows them separately. Every map is on the reference
+series (``source_images``), has a Real World Value Mapping with a quantity
+code, unit and range, a window, BodyPartExamined BRAIN, and
+ContentQualification RESEARCH.
+
+Quantities and their codes
+--------------------------
+==========================  ======================================  ==============  ============
+kind                        quantity definition                     unit (UCUM)     range
+==========================  ======================================  ==============  ============
+pmap-probability-<class>    (110854, DCM, "Fractional Probabilistic "1"             [0, 1]
+                            Segmentation")
+pmap-uncertainty-entropy    (PRED-ENTROPY, 99NEUROSEG, "Predictive  "1" (nats)      [0, ln 4]
+                            entropy")
+pmap-uncertainty-sd-<class> (113061, DCM, "Standard Deviation")     "1"             [0, 0.5]
+                            of the class probability over MC
+                            dropout samples (square root of the
+                            variance the model gives)
+pmap-gradcam-<class>        (130403, DCM, "Gradient-weighted class  "1"             [0, max]
+                            activation")
+==========================  ======================================  ==============  ============
+
+``99NEUROSEG`` is a private coding scheme (PS3.16 8.2 "99" prefix), declared
+in each object's Coding Scheme Identification Sequence. The LUT explanation
+of each mapping says in words what the value is (e.g. "MC dropout SD of
+P(ET)"). The not-for-diagnostic statement is in ContentDescription.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import highdicom as hd
+import numpy as np
+from highdicom.sr import CodedConcept
+
+from neuroseg.dicom_out.common import (
+    LOCAL_SCHEME,
+    MANUFACTURER,
+    PREDICTIVE_ENTROPY,
+    SERIES_NUMBERS,
+    EncodedObject,
+    EncodeRequest,
+    content_description,
+    series_description,
+    software_versions,
+)
+from neuroseg.dicom_out.enum import MapKind, TumorClass
+from neuroseg.dicom_out.uids import output_uid
+
+log = logging.getLogger(__name__)
+
+NO_UNITS = CodedConcept("1", "UCUM", "no units")
+STANDARD_DEVIATION = CodedConcept("113061", "DCM", "Standard Deviation")
+FRACTIONAL_PROBABILISTIC_SEGMENTATION = CodedConcept("110854", "DCM", "Fractional Probabilistic Segmentation")
+GRADIENT_WEIGHTED_CLASS_ACTIVATION = CodedConcept("130403", "DCM", "Gradient-weighted class activation")
+_SHORT = {TumorClass.NCR: "NCR", TumorClass.ED: "ED", TumorClass.ET: "ET"}
+
+
+@dataclass(frozen=True)
+class MapSpec:
+    """One Parametric Map to write."""
+
+    kind: str
+    group: str  # SERIES_NUMBERS key
+    label: str  # LUT label (SH, 16 chars)
+    explanation: str  # LUT explanation (LO, 64 chars)
+    quantity: CodedConcept
+    value_range: tuple[float, float]
+    array: np.ndarray
+    description: str  # SeriesDescription stem
+
+
+def map_specs(request: EncodeRequest) -> list[MapSpec]:
+    """The maps ``request.options.maps`` asks for, in a fixed order."""
+    specs: list[MapSpec] = []
+    wanted = request.options.maps
+    if MapKind.PROBABILITY.value in wanted:
+        for tumor_class in TumorClass:
+            array = request.probabilities.get(tumor_class.value)
+            if array is None:
+                continue
+            short = _SHORT[tumor_class]
+            specs.append(MapSpec(
+                f"pmap-probability-{tumor_class.value}", "pmap-probability", f"P_{short}",
+                f"Mean softmax probability of {tumor_class.display_name} ({short})",
+                FRACTIONAL_PROBABILISTIC_SEGMENTATION, (0.0, 1.0), array, f"AI probability {short}",
+            ))
+    if MapKind.UNCERTAINTY.value in wanted:
+        if request.entropy is not None:
+            top = max(math.log(4.0), float(request.entropy.max()))
+            specs.append(MapSpec(
+                "pmap-uncertainty-entropy", "pmap-uncertainty", "ENTROPY",
+                "Predictive entropy of the MC dropout mean softmax (nats)",
+                PREDICTIVE_ENTROPY, (0.0, top), request.entropy, "AI uncertainty entropy",
+            ))
+        for tumor_class in TumorClass:
+            variance = request.variance.get(tumor_class.value)
+            if variance is None:
+                continue
+            short = _SHORT[tumor_class]
+            sd = np.sqrt(np.clip(variance, 0.0, None)).astype(np.float32)
+            specs.append(MapSpec(
+                f"pmap-uncertainty-sd-{tumor_class.value}", "pmap-uncertainty", f"SD_P_{short}",
+                f"MC dropout standard deviation of P({short})",
+                STANDARD_DEVIATION, (0.0, max(0.5, float(sd.max()))), sd, f"AI uncertainty SD {short}",
+            ))
+    if MapKind.GRADCAM.value in wanted:
+        for tumor_class in TumorClass:
+            array = request.gradcam.get(tumor_class.value)
+            if array is None:
+                continue
+            short = _SHORT[tumor_class]
+            low = min(0.0, float(array.min()))
+            specs.append(MapSpec(
+                f"pmap-gradcam-{tumor_class.value}", "pmap-gradcam", f"GRADCAM_{short}",
+                f"3D Grad-CAM of class {short} (gradient-weighted class activation)",
+                GRADIENT_WEIGHTED_CLASS_ACTIVATION, (low, max(low + 1e-6, float(array.max()), 1.0)), array,
+                f"AI Grad-CAM {short}",
+            ))
+    return specs
+
+
+def build_parametric_map(request: EncodeRequest, spec: MapSpec, instance_number: int = 1) -> EncodedObject:
+    """Build one Parametric Map from ``spec`` on the reference series."""
+    study_uid = request.study_instance_uid
+    low, high = spec.value_range
+    mapping = hd.pm.RealWorldValueMapping(
+        lut_label=spec.label[:16],
+        lut_explanation=spec.explanation[:64],
+        unit=NO_UNITS,
+        value_range=(float(low), float(high)),
+        slope=1.0,
+        intercept=0.0,
+        quantity_definition=spec.quantity,
+    )
+    window = hd.VOILUTTransformation(
+        window_center=(low + high) / 2.0,
+        window_width=max(high - low, 1e-6),
+        window_explanation=spec.label[:64],
+        voi_lut_function=hd.VOILUTFunctionValues.LINEAR_EXACT,  # widths below 1 need LINEAR_EXACT
+    )
+    further = [ds for series in request.other_series.values() for ds in series]
+    pmap = hd.pm.ParametricMap(
+        source_images=list(request.reference_series),
+        pixel_array=np.ascontiguousarray(spec.array, dtype=np.float32),
+        series_instance_uid=output_uid(study_uid, request.model_version, spec.kind, "series"),
+        series_number=SERIES_NUMBERS[spec.group] + _offset(spec.kind),
+        sop_instance_uid=output_uid(study_uid, request.model_version, spec.kind),
+        instance_number=instance_number,
+        manufacturer=MANUFACTURER,
+        manufacturer_model_name=request.model_name[:64],
+        software_versions=software_versions(request.model_name, request.model_version),
+        device_serial_number=request.model_version[:64],
+        contains_recognizable_visual_features=False,
+        real_world_value_mappings=[mapping],
+        voi_lut_transformations=[window],
+        content_label=spec.label.replace("_", "")[:16].upper(),
+        content_description=content_description(spec.description),
+        content_creator_name="neuroseg^AI",
+        content_qualification=hd.ContentQualificationValues.RESEARCH,
+        series_description=series_description(spec.description, request.options),
+        further_source_images=further or None,
+        coding_schemes=[hd.coding_schemes.CodingSchemeIdentificationItem(
+            designator=LOCAL_SCHEME,
+            name="neuroseg local codes",
+            responsible_organization="neuroseg project",
+        )] if spec.quantity.scheme_designator == LOCAL_SCHEME else None,
+    )
+    pmap.BodyPartExamined = "BRAIN"
+    return EncodedObject(spec.kind, str(pmap.SOPClassUID), str(pmap.SOPInstanceUID), pmap)
+
+
+def _offset(kind: str) -> int:
+    """Each map its own series number inside its group: 9010 + 1 for NCR, ..."""
+    order = ["entropy", "ncr", "ed", "et"]
+    return order.index(kind.rsplit("-", 1)[-1])
+
+
+def build_parametric_maps(request: EncodeRequest) -> list[EncodedObject]:
+    """Build every Parametric Map that ``request.options.maps`` asks for."""
+    objects = [build_parametric_map(request, spec) for spec in map_specs(request)]
+    log.info("built %d parametric maps for study %s", len(objects), request.study_instance_uid)
+    return objects
+
+
+__all__ = ["MapSpec", "build_parametric_map", "build_parametric_maps", "map_specs"]

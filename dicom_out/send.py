@@ -1,0 +1,254 @@
+"""Delivery: C-STORE to a PACS, or an outbox folder.
+
+:func:`deliver` opens one association with a presentation context for every
+SOP class among the objects (the pynetdicom defaults omit Parametric Map,
+Label Map SEG and Encapsulated STL, so they are named explicitly), sends each
+object and records its status:
+
+- ``0x0000`` -> SUCCESS;
+- ``0xB000``, ``0xB006``, ``0xB007`` (coercion, elements discarded, data set
+  does not match SOP class) -> WARNING, the object is stored;
+- any failure status (``0xA7xx`` out of resources, ``0xA9xx`` data set does
+  not match, ``0xCxxx`` cannot understand, ...) or a SOP class the PACS did
+  not accept at association time -> FAILURE for that object; the others are
+  still sent.
+
+When the PACS cannot be reached, refuses or aborts the association, or stops
+answering, :class:`DeliveryUnavailable` is raised (a transient error: the
+caller retries later with backoff; it carries the results recorded so far).
+Because every UID is deterministic, sending again replaces rather than
+duplicates.
+
+DICOMweb STOW-RS is not implemented (the dicomweb-client package is not a
+dependency); C-STORE and the outbox cover the destinations the settings name.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pydicom
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from neuroseg.dicom_out.common import EncodedObject
+from neuroseg.dicom_out.enum import DeliveryStatus
+
+log = logging.getLogger(__name__)
+
+#: C-STORE statuses that mean "stored, with a warning" (PS3.4 B.2.3).
+WARNING_STATUSES = frozenset({0xB000, 0xB006, 0xB007})
+#: pynetdicom proposes at most 128 presentation contexts in one association.
+MAX_CONTEXTS = 128
+
+
+class DeliveryUnavailable(ConnectionError):
+    """The destination cannot take objects now (down, refusing, or aborting).
+
+    Transient: retry later. ``results`` holds what was recorded before the
+    failure (objects already stored stay stored).
+    """
+
+    def __init__(self, message: str, results: Sequence["DeliveryResult"] = ()) -> None:
+        super().__init__(message)
+        self.results = list(results)
+
+
+@dataclass(frozen=True)
+class DeliveryResult:
+    """What happened to one object at one destination."""
+
+    kind: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    destination: str
+    outcome: DeliveryStatus
+    status: int | None  # the C-STORE status; None when no C-STORE was attempted
+    message: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """True when the PACS stored the object (success or warning)."""
+        return self.outcome is not DeliveryStatus.FAILURE
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "kind": self.kind, "sop_class_uid": self.sop_class_uid, "sop_instance_uid": self.sop_instance_uid,
+            "destination": self.destination, "outcome": self.outcome.value,
+            "status": None if self.status is None else f"0x{self.status:04X}", "message": self.message,
+        }
+
+
+def _transfer_syntaxes(obj: EncodedObject) -> list[str]:
+    meta = getattr(obj.dataset, "file_meta", None)
+    own = str(getattr(meta, "TransferSyntaxUID", "") or ExplicitVRLittleEndian)
+    syntaxes = [own]
+    if own in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
+        syntaxes += [ts for ts in (ExplicitVRLittleEndian, ImplicitVRLittleEndian) if ts != own]
+    return syntaxes
+
+
+def deliver(
+    objects: Sequence[EncodedObject],
+    *,
+    ae_title: str,
+    host: str,
+    port: int,
+    calling_ae_title: str = "NEUROSEG",
+    timeout: float = 60.0,
+) -> list[DeliveryResult]:
+    """Send ``objects`` to one DICOM destination with C-STORE.
+
+    Parameters
+    ----------
+    objects: Sequence[EncodedObject]
+        What to send, in order.
+    ae_title, host, port:
+        The destination (called AE title, host name or address, TCP port).
+    calling_ae_title: str, optional
+        Our AE title.
+    timeout: float, optional
+        Seconds for connecting, association negotiation and each C-STORE
+        response.
+
+    Returns
+    -------
+    list of DeliveryResult
+        One per object, in order. A refused object is a FAILURE result; it
+        does not stop the others.
+
+    Raises
+    ------
+    DeliveryUnavailable
+        When no association can be established, or it is lost mid-way.
+    """
+    from pynetdicom import AE
+
+    destination = f"{ae_title}@{host}:{port}"
+    if not objects:
+        return []
+    contexts: dict[str, list[str]] = {}
+    for obj in objects:
+        contexts.setdefault(obj.sop_class_uid, _transfer_syntaxes(obj))
+    if len(contexts) > MAX_CONTEXTS:
+        raise ValueError(f"{len(contexts)} SOP classes in one delivery; at most {MAX_CONTEXTS} fit one association")
+    ae = AE(ae_title=calling_ae_title)
+    ae.connection_timeout = timeout
+    ae.acse_timeout = timeout
+    ae.dimse_timeout = timeout
+    ae.network_timeout = timeout
+    for sop_class_uid, syntaxes in contexts.items():
+        ae.add_requested_context(sop_class_uid, syntaxes)
+    try:
+        assoc = ae.associate(host, int(port), ae_title=ae_title)
+    except (OSError, RuntimeError) as exc:
+        raise DeliveryUnavailable(f"cannot reach {destination}: {exc}") from exc
+    if not assoc.is_established:
+        why = "association rejected" if assoc.is_rejected else "association aborted" if assoc.is_aborted \
+            else "no association (connection refused or timed out)"
+        raise DeliveryUnavailable(f"cannot deliver to {destination}: {why}")
+    accepted = {context.abstract_syntax for context in assoc.accepted_contexts}
+    results: list[DeliveryResult] = []
+    try:
+        for obj in objects:
+            if not assoc.is_established:
+                raise DeliveryUnavailable(f"association with {destination} was lost after "
+                                          f"{len(results)} of {len(objects)} objects", results)
+            if obj.sop_class_uid not in accepted:
+                message = f"{destination} did not accept SOP class {obj.sop_class_uid} at association time"
+                log.warning("not sent %s (%s): %s", obj.kind, obj.sop_instance_uid, message)
+                results.append(DeliveryResult(obj.kind, obj.sop_class_uid, obj.sop_instance_uid, destination,
+                                              DeliveryStatus.FAILURE, None, message))
+                continue
+            try:
+                response = assoc.send_c_store(obj.dataset)
+            except (ValueError, AttributeError) as exc:  # the dataset cannot be encoded in the context
+                results.append(DeliveryResult(obj.kind, obj.sop_class_uid, obj.sop_instance_uid, destination,
+                                              DeliveryStatus.FAILURE, None, f"could not send: {exc}"))
+                continue
+            if "Status" not in response:
+                raise DeliveryUnavailable(f"no C-STORE response from {destination} for {obj.kind} "
+                                          "(timeout or connection lost)", results)
+            results.append(_result(obj, destination, int(response.Status), response))
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    stored = sum(result.ok for result in results)
+    log.info("delivered %d of %d objects to %s", stored, len(results), destination)
+    return results
+
+
+def _result(obj: EncodedObject, destination: str, status: int, response) -> DeliveryResult:
+    comment = str(getattr(response, "ErrorComment", "") or "")
+    if status == 0x0000:
+        outcome, message = DeliveryStatus.SUCCESS, "stored"
+    elif status in WARNING_STATUSES:
+        outcome, message = DeliveryStatus.WARNING, f"stored with warning 0x{status:04X}"
+    else:
+        outcome, message = DeliveryStatus.FAILURE, f"refused with status 0x{status:04X}"
+        log.warning("%s refused %s (%s): status 0x%04X %s", destination, obj.kind, obj.sop_instance_uid,
+                    status, comment)
+    if comment:
+        message += f": {comment}"
+    return DeliveryResult(obj.kind, obj.sop_class_uid, obj.sop_instance_uid, destination, outcome, status, message)
+
+
+def write_outbox(objects: Iterable[EncodedObject], folder: str | os.PathLike[str]) -> list[Path]:
+    """Write each object as ``<folder>/<kind>.dcm`` atomically.
+
+    Each file is written to a temporary name in the same folder, flushed
+    to disk, then renamed over the final name, so a reader never sees a
+    partial file and writing the same study again replaces the files.
+
+    Returns
+    -------
+    list of pathlib.Path
+        The written files, in the order of ``objects``.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for obj in objects:
+        path = folder / f"{obj.kind}.dcm"
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".dcm", dir=folder)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                pydicom.dcmwrite(handle, obj.dataset, enforce_file_format=True)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        paths.append(path)
+    log.info("wrote %d objects to %s", len(paths), folder)
+    return paths
+
+
+def load_objects(paths: Iterable[str | os.PathLike[str]]) -> list[EncodedObject]:
+    """Read DICOM files (or every file under folders) as objects to send.
+
+    Files that are not DICOM are skipped with a warning; the kind of each
+    object is its file name without the extension.
+    """
+    objects = []
+    for root in paths:
+        root = Path(root)
+        if not root.exists():
+            raise FileNotFoundError(f"{root} does not exist")
+        files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+        for path in files:
+            try:
+                ds = pydicom.dcmread(path)
+            except (pydicom.errors.InvalidDicomError, OSError) as exc:
+                log.warning("skipping %s: not a DICOM file (%s)", path, exc)
+                continue
+            if "SOPClassUID" not in ds or "SOPInstanceUID" not in ds:
+                log.warning("skipping %s: no SOPClassUID/SOPInstanceUID", path)
+                continue
+            objects.append(EncodedObject(path.stem, str(ds.SOPClassUID), str(ds.SOPInstanceUID), ds))
+    return objects
