@@ -38,9 +38,9 @@ LABEL_NCR, LABEL_ED, LABEL_ET = 1, 2, 4
 TISSUE_INTENSITY: dict[str, dict[str, float]] = {
     #            t1     t1ce   t2     flair
     "wm":      {"t1": 1.00, "t1ce": 1.00, "t2": 0.55, "flair": 0.70},
-    "gm":      {"t1": 0.74, "t1ce": 0.78, "t2": 0.72, "flair": 0.85},
-    "csf":     {"t1": 0.28, "t1ce": 0.30, "t2": 1.60, "flair": 0.22},
-    "edema":   {"t1": 0.66, "t1ce": 0.68, "t2": 1.15, "flair": 1.45},
+    "gm":      {"t1": 0.74, "t1ce": 0.78, "t2": 0.62, "flair": 0.78},
+    "csf":     {"t1": 0.28, "t1ce": 0.38, "t2": 1.35, "flair": 0.22},
+    "edema":   {"t1": 0.74, "t1ce": 0.76, "t2": 1.15, "flair": 1.60},
     "et":      {"t1": 0.64, "t1ce": 1.55, "t2": 0.95, "flair": 1.15},
     "net":     {"t1": 0.58, "t1ce": 0.60, "t2": 1.05, "flair": 1.10},
     "ncr":     {"t1": 0.40, "t1ce": 0.42, "t2": 1.35, "flair": 0.80},
@@ -555,3 +555,135 @@ def generate_phantoms(out_dir: Path, count: int, seed: int, config: PhantomConfi
         phantom = make_phantom(case_seed, config)
         paths.append(write_brats_case(phantom, out_dir, f"{prefix}_{case_seed:05d}"))
     return paths
+
+
+# --- comparison with real images ------------------------------------------------
+
+COMPARISON_BINS = np.linspace(-4.0, 6.0, 81)
+
+
+def intensity_statistics(images: dict[str, np.ndarray], tumour: np.ndarray | None = None,
+                         seed: int = 0) -> dict:
+    """Tissue contrast ratios and a normalised histogram per sequence of one skull-stripped case.
+
+    White matter, grey matter and CSF are found the same way on real and
+    synthetic images: a 3-component Gaussian mixture on the T1 intensities of
+    the non-zero (brain) voxels outside the tumour (when a tumour mask is
+    known). Ratios are medians relative to white matter; the histogram is of
+    the z-scored brain intensities.
+
+    Returns
+    -------
+    dict
+        ``{"ratios": {seq: {"gm": r, "csf": r, "tumour": r}}, "histograms": {seq: array}}``
+    """
+    from sklearn.mixture import GaussianMixture
+
+    if "t1" not in images:
+        raise ValueError("intensity_statistics needs the T1 image to find the tissues")
+    brain = images["t1"] > 0
+    for image in images.values():
+        brain &= image > 0
+    healthy = brain & ~tumour if tumour is not None else brain
+    values = images["t1"][healthy]
+    rng = np.random.default_rng(seed)
+    sample = values[rng.choice(values.size, min(values.size, 60000), replace=False)]
+    mixture = GaussianMixture(3, random_state=seed).fit(sample[:, None])
+    order = np.argsort(mixture.means_[:, 0])  # csf, gm, wm by T1 brightness
+    rank = np.argsort(order)[mixture.predict(values[:, None])]
+    classes = np.full(brain.shape, -1, dtype=np.int8)
+    classes[healthy] = rank
+    stats: dict = {"ratios": {}, "histograms": {}}
+    for seq, image in images.items():
+        wm = float(np.median(image[classes == 2]))
+        ratios = {"gm": float(np.median(image[classes == 1])) / wm,
+                  "csf": float(np.median(image[classes == 0])) / wm}
+        if tumour is not None and tumour.any():
+            ratios["tumour"] = float(np.median(image[tumour & brain])) / wm
+        stats["ratios"][seq] = ratios
+        inside = image[brain]
+        z = (inside - inside.mean()) / (inside.std() or 1.0)
+        hist, _ = np.histogram(z, bins=COMPARISON_BINS)
+        stats["histograms"][seq] = hist / max(hist.sum(), 1)
+    return stats
+
+
+def compare_with_real(real_dirs: list[Path], count: int = 4, seed: int = 9000,
+                      progress: bool = True) -> dict:
+    """Compare phantom intensity statistics with real skull-stripped cases.
+
+    Phantoms are generated like BraTS (skull-stripped, 1 mm axial) so both
+    sides are measured the same way (:func:`intensity_statistics`). Real cases
+    with a whole-tumour label contribute a tumour ratio; cases whose images
+    are not skull-stripped (their corners are not zero) are skipped.
+
+    Returns
+    -------
+    dict
+        ``{"sequences": {seq: {"real": {...mean, sd...}, "phantom": {...},
+        "histogram_overlap": float}}, "real_cases": [...], "phantoms": n}``;
+        histogram overlap is the intersection of the mean normalised
+        histograms (1 = identical, 0 = disjoint).
+    """
+    from tqdm import tqdm
+
+    from neuroseg.model.data import find_cases, read_case
+
+    real_stats, real_names = [], []
+    for real_dir in real_dirs:
+        for files in find_cases(Path(real_dir)):
+            try:
+                case = read_case(files)
+            except ValueError as exc:
+                log.info("skipping %s: %s", files.case_id, exc)
+                continue
+            corners = [image[tuple(slice(0, 3) for _ in range(3))].max() for image in case.images.values()]
+            if max(corners) > 0:
+                log.info("skipping %s: not skull-stripped", files.case_id)
+                continue
+            tumour = case.label > 0 if case.label is not None else None
+            real_stats.append(intensity_statistics(case.images, tumour))
+            real_names.append(files.case_id)
+    if not real_stats:
+        raise ValueError(f"no skull-stripped real case with a T1 found in {', '.join(map(str, real_dirs))}")
+    config = PhantomConfig(skull_probability=0.0, clinical_grid_probability=0.0)
+    phantom_stats = []
+    for index in tqdm(range(count), desc="phantoms", disable=not progress):
+        phantom = make_phantom(seed + index, config)
+        phantom_stats.append(intensity_statistics(phantom.images, phantom.label > 0))
+    report: dict = {"real_cases": real_names, "phantoms": count, "sequences": {}}
+    for seq in SEQUENCES:
+        entry: dict = {}
+        for side, stats in (("real", real_stats), ("phantom", phantom_stats)):
+            have = [s for s in stats if seq in s["ratios"]]
+            if not have:
+                continue
+            summary = {}
+            for key in ("gm", "csf", "tumour"):
+                values = [s["ratios"][seq][key] for s in have if key in s["ratios"][seq]]
+                if values:
+                    summary[key] = {"mean": float(np.mean(values)), "sd": float(np.std(values)), "n": len(values)}
+            entry[side] = summary
+            entry[f"{side}_histogram"] = np.mean([s["histograms"][seq] for s in have], axis=0)
+        if "real_histogram" in entry and "phantom_histogram" in entry:
+            entry["histogram_overlap"] = float(np.minimum(entry["real_histogram"], entry["phantom_histogram"]).sum())
+        entry.pop("real_histogram", None)
+        entry.pop("phantom_histogram", None)
+        report["sequences"][seq] = entry
+    return report
+
+
+def format_comparison(report: dict) -> str:
+    """The comparison as a plain-text table (ratios to white matter, mean +- sd)."""
+    lines = [f"real cases: {', '.join(report['real_cases'])}; phantoms: {report['phantoms']}",
+             f"{'sequence':<8} {'ratio to WM':<12} {'real':>16} {'phantom':>16}"]
+    for seq, entry in report["sequences"].items():
+        for key in ("gm", "csf", "tumour"):
+            cells = []
+            for side in ("real", "phantom"):
+                value = entry.get(side, {}).get(key)
+                cells.append(f"{value['mean']:.2f} +- {value['sd']:.2f}" if value else "-")
+            lines.append(f"{seq:<8} {key:<12} {cells[0]:>16} {cells[1]:>16}")
+        if "histogram_overlap" in entry:
+            lines.append(f"{seq:<8} {'hist overlap':<12} {entry['histogram_overlap']:>16.2f}")
+    return "\n".join(lines)
