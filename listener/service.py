@@ -1,0 +1,120 @@
+"""Run the listener in-process: the DICOM server plus the study assembly thread.
+
+``neuroseg listen`` runs a :class:`ListenerService` in the foreground;
+``neuroseg serve`` and the integration tests run one next to other services::
+
+    service = ListenerService(settings, enqueue=my_enqueue).start()
+    ...
+    service.stop()   # finishes the open associations, then stops
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from types import TracebackType
+
+from neuroseg.listener.assembly import Enqueue, HandOff, StudyAssembler
+from neuroseg.listener.classify import RuleSet
+from neuroseg.listener.scp import DicomServer, start_server
+from neuroseg.listener.spool import InstanceHeader, Spool, StoredInstance
+from neuroseg.worker.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class ListenerService:
+    """The DICOM listener with its spool and study assembly, in background threads.
+
+    Parameters
+    ----------
+    settings: Settings
+        Our AE title, port, allow-list, TLS, spool folder and assembly timings.
+    enqueue: callable, optional
+        ``enqueue(settings, manifest) -> job id`` for complete studies; default
+        ``neuroseg.worker.queue.enqueue_study`` (imported when first needed).
+        It must be idempotent for the same manifest.
+    rules: RuleSet, optional
+        Classification rules; default: ``settings.classification_rules`` or the
+        shipped rules. They are validated here, before anything starts.
+
+    Raises
+    ------
+    RulesError
+        If the classification rules are invalid.
+    """
+
+    def __init__(self, settings: Settings, enqueue: Enqueue | None = None, rules: RuleSet | None = None) -> None:
+        self.settings = settings
+        self.rules = rules if rules is not None else RuleSet.load(settings.classification_rules)
+        self.spool = Spool(settings.spool_dir)
+        self.assembler = StudyAssembler(settings, self.spool, self.rules, enqueue)
+        self._server: DicomServer | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
+    @property
+    def port(self) -> int:
+        """The bound TCP port (valid once started)."""
+        if self._server is None:
+            raise RuntimeError("the listener is not running; call start() first")
+        return self._server.address[1]
+
+    def start(self) -> "ListenerService":
+        """Recover the spool, resume open studies, then start accepting associations.
+
+        Raises
+        ------
+        OSError
+            If the spool cannot be created or the port cannot be bound.
+        ValueError
+            If the TLS files cannot be loaded.
+        """
+        if self._server is not None:
+            raise RuntimeError("the listener is already running")
+        self.spool.root.mkdir(parents=True, exist_ok=True)
+        self.spool.recover()
+        resumed = self.assembler.resume()
+        if resumed:
+            log.info("resumed %d open study(ies) from the spool", len(resumed))
+        self._server = start_server(self.settings, self.spool, self._on_stored)
+        self._stop.clear()
+        self._thread = threading.Thread(target=self.assembler.run, args=(self._stop,),
+                                        name="neuroseg-assembly", daemon=True)
+        self._thread.start()
+        host, port = self._server.address
+        log.info("listening as AE %s on %s:%d, spool %s", self.settings.ae_title, host, port, self.spool.root)
+        return self
+
+    def _on_stored(self, header: InstanceHeader, stored: StoredInstance, calling_ae_title: str) -> None:
+        self.assembler.note_instance(header.study_instance_uid, calling_ae_title, created=stored.created)
+
+    def stop(self, drain_seconds: float = 30.0) -> list[HandOff]:
+        """Stop accepting, let open associations finish (up to ``drain_seconds``), stop assembly.
+
+        Every stored instance is already durable and every open study resumes at
+        the next start, so nothing is lost. A last assembly pass hands over
+        studies that are complete by now; they are returned.
+        """
+        if self._server is None:
+            return []
+        self._server.stop(drain_seconds)
+        self._server = None
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=60)
+            self._thread = None
+        handed = self.assembler.poll()
+        log.info("listener stopped; %d study(ies) still open in the spool", len(self.assembler.open_studies))
+        return handed
+
+    def __enter__(self) -> "ListenerService":
+        return self.start() if self._server is None else self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.stop()
