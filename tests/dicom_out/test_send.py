@@ -1,0 +1,131 @@
+"""Delivery over C-STORE to a real pynetdicom SCP on loopback, and the outbox."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pydicom
+import pytest
+from pynetdicom import AE, evt
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from neuroseg.dicom_out import DeliveryUnavailable, EncodeOptions, deliver, encode_study, write_outbox
+from neuroseg.dicom_out.enum import DeliveryStatus
+from neuroseg.dicom_out.send import load_objects
+from tests.dicom_out.synthetic import synthetic_study
+from tests.services import free_port
+
+ENCAPSULATED_STL = "1.2.840.10008.5.1.4.1.1.104.3"
+COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
+
+
+@pytest.fixture(scope="module")
+def objects():
+    study = synthetic_study((6, 24, 24))
+    return encode_study(study.request(EncodeOptions(maps={"probability"}, mesh_formats={"stl"})))
+
+
+class RecordingPacs:
+    """A pynetdicom SCP that stores what it accepts and can refuse by SOP class."""
+
+    def __init__(self, sop_classes: set[str], refuse_with: dict[str, int] | None = None,
+                 require_called_ae: bool = False) -> None:
+        self.received: list[str] = []
+        self.refuse_with = refuse_with or {}
+        self.ae = AE(ae_title="TESTPACS")
+        self.ae.require_called_aet = require_called_ae
+        for uid in sop_classes:
+            self.ae.add_supported_context(uid, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+        self.server = self.ae.start_server(("127.0.0.1", 0), block=False,
+                                           evt_handlers=[(evt.EVT_C_STORE, self.handle_store)])
+        self.port = self.server.server_address[1]
+
+    def handle_store(self, event) -> int:
+        sop_class = str(event.request.AffectedSOPClassUID)
+        if sop_class in self.refuse_with:
+            return self.refuse_with[sop_class]
+        self.received.append(str(event.request.AffectedSOPInstanceUID))
+        return 0x0000
+
+    def stop(self) -> None:
+        self.server.shutdown()
+
+
+@pytest.fixture
+def pacs_factory() -> Iterator:
+    started: list[RecordingPacs] = []
+
+    def start(**kwargs) -> RecordingPacs:
+        pacs = RecordingPacs(**kwargs)
+        started.append(pacs)
+        return pacs
+
+    yield start
+    for pacs in started:
+        pacs.stop()
+
+
+def test_every_object_is_stored(objects, pacs_factory) -> None:
+    pacs = pacs_factory(sop_classes={obj.sop_class_uid for obj in objects})
+    results = deliver(objects, ae_title="TESTPACS", host="127.0.0.1", port=pacs.port, timeout=10)
+    assert [result.kind for result in results] == [obj.kind for obj in objects]
+    assert all(result.outcome is DeliveryStatus.SUCCESS and result.status == 0 for result in results)
+    assert pacs.received == [obj.sop_instance_uid for obj in objects]
+
+
+def test_a_sop_class_the_pacs_does_not_support_fails_alone(objects, pacs_factory) -> None:
+    pacs = pacs_factory(sop_classes={obj.sop_class_uid for obj in objects} - {ENCAPSULATED_STL})
+    results = deliver(objects, ae_title="TESTPACS", host="127.0.0.1", port=pacs.port, timeout=10)
+    failed = [result for result in results if not result.ok]
+    assert {result.kind for result in failed} == {obj.kind for obj in objects if obj.sop_class_uid == ENCAPSULATED_STL}
+    assert all(result.status is None and "did not accept SOP class 1.2.840.10008.5.1.4.1.1.104.3" in result.message
+               for result in failed)
+    assert pacs.received == [obj.sop_instance_uid for obj in objects if obj.sop_class_uid != ENCAPSULATED_STL]
+
+
+def test_a_failure_status_is_recorded_and_the_rest_still_go(objects, pacs_factory) -> None:
+    pacs = pacs_factory(sop_classes={obj.sop_class_uid for obj in objects},
+                        refuse_with={COMPREHENSIVE_3D_SR: 0xA700})
+    results = deliver(objects, ae_title="TESTPACS", host="127.0.0.1", port=pacs.port, timeout=10)
+    sr = next(result for result in results if result.kind == "sr")
+    assert sr.outcome is DeliveryStatus.FAILURE and sr.status == 0xA700
+    assert sr.message.startswith("refused with status 0xA700")
+    assert sr.to_dict()["status"] == "0xA700"
+    assert len(pacs.received) == len(objects) - 1
+
+
+def test_a_warning_status_counts_as_stored(objects, pacs_factory) -> None:
+    pacs = pacs_factory(sop_classes={obj.sop_class_uid for obj in objects},
+                        refuse_with={COMPREHENSIVE_3D_SR: 0xB000})
+    results = deliver(objects, ae_title="TESTPACS", host="127.0.0.1", port=pacs.port, timeout=10)
+    sr = next(result for result in results if result.kind == "sr")
+    assert sr.outcome is DeliveryStatus.WARNING and sr.ok
+
+
+def test_no_listener_raises_delivery_unavailable(objects) -> None:
+    port = free_port()
+    with pytest.raises(DeliveryUnavailable, match=f"cannot deliver to TESTPACS@127.0.0.1:{port}"):
+        deliver(objects, ae_title="TESTPACS", host="127.0.0.1", port=port, timeout=5)
+
+
+def test_a_rejected_association_raises_delivery_unavailable(objects, pacs_factory) -> None:
+    pacs = pacs_factory(sop_classes={obj.sop_class_uid for obj in objects}, require_called_ae=True)
+    with pytest.raises(DeliveryUnavailable, match="association rejected"):
+        deliver(objects, ae_title="WRONGAE", host="127.0.0.1", port=pacs.port, timeout=5)
+
+
+def test_delivering_nothing_opens_no_association() -> None:
+    assert deliver([], ae_title="X", host="127.0.0.1", port=1) == []
+
+
+def test_outbox_writes_each_object_atomically_and_replaces_on_rewrite(objects, tmp_path: Path) -> None:
+    folder = tmp_path / "outbox" / "study"
+    paths = write_outbox(objects, folder)
+    assert [path.name for path in paths] == [f"{obj.kind}.dcm" for obj in objects]
+    assert write_outbox(objects, folder) == paths
+    assert sorted(folder.iterdir()) == sorted(paths), "no temporary files left behind"
+    for obj, path in zip(objects, paths):
+        assert pydicom.dcmread(path).SOPInstanceUID == obj.sop_instance_uid
+    loaded = load_objects([folder])
+    assert sorted(obj.sop_instance_uid for obj in loaded) == sorted(obj.sop_instance_uid for obj in objects)
