@@ -150,6 +150,7 @@ class Anatomy:
     csf: np.ndarray
     brain: np.ndarray
     head_distance_mm: np.ndarray
+    depth_mm: np.ndarray
     affine: np.ndarray
     spacing_mm: float
 
@@ -180,8 +181,14 @@ def load_anatomy(spacing_mm: float = 1.0) -> Anatomy:
     affine = _ras_to_lps(t1_img.affine)
     pad = int(round(PAD_MM))
     gm, wm, mask = (np.pad(a, pad) for a in (gm, wm, mask))
+    # keep the brain's bounding box plus room for skull and scalp
+    inside = np.argwhere(mask > 0.5)
+    lo = np.maximum(inside.min(0) - pad, 0)
+    hi = np.minimum(inside.max(0) + pad + 1, mask.shape)
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    gm, wm, mask = gm[box], wm[box], mask[box]
     affine = affine.copy()
-    affine[:3, 3] -= affine[:3, :3] @ np.full(3, pad)
+    affine[:3, 3] += affine[:3, :3] @ (lo - pad)
     scale = np.ones(3)
     if spacing_mm != 1.0:
         factor = 1.0 / spacing_mm
@@ -199,7 +206,8 @@ def load_anatomy(spacing_mm: float = 1.0) -> Anatomy:
     gm[over] /= total[over]
     csf = np.where(brain, 1.0 - wm - gm, 0.0).astype(np.float32)
     distance = ndimage.distance_transform_edt(~brain, sampling=scale).astype(np.float32)
-    return Anatomy(wm=wm, gm=gm, csf=csf, brain=brain, head_distance_mm=distance,
+    depth = ndimage.distance_transform_edt(brain, sampling=scale).astype(np.float32)
+    return Anatomy(wm=wm, gm=gm, csf=csf, brain=brain, head_distance_mm=distance, depth_mm=depth,
                    affine=affine, spacing_mm=float(scale.mean()))
 
 
@@ -236,7 +244,7 @@ def _draw_tumours(rng: np.random.Generator, anatomy: Anatomy, config: PhantomCon
     count = 1
     if rng.random() < config.multifocal_probability:
         count = int(rng.integers(2, 4))
-    depth = ndimage.distance_transform_edt(anatomy.brain, sampling=anatomy.spacing_mm)
+    depth = anatomy.depth_mm
     tumours: list[_Tumour] = []
     for index in range(count):
         radius = float(rng.uniform(*config.radius_mm)) * (0.7 if index else 1.0)
@@ -264,8 +272,8 @@ def _deform(anatomy: Anatomy, tumours: list[_Tumour]) -> dict[str, np.ndarray]:
             "brain": anatomy.brain.astype(np.float32), "head": anatomy.head_distance_mm}
     shape = anatomy.wm.shape
     for tumour in tumours:
-        sigma = 1.3 * tumour.radius_mm
-        reach = int(np.ceil(3.0 * sigma / anatomy.spacing_mm))
+        sigma = 1.1 * tumour.radius_mm
+        reach = int(np.ceil(2.5 * sigma / anatomy.spacing_mm))
         lo = np.maximum(tumour.centre_vox.astype(int) - reach, 0)
         hi = np.minimum(tumour.centre_vox.astype(int) + reach + 1, shape)
         box = tuple(slice(a, b) for a, b in zip(lo, hi))
@@ -407,23 +415,21 @@ def _resample(volumes: dict[str, np.ndarray], source_affine: np.ndarray, target_
               shape: tuple[int, int, int], thickness: float, nearest: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
     """Sample volumes on a target grid; thick slices average sub-samples across the slab."""
     to_source = np.linalg.inv(source_affine) @ target_affine
-    idx = np.indices(shape, dtype=np.float32).reshape(3, -1)
     slice_step = float(np.linalg.norm(target_affine[:3, 2]))
-    subsamples = max(1, int(round(thickness / 1.0))) if thickness > slice_step * 0.99 and thickness > 1.5 else 1
+    subsamples = max(1, int(round(thickness))) if thickness > 1.5 else 1
     offsets = (np.arange(subsamples) - (subsamples - 1) / 2.0) / subsamples if subsamples > 1 else [0.0]
     out: dict[str, np.ndarray] = {}
     for name, volume in volumes.items():
         if name in nearest:
-            coords = to_source[:3, :3] @ idx + to_source[:3, 3:4]
-            out[name] = ndimage.map_coordinates(volume, coords, order=0, mode="constant").reshape(shape)
+            out[name] = ndimage.affine_transform(volume, to_source[:3, :3], to_source[:3, 3],
+                                                 output_shape=shape, order=0, mode="constant")
             continue
-        acc = np.zeros(idx.shape[1], dtype=np.float32)
+        acc = np.zeros(shape, dtype=np.float32)
         for offset in offsets:
-            shifted = idx.copy()
-            shifted[2] += offset * thickness / slice_step
-            coords = to_source[:3, :3] @ shifted + to_source[:3, 3:4]
-            acc += ndimage.map_coordinates(volume, coords, order=1, mode="constant")
-        out[name] = (acc / len(offsets)).reshape(shape)
+            shift = to_source[:3, :3] @ np.array([0.0, 0.0, offset * thickness / slice_step])
+            acc += ndimage.affine_transform(volume, to_source[:3, :3], to_source[:3, 3] + shift,
+                                            output_shape=shape, order=1, mode="constant")
+        out[name] = acc / len(offsets)
     return out
 
 
