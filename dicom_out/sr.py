@@ -181,7 +181,7 @@ def build_measurement_report(request: EncodeRequest, segmentation: EncodedObject
         title=codes.DCM.ImagingMeasurementReport,
     )
     sr = hd.sr.Comprehensive3DSR(
-        evidence=[*request.reference_series, seg_ds],
+        evidence=[*request.source_datasets(), seg_ds],
         content=report,
         series_instance_uid=output_uid(study_uid, request.model_version, "sr", "series"),
         series_number=SERIES_NUMBERS["sr"],
