@@ -142,7 +142,7 @@ def run_worker(args: argparse.Namespace) -> int:
         log.warning("%d jobs at once on one GPU share its memory; one worker per GPU with --concurrency 1 "
                     "is the tested setup", args.concurrency)
     app = get_celery_app(settings)
-    maintenance = Maintenance(settings).start()
+    maintenance = Maintenance(settings, interval=min(MAINTENANCE_INTERVAL_S, settings.job_stale_seconds)).start()
     name = args.name or f"neuroseg-{device.replace(':', '')}@{socket.gethostname()}"
     argv = ["worker", f"--pool={args.pool}", f"--concurrency={args.concurrency}",
             f"--loglevel={logging.getLevelName(logging.getLogger().level)}", "-Q", QUEUE_NAME,
