@@ -48,6 +48,8 @@ from neuroseg.worker.settings import Settings
 
 log = logging.getLogger(__name__)
 
+TUMOUR_CLASSES = ("ncr", "ed", "et")
+
 
 class JobCancelled(NeurosegError):
     """An admin cancelled the job while it ran."""
@@ -117,15 +119,6 @@ def load_volumes(ctx: JobContext) -> None:
 _MODELS: dict[tuple[str, str], Any] = {}
 
 
-def resolve_device(setting: str) -> str:
-    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; other values as given."""
-    if setting != "auto":
-        return setting
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def get_model(settings: Settings, device: str) -> Any:
     """The model for ``settings.model_path`` on ``device``, loaded once per worker process."""
     from neuroseg.model.inference import load_model
@@ -146,30 +139,28 @@ def get_model(settings: Settings, device: str) -> Any:
     return model
 
 
-def _stage_for_step(message: str) -> JobState | None:
-    text = message.lower()
-    if any(word in text for word in ("grad-cam", "gradcam", "explain")):
-        return JobState.EXPLAINING
-    if any(word in text for word in ("mc ", "monte carlo", "dropout", "sliding", "inference", "pass")):
-        return JobState.INFERENCE
-    return None
+#: the model's progress stages -> job states
+MODEL_STAGES = {"preprocessing": JobState.PREPROCESSING, "inference": JobState.INFERENCE,
+                "explaining": JobState.EXPLAINING}
 
 
 def run_model(ctx: JobContext) -> None:
-    """Segment, with MC dropout uncertainty and Grad-CAM; stages follow the model's progress steps."""
-    from neuroseg.model.inference import segment
+    """Segment, with MC dropout uncertainty and Grad-CAM; the job follows the model's own stages."""
+    from neuroseg.model.inference import resolve_device, segment
 
     assert ctx.loaded is not None
-    device = resolve_device(ctx.settings.device)
-    state = {"stage": JobState.PREPROCESSING}
+    try:
+        device = str(resolve_device(ctx.settings.device))
+    except ValueError as exc:
+        raise InputError(f"NEUROSEG_DEVICE={ctx.settings.device}: {exc}") from exc
+    current = {"stage": JobState.PREPROCESSING}
 
-    def progress(fraction: float, message: str = "") -> None:
-        wanted = _stage_for_step(message or "")
-        if wanted is not None and STAGE_RANK[wanted] > STAGE_RANK[state["stage"]]:
-            ctx.enter(wanted, message)
-            state["stage"] = wanted
-        percent = fraction * 100 if fraction <= 1.0 else fraction
-        ctx.progress(percent, message or None)
+    def progress(stage: str, fraction: float) -> None:
+        wanted = MODEL_STAGES.get(stage)
+        if wanted is not None and STAGE_RANK[wanted] > STAGE_RANK[current["stage"]]:
+            ctx.enter(wanted)
+            current["stage"] = wanted
+        ctx.progress(100.0 * float(fraction), f"{stage} {100.0 * float(fraction):.0f}%")
 
     def attempt(on: str) -> Any:
         model = get_model(ctx.settings, on)
@@ -192,17 +183,25 @@ def run_model(ctx: JobContext) -> None:
         device = "cpu"
         result = attempt(device)
     for stage in (JobState.INFERENCE, JobState.EXPLAINING):
-        if STAGE_RANK[stage] > STAGE_RANK[state["stage"]]:
+        if STAGE_RANK[stage] > STAGE_RANK[current["stage"]]:
             ctx.enter(stage)
-            state["stage"] = stage
+            current["stage"] = stage
     ctx.result = result
     ctx.device = device
     ctx.store.set_model(ctx.job_id, model_name=str(result.model_name), model_version=str(result.model_version),
                         device=device, sequences_used=list(result.sequences_used),
                         volumes_ml=dict(result.volumes_ml))
-    from neuroseg.model.io import write_result_folder
+    write_viewer_data(ctx)
 
-    write_result_folder(result, ctx.loaded.images, ctx.loaded.affine, ctx.viewer_folder)
+
+def write_viewer_data(ctx: JobContext) -> None:
+    """Arrays and meshes for the admin 3D viewer (``viewer/`` in the job folder)."""
+    try:
+        from neuroseg.model.io import write_result_folder
+    except ImportError:
+        log.warning("job %s: neuroseg.model.io is not available; no 3D viewer data", ctx.job_id)
+        return
+    write_result_folder(ctx.result, ctx.loaded.images, ctx.loaded.affine, ctx.viewer_folder)
 
 
 def _release_cuda() -> None:
@@ -232,8 +231,8 @@ def encode_outputs(ctx: JobContext) -> None:
         request = EncodeRequest(
             reference_series=reference.datasets, labels=np.asarray(result.labels),
             model_name=str(result.model_name), model_version=str(result.model_version),
-            other_series=others, probabilities=dict(result.probabilities), variance=dict(result.variance),
-            gradcam=dict(result.gradcam), entropy=result.entropy, volumes_ml=None,
+            other_series=others, probabilities=_classes(result.probabilities), variance=_classes(result.variance),
+            gradcam=_classes(result.gradcam), entropy=result.entropy, volumes_ml=None,
             sequences_used=tuple(result.sequences_used),
             options=EncodeOptions(
                 segmentation_type=settings.segmentation_type.value,
@@ -249,6 +248,11 @@ def encode_outputs(ctx: JobContext) -> None:
     save_objects(ctx, objects)
     ctx.objects = objects
     ctx.progress(100, f"{len(objects)} DICOM objects written")
+
+
+def _classes(arrays: dict[str, Any]) -> dict[str, Any]:
+    """The tumour classes of a per-class mapping (the model also returns ``background``)."""
+    return {key: value for key, value in arrays.items() if key in TUMOUR_CLASSES}
 
 
 def save_objects(ctx: JobContext, objects: list[Any]) -> None:

@@ -165,6 +165,16 @@ def _worker_command(device: str | None) -> list[str]:
     return command
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: ask Linux to send SIGTERM when the parent dies (no-op elsewhere)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 class ServeStack:
     """The listener, a worker child process and the admin app, started and stopped together."""
 
@@ -193,7 +203,10 @@ class ServeStack:
 
     def start_worker(self) -> None:
         env = dict(os.environ, **self.worker_env)
-        self.worker = subprocess.Popen(_worker_command(self.device), env=env)
+        # its own session: a Ctrl+C reaches serve only, which then stops the worker in order;
+        # and it dies with serve (Linux parent-death signal), never left running alone
+        self.worker = subprocess.Popen(_worker_command(self.device), env=env, start_new_session=True,
+                                       preexec_fn=_die_with_parent)
         log.info("worker started (pid %d)", self.worker.pid)
 
     def _start_admin(self) -> None:
