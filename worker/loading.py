@@ -340,7 +340,14 @@ def series_to_volume(datasets: Sequence[Dataset], *, series_instance_uid: str = 
 def load_series(series: SeriesManifest) -> SeriesVolume:
     """Read and validate one series of a manifest (see :func:`series_to_volume`)."""
     datasets = read_series_datasets(Path(series.folder), series.series_instance_uid)
-    return series_to_volume(datasets, series_instance_uid=series.series_instance_uid, role=series.role)
+    try:
+        return series_to_volume(datasets, series_instance_uid=series.series_instance_uid, role=series.role)
+    except (AttributeError, KeyError, IndexError, TypeError, ValueError, OverflowError,
+            pydicom.errors.BytesLengthException, pydicom.errors.InvalidDicomError) as exc:
+        # a header the checks above did not foresee (found by tests/reliability fuzzing:
+        # a deleted Rows, a non-numeric RescaleIntercept...): bad input, not a crash
+        raise InputError(f"{_name(series.series_instance_uid, series.series_description)}: a header "
+                         f"attribute is missing or malformed ({type(exc).__name__}: {exc})") from exc
 
 
 # --- SimpleITK bridge -------------------------------------------------------------------------
