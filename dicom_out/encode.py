@@ -6,6 +6,7 @@ import logging
 import time
 from collections.abc import Callable
 
+from neuroseg.dicom_out import _iod_cache
 from neuroseg.dicom_out.common import EncodedObject, EncodeRequest
 from neuroseg.dicom_out.mesh import build_meshes
 from neuroseg.dicom_out.pmap import build_parametric_map, map_specs
@@ -38,6 +39,7 @@ def encode_study(request: EncodeRequest,
         The objects, ready for :func:`neuroseg.dicom_out.send.deliver` or
         :func:`neuroseg.dicom_out.send.write_outbox`.
     """
+    _iod_cache.install()
     objects: list[EncodedObject] = []
 
     def timed(builder: Callable[[], list[EncodedObject]], label: str) -> list[EncodedObject]:

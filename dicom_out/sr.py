@@ -6,8 +6,9 @@ Content (PS3.16 TID 1500):
   name as its model name;
 - procedure reported: (24590-2, LN, "Brain MRI");
 - one TID 1411 Volumetric ROI group per class (NCR, ED, ET), each
-  referencing its segment of the SEG, finding type from CID 7168, finding
-  site Brain, with:
+  referencing its segment of the SEG (segment number plus the source series,
+  not every source frame), finding type from CID 7168, finding site Brain,
+  with:
 
   - (118565006, SCT, "Volume") in ml;
   - the mean predictive entropy in the region (PRED-ENTROPY, 99NEUROSEG,
@@ -25,6 +26,11 @@ Content (PS3.16 TID 1500):
   not-for-diagnostic statement.
 
 An empty segmentation still gives a valid report stating zero volumes.
+
+With a LABELMAP SEG the class groups are TID 1501 groups that cite the SEG as
+their source image instead: dciodvfy does not yet treat the Label Map
+Segmentation SOP Class as a segmentation and rejects a Referenced Segment
+Number pointing at it.
 """
 
 from __future__ import annotations
@@ -125,6 +131,7 @@ def build_measurement_report(request: EncodeRequest, segmentation: EncodedObject
     seg_ds = segmentation.dataset
     groups: list = []
     label_map = seg_ds.SegmentationType == "LABELMAP"
+    reference_series_uid = str(request.reference_series[0].SeriesInstanceUID)
     for tumor_class in TumorClass:
         region = TumorRegion(tumor_class.value)
         if label_map:
@@ -147,7 +154,14 @@ def build_measurement_report(request: EncodeRequest, segmentation: EncodedObject
                 uid=output_uid(study_uid, request.model_version, f"segment-{tumor_class.value}", "tracking"),
                 identifier=REGION_NAMES[region],
             ),
-            referenced_segment=hd.sr.ReferencedSegment.from_segmentation(seg_ds, SEGMENT_NUMBERS[tumor_class]),
+            # the segment plus its source series (not every source frame: a 155-slice series would
+            # put 465 image references into the report and take seconds to build)
+            referenced_segment=hd.sr.ReferencedSegment(
+                sop_class_uid=seg_ds.SOPClassUID,
+                sop_instance_uid=seg_ds.SOPInstanceUID,
+                segment_number=SEGMENT_NUMBERS[tumor_class],
+                source_series=hd.sr.SourceSeriesForSegmentation(reference_series_uid),
+            ),
             finding_type=class_code(tumor_class),
             finding_sites=[hd.sr.FindingSite(BRAIN)],
             algorithm_id=algorithm,
