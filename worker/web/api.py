@@ -200,7 +200,7 @@ def list_jobs(
     unknown = [item for item in states if item not in {s.value for s in JobState}]
     if unknown:
         raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_ENTITY,
+            422,
             detail=f"unknown state {', '.join(unknown)}; use {', '.join(s.value for s in JobState)}",
         )
     jobs = store.list_jobs(state=states or None, study_instance_uid=study, since=_utc(since), until=_utc(until),
@@ -308,7 +308,7 @@ def reprocess_job(
     try:
         new_id = queue.reprocess_job(request.app.state.settings, job_id, body.roles)
     except ValueError as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, detail=str(exc)) from exc
+        raise HTTPException(422, detail=str(exc)) from exc
     log.info("job %s: reprocess requested by %s as job %s (roles %s)", job_id, user.user, new_id,
              {key: value.value for key, value in body.roles.items()})
     return {"ok": True, "job_id": new_id, "state": store.job_state(new_id), "message": f"new job {new_id} queued"}

@@ -17,9 +17,11 @@ from collections import OrderedDict
 from pathlib import Path
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 from starlette.responses import Response
 
@@ -55,7 +57,7 @@ class SecurityHeaders(BaseHTTPMiddleware):
             headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
         headers["X-Frame-Options"] = "DENY"
         headers["X-Content-Type-Options"] = "nosniff"
-        headers["Referrer-Policy"] = "no-referrer"
+        headers["Referrer-Policy"] = "same-origin"
         headers["Cross-Origin-Opener-Policy"] = "same-origin"
         headers["Permissions-Policy"] = "camera=(), microphone=(), geolocation=()"
         if not request.url.path.startswith("/static/"):
@@ -126,7 +128,7 @@ def create_app(settings: Settings) -> FastAPI:
         ``jobstore`` (a lazy provider), ``monitor``, ``results`` and ``templates``.
     """
     from neuroseg.worker.web import api, pages, viewer
-    from neuroseg.worker.web.metrics import router as metrics_router
+    from neuroseg.worker.web.metrics import register_operations
 
     app = FastAPI(
         title="neuroseg admin",
@@ -164,7 +166,14 @@ def create_app(settings: Settings) -> FastAPI:
 
         return JSONResponse({"detail": str(exc)}, status_code=404)
 
-    app.include_router(metrics_router)
+    register_operations(app)
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        wants_html = "text/html" in request.headers.get("accept", "") and not request.url.path.startswith("/api/")
+        if exc.status_code == 404 and wants_html:
+            return pages.render(request, "not_found.html", status_code=404, what="page at this address")
+        return await http_exception_handler(request, exc)
+
     app.include_router(pages.router)
     app.include_router(api.router)
     app.include_router(viewer.router)

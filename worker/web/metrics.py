@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -35,7 +35,6 @@ from prometheus_client.registry import Collector
 
 log = logging.getLogger(__name__)
 
-router = APIRouter(tags=["operations"])
 
 #: Histogram buckets for stage durations, in seconds (a stage takes from under a second to an hour).
 STAGE_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 3600)
@@ -140,7 +139,6 @@ def build_registry(app_state: Any) -> CollectorRegistry:
     return registry
 
 
-@router.get("/metrics", include_in_schema=True, summary="Prometheus metrics (text format)")
 def metrics(request: Request) -> Response:
     state = request.app.state
     registry = getattr(state, "metrics_registry", None)
@@ -149,13 +147,11 @@ def metrics(request: Request) -> Response:
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
 
-@router.get("/health/live", summary="Liveness: the process answers (checks nothing else)")
 def liveness() -> dict[str, str]:
     """For a liveness probe: a broker or database outage must not restart the admin app."""
     return {"status": "alive"}
 
 
-@router.get("/health", summary="Broker, job store, spool disk space and workers")
 def health(request: Request) -> JSONResponse:
     """200 when the job store and the broker answer (``status`` ok or degraded), else 503.
 
@@ -186,6 +182,16 @@ def health(request: Request) -> JSONResponse:
     overall = "down" if not essential else ("ok" if all(item["ok"] for item in checks.values()) else "degraded")
     body = {"status": overall, "checked_at": datetime.now(UTC).isoformat(), "checks": checks}
     return JSONResponse(body, status_code=200 if essential else 503)
+
+
+def register_operations(app: FastAPI) -> None:
+    """Add ``/metrics``, ``/health`` and ``/health/live`` to ``app`` (open to anonymous callers)."""
+    tags = ["operations"]
+    app.add_api_route("/metrics", metrics, methods=["GET"], tags=tags, summary="Prometheus metrics (text format)")
+    app.add_api_route("/health", health, methods=["GET"], tags=tags,
+                      summary="Broker, job store, spool disk space and workers")
+    app.add_api_route("/health/live", liveness, methods=["GET"], tags=tags,
+                      summary="Liveness: the process answers (checks nothing else)")
 
 
 def _database_description(settings) -> str:

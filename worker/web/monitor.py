@@ -84,7 +84,12 @@ def read_broker(settings: Settings, timeout: float = INSPECT_TIMEOUT_S) -> Broke
 
 
 class QueueMonitor:
-    """Cached broker snapshots for one app.
+    """Cached broker snapshots for one app, read in a background thread with a deadline.
+
+    A broker that does not answer (Redis down: the client retries for many
+    seconds) must not hold up a page, ``/health`` or a Prometheus scrape: a
+    caller waits at most ``answer_within_s`` and then gets the previous
+    snapshot, or one saying the broker did not answer in time.
 
     Parameters
     ----------
@@ -92,37 +97,55 @@ class QueueMonitor:
         Names the broker (through the Celery app).
     ttl_s: float
         How long a snapshot is reused.
+    inspect_timeout_s: float
+        How long to wait for workers to answer the inspect broadcast.
+    answer_within_s: float
+        The longest a caller waits for a fresh snapshot.
     """
 
-    def __init__(self, settings: Settings, ttl_s: float = 5.0) -> None:
+    def __init__(self, settings: Settings, ttl_s: float = 5.0, inspect_timeout_s: float = INSPECT_TIMEOUT_S,
+                 answer_within_s: float = 3.0) -> None:
         self.settings = settings
         self.ttl_s = ttl_s
+        self.inspect_timeout_s = inspect_timeout_s
+        self.answer_within_s = answer_within_s
         self._snapshot: BrokerSnapshot | None = None
         self._lock = threading.Lock()
+        self._pending: threading.Event | None = None
+
+    def _refresh(self, done: threading.Event) -> None:
+        try:
+            snapshot = read_broker(self.settings, timeout=self.inspect_timeout_s)
+        except Exception as exc:  # noqa: BLE001 - never fail a page on the broker
+            log.warning("cannot read the broker: %s", exc)
+            snapshot = BrokerSnapshot(checked_at=time.time(), broker_ok=False,
+                                      broker_error=f"{type(exc).__name__}: {exc}")
+        with self._lock:
+            self._snapshot = snapshot
+            self._pending = None
+        done.set()
 
     def snapshot(self) -> BrokerSnapshot:
-        """The latest snapshot, refreshed when older than ``ttl_s``.
-
-        While one thread refreshes, others get the previous snapshot instead of waiting.
-        """
-        current = self._snapshot
-        if current is not None and time.time() - current.checked_at < self.ttl_s:
-            return current
-        if not self._lock.acquire(blocking=current is None):
-            return current
-        try:
+        """The latest snapshot, refreshed when older than ``ttl_s`` (see the class docstring)."""
+        with self._lock:
             current = self._snapshot
-            if current is None or time.time() - current.checked_at >= self.ttl_s:
-                try:
-                    current = read_broker(self.settings)
-                except Exception as exc:  # noqa: BLE001 - never fail a page on the broker
-                    log.warning("cannot read the broker: %s", exc)
-                    current = BrokerSnapshot(checked_at=time.time(), broker_ok=False,
-                                             broker_error=f"{type(exc).__name__}: {exc}")
-                self._snapshot = current
+            if current is not None and time.time() - current.checked_at < self.ttl_s:
+                return current
+            pending = self._pending
+            if pending is None:
+                pending = self._pending = threading.Event()
+                threading.Thread(target=self._refresh, args=(pending,), name="broker-monitor", daemon=True).start()
+        if pending.wait(self.answer_within_s):
+            return self._snapshot
+        if current is not None:
             return current
-        finally:
-            self._lock.release()
+        from neuroseg.worker import queue
+
+        return BrokerSnapshot(
+            checked_at=time.time(), broker_ok=False,
+            broker_error=f"{queue.broker_description(self.settings)} did not answer within "
+            f"{self.answer_within_s:.0f} s",
+        )
 
 
 def workers_view(snapshot: BrokerSnapshot, running_jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -291,8 +291,10 @@ class ResultFolder:
         else:
             values = data.astype(np.float32)
             if key.startswith("image_"):
+                # MR magnitude: black at zero (or the minimum), white at the 99.5th percentile inside the head
                 inside = values[values > 0] if np.any(values > 0) else values.ravel()
-                low, high = (float(v) for v in np.percentile(inside, [0.5, 99.5]))
+                low = min(0.0, float(values.min()))
+                high = float(np.percentile(inside, 99.5))
                 kind = "image"
             else:
                 low = 0.0

@@ -78,6 +78,7 @@ const NS = (() => {
 
   const STATE_CLASS = {
     done: "ok", partial: "warn", failed: "bad", cancelled: "muted", queued: "wait", retrying: "warn",
+    delivered: "ok", pending: "wait",
   };
 
   function stateBadge(state) {

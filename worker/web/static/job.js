@@ -110,7 +110,7 @@
     bar.replaceChildren(...STAGES.filter((stage) => stage in job.stage_durations).map((stage) => {
       const part = el("div", { class: "timeline-part stage-" + stage, title: stage + " " + fmtDuration(job.stage_durations[stage]) },
         stage);
-      part.style.flexGrow = String(Math.max(job.stage_durations[stage], total * 0.04));
+      part.style.flexGrow = String(Math.max(job.stage_durations[stage] / (total || 1), 0.06));
       return part;
     }));
   }

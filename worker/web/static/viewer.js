@@ -329,6 +329,7 @@
       lightposition: { x: 1000, y: -2000, z: 3000 },
       hovertemplate: label + "<br>x %{x:.1f}, y %{y:.1f}, z %{z:.1f} mm (LPS)<extra></extra>",
     };
+    if (name === "head") trace.hoverinfo = "skip";  // clicks and hovers go through it to the tumour
     const field = state.colourMode;
     if (name !== "head" && field !== "region" && mesh.arrays[field]) {
       const info = FIELD_INFO[field];
@@ -413,10 +414,23 @@
   }
 
   function bind3dControls() {
-    plotNode.on("plotly_click", (event) => {
-      const point = event && event.points && event.points[0];
-      if (!point || point.data.type !== "mesh3d") return;
-      setCursor(patientToVoxel([point.x, point.y, point.z]));
+    // A click that did not drag the camera picks the surface point under the mouse. Plotly emits
+    // plotly_click only when a frame renders while the button is down, which a quick click can miss,
+    // so the point last hovered is used as well.
+    let hovered = null;
+    let pressedAt = null;
+    const pick = (point) => {
+      if (point && point.data && point.data.type === "mesh3d") setCursor(patientToVoxel([point.x, point.y, point.z]));
+    };
+    plotNode.on("plotly_hover", (event) => { hovered = event && event.points ? event.points[0] : null; });
+    plotNode.on("plotly_unhover", () => { hovered = null; });
+    plotNode.on("plotly_click", (event) => pick(event && event.points && event.points[0]));
+    plotNode.addEventListener("mousedown", (event) => { pressedAt = [event.clientX, event.clientY]; }, true);
+    plotNode.addEventListener("click", (event) => {
+      if (!pressedAt) return;
+      const moved = Math.hypot(event.clientX - pressedAt[0], event.clientY - pressedAt[1]);
+      pressedAt = null;
+      if (moved < 4) pick(hovered);
     });
     document.getElementById("colour-mode").addEventListener("change", (event) => {
       state.colourMode = event.target.value;
