@@ -23,9 +23,10 @@ from neuroseg.dicom_out.enum import MapKind, MeshFormat, SegmentationTypeValues,
 
 log = logging.getLogger(__name__)
 
-#: Shown wherever the IOD has free text for it (see ``statement_places`` in the README
-#: section of dicom_out): ContentDescription (SEG, PM, Surface SEG), DocumentTitle
-#: (STL), Algorithm Parameters in the SR, and "research use" in every SeriesDescription.
+#: Shown wherever the IOD has free text for it: ContentDescription (SEG, PM, Surface SEG,
+#: shortened to "Not for diagnostic use"), DocumentTitle and the STL file header (STL),
+#: an Algorithm Parameters TEXT item in the SR, and "research use" in every
+#: SeriesDescription. Parametric Maps also carry ContentQualification RESEARCH.
 NOT_FOR_DIAGNOSTIC_USE = "Research use only - not for diagnostic use"
 
 #: Private coding scheme for concepts that DICOM/SNOMED do not define (predictive entropy).

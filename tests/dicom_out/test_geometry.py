@@ -39,20 +39,38 @@ def test_stl_vertices_lie_inside_the_seg_bounding_box() -> None:
     study = synthetic_study((16, 48, 48), tilt_degrees=11.0)
     request = study.request(EncodeOptions(maps=(), mesh_formats={"stl"}, mesh_smoothing=0.5))
     objects = encode_study(request)
-    affine = reference_affine(request)
-    np.testing.assert_allclose(affine, study.affine, atol=1e-5)
-    for obj in (item for item in objects if item.kind.startswith("mesh-stl-")):
+    np.testing.assert_allclose(reference_affine(request), study.affine, atol=1e-5)
+    seg = decode(objects[0].dataset)
+    regions = {"wt": [1, 2, 3], "tc": [1, 3], "et": [3], "ncr": [1], "ed": [2]}  # segment numbers
+    stls = [item for item in objects if item.kind.startswith("mesh-stl-")]
+    assert [item.kind for item in stls] == [f"mesh-stl-{region}" for region in regions]
+    for obj in stls:
         region = obj.kind.rsplit("-", 1)[-1]
-        values = {"wt": (1, 2, 4), "tc": (1, 4), "et": (4,), "ncr": (1,), "ed": (2,)}[region]
-        index = np.argwhere(np.isin(request.labels, values)).astype(float)
-        # voxel corners of the segmented voxels, in patient space
-        corners = np.concatenate([index + offset for offset in np.array(np.meshgrid(*[[-0.5, 0.5]] * 3))
-                                  .T.reshape(-1, 3)])
-        patient = np.c_[corners, np.ones(len(corners))] @ affine.T
+        # the SEG's own geometry: its volume, affine and the corners of every segmented voxel
+        volume = seg.get_volume(segment_numbers=regions[region], combine_segments=True)
+        index = np.argwhere(volume.array > 0).astype(float)
+        corners = (index[:, None, :] + np.array(np.meshgrid(*[[-0.5, 0.5]] * 3)).T.reshape(1, -1, 3)).reshape(-1, 3)
+        patient = np.c_[corners, np.ones(len(corners))] @ volume.affine.T
         low, high = patient[:, :3].min(axis=0), patient[:, :3].max(axis=0)
-        vertices = read_stl_vertices(bytes(obj.dataset.EncapsulatedDocument)[: int(obj.dataset.EncapsulatedDocumentLength)])
+        payload = bytes(obj.dataset.EncapsulatedDocument)[: int(obj.dataset.EncapsulatedDocumentLength)]
+        vertices = read_stl_vertices(payload)
         tolerance = 0.6  # mm: smoothing may push a vertex slightly past the voxel corners
         assert np.all(vertices >= low - tolerance) and np.all(vertices <= high + tolerance), region
+        # and the mesh is not a tiny blob in one corner: it spans most of the box
+        assert np.all(vertices.max(axis=0) - vertices.min(axis=0) > 0.6 * (high - low) - 2.0), region
+
+
+def test_brain_surface_is_written_when_configured() -> None:
+    from tests.dicom_out.dciodvfy import assert_dciodvfy_clean
+
+    study = synthetic_study((12, 40, 40))
+    brain = np.zeros(study.labels.shape, bool)
+    brain[1:-1, 4:-4, 4:-4] = True
+    request = study.request(EncodeOptions(maps=(), mesh_formats={"stl"}, include_brain_surface=True,
+                                          brain_mask=brain))
+    stl = [item for item in encode_study(request) if item.kind == "mesh-stl-brain"]
+    assert len(stl) == 1 and "brain surface" in stl[0].dataset.DocumentTitle
+    assert_dciodvfy_clean(stl[0].dataset)
 
 
 def read_stl_vertices(payload: bytes) -> np.ndarray:
