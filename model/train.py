@@ -1,0 +1,617 @@
+"""Training of the segmentation network (``neuroseg train``).
+
+The recipe:
+
+* cases (phantoms, BraTS 2021/2023, WT-only cases) are preprocessed once with
+  :func:`neuroseg.model.preprocess.preprocess`, the code inference uses, at the
+  network's working spacing, and cached as ``.npz`` in the work folder;
+* each step draws ``batch_size`` patches, most of them centred on tumour;
+* augmentation: flips, small rotations and scaling, intensity scale/shift,
+  gamma, bias field, noise, thick-slice simulation and random sequence
+  dropout (a dropped sequence becomes zeros with its presence flag off, as at
+  inference; at least one of FLAIR/T1ce always stays);
+* loss: MONAI ``DiceCELoss`` on the four classes; cases with only a
+  whole-tumour label get a Dice + binary cross-entropy loss on
+  p(WT) = 1 - p(background);
+* AdamW with linear warm-up then cosine decay; mixed precision on CUDA;
+* every random draw of step ``k`` comes from generators seeded with
+  ``(seed, k)``, and the resumable state holds model, optimiser, scheduler and
+  scaler, so a resumed run gives the same weights as an uninterrupted one.
+
+Outputs in the work folder: ``metrics.csv`` (one row per step),
+``metrics.json`` (summary and validation), ``training_curve.png`` and
+``state.pt`` (resume). The final checkpoint (``--out``) is written with
+:func:`neuroseg.model.checkpoint.save_checkpoint` and records the exact command.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from neuroseg.model.data import SEQUENCES, CaseFiles, LabelKind, find_cases, read_case
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+CLASS_VALUES = (0, 1, 2, 4)
+CORE_SEQUENCES = ("t1ce", "flair")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a training run (recorded in the checkpoint)."""
+
+    data_dirs: tuple[Path, ...]
+    steps: int = 1000
+    batch_size: int = 2
+    patch_size: int = 48
+    spacing_mm: float = 2.0
+    channels: tuple[int, ...] = (8, 16, 32, 64)
+    head_channels: int = 16
+    dropout: float = 0.2
+    trunk_dropout: float = 0.1
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 20
+    tumour_fraction: float = 0.7
+    sequence_dropout: float = 0.35
+    val_fraction: float = 0.1
+    val_every: int = 100
+    checkpoint_every: int = 50
+    wt_only_weight: float = 1.0
+    seed: int = 0
+    device: str = "auto"
+    threads: int | None = None
+    name: str = "neuroseg-unet"
+    version: str = "0.1.0"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "data_dirs", tuple(Path(p) for p in self.data_dirs))
+        object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
+        if not self.data_dirs:
+            raise ValueError("give at least one --data folder")
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError(f"steps={self.steps} and batch_size={self.batch_size} must be positive")
+        divisor = 2 ** (len(self.channels) - 1)
+        if self.patch_size % divisor or self.patch_size < divisor:
+            raise ValueError(f"patch_size={self.patch_size} must be a positive multiple of {divisor} "
+                             f"for {len(self.channels)} U-Net levels")
+        for name in ("tumour_fraction", "sequence_dropout", "val_fraction"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0 and not (name != "val_fraction" and value == 1.0):
+                raise ValueError(f"{name}={value} must be in [0, 1)")
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["data_dirs"] = [str(p) for p in self.data_dirs]
+        data["channels"] = list(self.channels)
+        return data
+
+
+@dataclass
+class CachedCase:
+    """A preprocessed case at the training spacing."""
+
+    case_id: str
+    image: np.ndarray  # (S, X, Y, Z) float16, z-scored, zeros where missing
+    presence: np.ndarray  # (S,) float32
+    label: np.ndarray  # (X, Y, Z) uint8 class index 0..3 (BraTS) or 0/1 (WT only)
+    label_kind: LabelKind
+    tumour_voxels: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), dtype=np.int32))
+    head_voxels: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), dtype=np.int32))
+
+
+@dataclass
+class TrainResult:
+    """What a run produced."""
+
+    checkpoint: Path
+    steps: int
+    final_loss: float
+    validation: dict
+    seconds: float
+
+    def summary(self) -> str:
+        val = self.validation.get("mean", {})
+        parts = [f"{self.steps} steps", f"loss {self.final_loss:.3f}", f"{self.seconds / 60:.1f} min"]
+        parts += [f"val {k} {v:.3f}" for k, v in val.items() if v is not None]
+        return ", ".join(parts)
+
+
+# --- cache ------------------------------------------------------------------------------
+
+
+def preprocess_case(files: CaseFiles, spacing_mm: float) -> CachedCase:
+    """Preprocess one labelled case exactly as inference does, plus its label on the same grid.
+
+    The label is brought onto the model grid by interpolating each class's mask
+    linearly (:func:`neuroseg.model.preprocess.to_model_grid`, ``order=1``) and
+    taking the most likely class, which keeps thin structures (the enhancing
+    rim) better than nearest-neighbour sampling at coarse spacings.
+    """
+    from neuroseg.model.preprocess import preprocess, to_model_grid
+
+    case = read_case(files)
+    if case.label is None:
+        raise ValueError(f"case {files.case_id} has no label to train on")
+    pre = preprocess(case.images, case.affine, spacing=spacing_mm)
+    values = CLASS_VALUES if case.label_kind is LabelKind.BRATS else (0, 1)
+    scores = np.stack([to_model_grid((case.label == value).astype(np.float32), pre, order=1,
+                                     cval=1.0 if value == 0 else 0.0) for value in values])
+    label = np.argmax(scores, axis=0).astype(np.uint8)
+    image = np.asarray(pre.image, dtype=np.float32)
+    presence = np.asarray(pre.presence, dtype=np.float32)
+    return _finish_cached(files.case_id, image, presence, label, case.label_kind)
+
+
+def _finish_cached(case_id: str, image: np.ndarray, presence: np.ndarray, label: np.ndarray,
+                   label_kind: LabelKind) -> CachedCase:
+    head = np.argwhere(np.any(image != 0, axis=0)).astype(np.int32)
+    tumour = np.argwhere(label > 0).astype(np.int32)
+    return CachedCase(case_id=case_id, image=image.astype(np.float16), presence=presence, label=label,
+                      label_kind=LabelKind(label_kind), tumour_voxels=tumour, head_voxels=head[::7])
+
+
+def _cache_key(files: CaseFiles, spacing_mm: float) -> str:
+    parts = [str(CACHE_VERSION), f"{spacing_mm:.3f}"]
+    for path in sorted([*files.sequences.values(), files.label]):
+        stat = Path(path).stat()
+        parts.append(f"{Path(path).resolve()}:{stat.st_size}:{int(stat.st_mtime)}")
+    return hashlib.sha1("|".join(parts).encode()).hexdigest()[:16]
+
+
+def cache_cases(data_dirs: tuple[Path, ...], cache_dir: Path, spacing_mm: float,
+                progress: bool = True) -> list[CachedCase]:
+    """Preprocess every labelled case once; later runs read the ``.npz`` cache."""
+    from tqdm import tqdm
+
+    files = [f for d in data_dirs for f in find_cases(d) if f.label is not None]
+    if not files:
+        raise ValueError(f"no labelled cases in {', '.join(map(str, data_dirs))}")
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    cases = []
+    for item in tqdm(files, desc="preprocess", unit="case", disable=not progress):
+        path = cache_dir / f"{item.case_id}-{_cache_key(item, spacing_mm)}.npz"
+        if path.is_file():
+            with np.load(path) as data:
+                cases.append(_finish_cached(item.case_id, data["image"].astype(np.float32), data["presence"],
+                                            data["label"], LabelKind(str(data["label_kind"]))))
+            continue
+        cached = preprocess_case(item, spacing_mm)
+        tmp = path.with_name(path.name + ".tmp.npz")
+        np.savez_compressed(tmp, image=cached.image, presence=cached.presence, label=cached.label,
+                            label_kind=cached.label_kind.value)
+        tmp.replace(path)
+        cases.append(cached)
+    return cases
+
+
+def split_cases(cases: list[CachedCase], val_fraction: float, seed: int) -> tuple[list[CachedCase], list[CachedCase]]:
+    """Deterministic train/validation split by case id (no case in both)."""
+    if val_fraction <= 0 or len(cases) < 2:
+        return list(cases), []
+    order = sorted(cases, key=lambda c: hashlib.sha1(f"{seed}:{c.case_id}".encode()).hexdigest())
+    n_val = max(1, int(round(val_fraction * len(cases))))
+    return order[n_val:], order[:n_val]
+
+
+# --- sampling and augmentation ------------------------------------------------------------
+
+
+def sample_patch(case: CachedCase, rng: np.random.Generator, patch: int,
+                 tumour_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """A (S, P, P, P) image patch and its (P, P, P) label, centred on tumour with ``tumour_fraction``."""
+    if len(case.tumour_voxels) and rng.random() < tumour_fraction:
+        centre = case.tumour_voxels[rng.integers(len(case.tumour_voxels))]
+    elif len(case.head_voxels):
+        centre = case.head_voxels[rng.integers(len(case.head_voxels))]
+    else:
+        centre = np.array(case.label.shape) // 2
+    centre = centre + rng.integers(-patch // 4, patch // 4 + 1, size=3)
+    start = centre - patch // 2
+    shape = np.array(case.label.shape)
+    src_lo = np.clip(start, 0, shape)
+    src_hi = np.clip(start + patch, 0, shape)
+    dst_lo = src_lo - start
+    dst_hi = dst_lo + (src_hi - src_lo)
+    image = np.zeros((case.image.shape[0], patch, patch, patch), dtype=np.float32)
+    label = np.zeros((patch, patch, patch), dtype=np.int64)
+    src = tuple(slice(a, b) for a, b in zip(src_lo, src_hi))
+    dst = tuple(slice(a, b) for a, b in zip(dst_lo, dst_hi))
+    image[(slice(None), *dst)] = case.image[(slice(None), *src)]
+    label[dst] = case.label[src]
+    return image, label
+
+
+def drop_sequences(presence: np.ndarray, rng: np.random.Generator, sequences: tuple[str, ...]) -> np.ndarray:
+    """Random subset of the present sequences that keeps at least one of FLAIR/T1ce."""
+    keep = presence.copy()
+    present = [i for i, p in enumerate(presence) if p > 0]
+    core = [i for i in present if sequences[i] in CORE_SEQUENCES]
+    if len(present) < 2 or not core:
+        return keep
+    while True:
+        trial = np.array([p if rng.random() < 0.5 else 0.0 for p in presence], dtype=np.float32)
+        if any(trial[i] > 0 for i in core):
+            return trial
+
+
+def augment_batch(images, labels, generator, *, spatial: bool = True):
+    """Augment a batch in place of its copies: (B, S, P, P, P) images, (B, P, P, P) labels.
+
+    Flips, rotations up to 15 degrees, scaling 0.85-1.15, per-channel
+    intensity scale/shift, gamma, a smooth bias field, noise and thick-slice
+    simulation (average over 2-3 voxels along one axis). Zero voxels (outside
+    the head, missing sequences) stay zero.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    def uniform(lo: float, hi: float, *shape: int):
+        return lo + (hi - lo) * torch.rand(shape, generator=generator)
+
+    batch, channels = images.shape[:2]
+    inside = (images != 0).float()
+    if spatial:
+        angles = uniform(-0.26, 0.26, batch, 3)
+        scale = uniform(0.85, 1.15, batch)
+        theta = torch.zeros(batch, 3, 4)
+        for b in range(batch):
+            cx, cy, cz = torch.cos(angles[b])
+            sx, sy, sz = torch.sin(angles[b])
+            rx = torch.tensor([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+            ry = torch.tensor([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+            rz = torch.tensor([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
+            theta[b, :, :3] = (rz @ ry @ rx) / scale[b]
+        grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+        images = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        inside = F.grid_sample(inside, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+        labels = F.grid_sample(labels[:, None].float(), grid, mode="nearest", padding_mode="zeros",
+                               align_corners=False)[:, 0].long()
+        flips = torch.rand(batch, 3, generator=generator) < 0.5
+        for b in range(batch):
+            dims = [d + 1 for d in range(3) if flips[b, d]]
+            if dims:
+                images[b] = torch.flip(images[b], dims)
+                inside[b] = torch.flip(inside[b], dims)
+                labels[b] = torch.flip(labels[b], [d - 1 for d in dims])
+    # intensity: on the z-scored values, shifted so the head is mostly positive
+    offset = 3.0
+    shifted = (images + offset).clamp(min=0)
+    gamma = torch.exp(uniform(-0.3, 0.3, batch, channels))[..., None, None, None]
+    shifted = (shifted / 8.0).pow(gamma) * 8.0
+    size = images.shape[2]
+    coords = torch.linspace(-1, 1, size)
+    gx, gy, gz = torch.meshgrid(coords, coords, coords, indexing="ij")
+    basis = torch.stack([gx, gy, gz, gx * gy, gx**2 - 0.33, gz**2 - 0.33])
+    weights = uniform(-0.15, 0.15, batch, channels, basis.shape[0])
+    field = torch.exp(torch.einsum("bck,kxyz->bcxyz", weights, basis))
+    shifted = shifted * field
+    scale = uniform(0.9, 1.1, batch, channels)[..., None, None, None]
+    shift = uniform(-0.15, 0.15, batch, channels)[..., None, None, None]
+    images = (shifted - offset) * scale + shift
+    noise_sigma = uniform(0.0, 0.1, batch, 1)[..., None, None, None]
+    images = images + noise_sigma * torch.randn(images.shape, generator=generator)
+    # thick slices: average 2-3 voxels (4-6 mm at 2 mm) along one axis and stretch back
+    for b in range(batch):
+        if torch.rand(1, generator=generator).item() < 0.25:
+            axis = int(torch.randint(0, 3, (1,), generator=generator).item())
+            factor = int(torch.randint(2, 4, (1,), generator=generator).item())
+            volume = images[b].movedim(axis + 1, -1)
+            pooled = F.avg_pool1d(volume.reshape(-1, 1, size), factor, factor, ceil_mode=True)
+            stretched = F.interpolate(pooled, size=size, mode="linear", align_corners=False)
+            images[b] = stretched.reshape(volume.shape).movedim(-1, axis + 1)
+    return images * inside, labels
+
+
+# --- loss -----------------------------------------------------------------------------------
+
+
+def segmentation_loss(logits, labels, whole_tumour_only, dice_ce, wt_weight: float = 1.0):
+    """DiceCE on 4 classes for BraTS samples; Dice + BCE on p(WT) for whole-tumour-only samples."""
+    import torch
+    import torch.nn.functional as F
+
+    losses = []
+    weights = []
+    brats = ~whole_tumour_only
+    if brats.any():
+        target = F.one_hot(labels[brats], 4).movedim(-1, 1).float()
+        losses.append(dice_ce(logits[brats].float(), target))
+        weights.append(float(brats.sum()))
+    if whole_tumour_only.any():
+        sub = logits[whole_tumour_only].float()
+        wt_logit = torch.logsumexp(sub[:, 1:], dim=1) - sub[:, 0]
+        target = (labels[whole_tumour_only] > 0).float()
+        bce = F.binary_cross_entropy_with_logits(wt_logit, target)
+        prob = torch.sigmoid(wt_logit)
+        dice = 1.0 - (2.0 * (prob * target).sum() + 1e-5) / (prob.sum() + target.sum() + 1e-5)
+        losses.append(wt_weight * (bce + dice))
+        weights.append(float(whole_tumour_only.sum()))
+    total = sum(w * loss for w, loss in zip(weights, losses)) / sum(weights)
+    return total
+
+
+def lr_factor(step: int, warmup: int, total: int) -> float:
+    """Linear warm-up, then cosine decay to 2 % of the peak."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.02 + 0.98 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+# --- the loop -------------------------------------------------------------------------------
+
+
+def _device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={name!r} asked for, but CUDA is not available; use --device cpu")
+    return torch.device(name)
+
+
+def _make_batch(cases: list[CachedCase], step: int, config: TrainConfig, sequences: tuple[str, ...]):
+    """The (deterministic given seed and step) batch of one step."""
+    import torch
+
+    rng = np.random.default_rng([config.seed, step, 1])
+    generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
+    images, labels, presence, wt_only = [], [], [], []
+    for _ in range(config.batch_size):
+        case = cases[int(rng.integers(len(cases)))]
+        image, label = sample_patch(case, rng, config.patch_size, config.tumour_fraction)
+        flags = case.presence.copy()
+        if rng.random() < config.sequence_dropout:
+            flags = drop_sequences(flags, rng, sequences)
+        image *= flags[:, None, None, None]
+        images.append(image)
+        labels.append(label)
+        presence.append(flags)
+        wt_only.append(case.label_kind is LabelKind.WHOLE_TUMOUR)
+    images_t, labels_t = augment_batch(torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(labels)),
+                                       generator)
+    return images_t, labels_t, torch.from_numpy(np.stack(presence)), torch.tensor(wt_only)
+
+
+def validate(network, cases: list[CachedCase], config: TrainConfig, device) -> dict:
+    """Dice per region on whole validation cases at the training spacing (sliding window)."""
+    import torch
+    from monai.inferers import sliding_window_inference
+
+    from neuroseg.model.evaluate import dice_hd95, region_mask
+    from neuroseg.model.network import with_presence
+
+    network.eval()
+    per_case = []
+    with torch.no_grad():
+        for case in cases:
+            image = torch.from_numpy(case.image.astype(np.float32))[None].to(device)
+            x = with_presence(image, torch.from_numpy(case.presence)[None].to(device))
+            logits = sliding_window_inference(x, (config.patch_size,) * 3, 4, network, overlap=0.25,
+                                              mode="gaussian")
+            index = logits.argmax(1)[0].cpu().numpy()
+            prediction = np.asarray(CLASS_VALUES, dtype=np.uint8)[index]
+            scores = {}
+            if case.label_kind is LabelKind.WHOLE_TUMOUR:
+                scores["dice_wt"] = dice_hd95(prediction > 0, case.label > 0)[0]
+            else:
+                truth = np.asarray(CLASS_VALUES, dtype=np.uint8)[case.label]
+                for region in ("wt", "tc", "et"):
+                    scores[f"dice_{region}"] = dice_hd95(region_mask(prediction, region),
+                                                         region_mask(truth, region))[0]
+            per_case.append({"case_id": case.case_id, **scores})
+    network.train()
+    mean = {}
+    for key in ("dice_wt", "dice_tc", "dice_et"):
+        values = [c[key] for c in per_case if key in c]
+        mean[key] = float(np.mean(values)) if values else None
+    return {"mean": mean, "cases": per_case}
+
+
+def _plot_curves(rows: list[dict], validations: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_loss, ax_dice) = plt.subplots(1, 2, figsize=(10, 4))
+    steps = [r["step"] for r in rows]
+    losses = np.array([r["loss"] for r in rows])
+    ax_loss.plot(steps, losses, alpha=0.3, label="loss")
+    if len(losses) >= 10:
+        kernel = np.ones(10) / 10
+        ax_loss.plot(steps[9:], np.convolve(losses, kernel, mode="valid"), label="loss (mean of 10)")
+    ax_loss.set_xlabel("step")
+    ax_loss.set_ylabel("Dice + CE loss")
+    ax_loss.legend()
+    for key in ("dice_wt", "dice_tc", "dice_et"):
+        points = [(v["step"], v["mean"][key]) for v in validations if v["mean"].get(key) is not None]
+        if points:
+            ax_dice.plot(*zip(*points), marker="o", label=key)
+    ax_dice.set_ylim(0, 1)
+    ax_dice.set_xlabel("step")
+    ax_dice.set_ylabel("validation Dice")
+    ax_dice.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def train(config: TrainConfig, out: Path, work_dir: Path | None = None, *, resume: bool = False,
+          init: Path | None = None, command: str = "", stop_after: int | None = None,
+          progress: bool = True, model_card: dict | None = None) -> TrainResult:
+    """Train the network and write the checkpoint ``out``.
+
+    Parameters
+    ----------
+    config: TrainConfig
+        The run.
+    out: Path
+        Final checkpoint (written when the run reaches ``config.steps``).
+    work_dir: Path, optional
+        Cache, metrics, plots and resumable state; default ``<out>.work``.
+    resume: bool
+        Continue from ``work_dir/state.pt``.
+    init: Path, optional
+        Start from the weights of this checkpoint (same architecture).
+    command: str
+        The command line, recorded in the checkpoint.
+    stop_after: int, optional
+        Stop (with state saved) after this many steps of this call, as if interrupted.
+    model_card: dict, optional
+        Model card to carry in the checkpoint metadata.
+    """
+    import torch
+    from monai.losses import DiceCELoss
+    from tqdm import tqdm
+
+    from neuroseg.model.checkpoint import load_checkpoint, save_checkpoint
+    from neuroseg.model.network import NetworkConfig, build_network, with_presence
+
+    started = time.perf_counter()
+    out = Path(out)
+    work_dir = Path(work_dir) if work_dir is not None else out.with_name(out.name + ".work")
+    work_dir.mkdir(parents=True, exist_ok=True)
+    device = _device(config.device)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    net_config = NetworkConfig(
+        channels=config.channels, head_channels=config.head_channels, dropout=config.dropout,
+        trunk_dropout=config.trunk_dropout, patch_size=(config.patch_size,) * 3, spacing_mm=config.spacing_mm,
+    )
+    sequences = net_config.in_sequences
+    if tuple(sequences) != SEQUENCES:
+        raise ValueError(f"the network's sequences {sequences} differ from the data's {SEQUENCES}")
+    cases = cache_cases(config.data_dirs, work_dir / "cache", config.spacing_mm, progress=progress)
+    train_cases, val_cases = split_cases(cases, config.val_fraction, config.seed)
+    log.info("training on %d cases, validating on %d (%s)", len(train_cases), len(val_cases),
+             ", ".join(c.case_id for c in val_cases))
+    network = build_network(net_config)
+    if init is not None:
+        loaded, init_config, _ = load_checkpoint(init)
+        if init_config != net_config:
+            raise ValueError(f"--init {init}: its architecture {init_config.to_dict()} differs from this run's")
+        network.load_state_dict(loaded.state_dict())
+    network.to(device).train()
+    optimiser = torch.optim.AdamW(network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimiser, lambda s: lr_factor(s, config.warmup_steps, config.steps))
+    use_amp = device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    dice_ce = DiceCELoss(softmax=True, include_background=True, batch=True)
+    state_path = work_dir / "state.pt"
+    rows: list[dict] = []
+    validations: list[dict] = []
+    step = 0
+    if resume:
+        if not state_path.is_file():
+            raise ValueError(f"--resume: no saved state {state_path}; start without --resume")
+        state = torch.load(state_path, map_location=device, weights_only=False)
+        if state["config"] != config.to_dict():
+            raise ValueError(f"--resume: {state_path} belongs to another configuration; "
+                             "use the same options or another --work-dir")
+        network.load_state_dict(state["model"])
+        optimiser.load_state_dict(state["optimiser"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        step, rows, validations = state["step"], state["rows"], state["validations"]
+        log.info("resumed at step %d", step)
+
+    def save_state() -> None:
+        tmp = state_path.with_suffix(".tmp")
+        torch.save({"config": config.to_dict(), "step": step, "model": network.state_dict(),
+                    "optimiser": optimiser.state_dict(), "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict(), "rows": rows, "validations": validations}, tmp)
+        tmp.replace(state_path)
+
+    end = config.steps if stop_after is None else min(config.steps, step + stop_after)
+    bar = tqdm(total=config.steps, initial=step, desc="train", unit="step", disable=not progress)
+    while step < end:
+        tick = time.perf_counter()
+        images, labels, presence, wt_only = _make_batch(train_cases, step, config, sequences)
+        x = with_presence(images, presence).to(device)
+        labels, wt_only = labels.to(device), wt_only.to(device)
+        torch.manual_seed(config.seed * 1_000_003 + step)  # dropout masks of this step
+        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+            logits = network(x)
+        loss = segmentation_loss(logits, labels, wt_only, dice_ce, config.wt_only_weight)
+        optimiser.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimiser)
+        torch.nn.utils.clip_grad_norm_(network.parameters(), 12.0)
+        scaler.step(optimiser)
+        scaler.update()
+        scheduler.step()
+        step += 1
+        rows.append({"step": step, "loss": float(loss.item()), "lr": optimiser.param_groups[0]["lr"],
+                     "seconds": time.perf_counter() - tick})
+        bar.update(1)
+        bar.set_postfix(loss=f"{np.mean([r['loss'] for r in rows[-20:]]):.3f}")
+        if val_cases and (step % config.val_every == 0 or step == config.steps):
+            validation = validate(network, val_cases, config, device)
+            validations.append({"step": step, **validation})
+            log.info("step %d validation %s", step, validation["mean"])
+        if step % config.checkpoint_every == 0 or step == end:
+            save_state()
+            _write_metrics(work_dir, rows, validations, config)
+    bar.close()
+    final_loss = float(np.mean([r["loss"] for r in rows[-20:]])) if rows else float("nan")
+    last_validation = validations[-1] if validations else {"mean": {}}
+    if step >= config.steps:
+        metadata = {
+            "name": config.name,
+            "version": config.version,
+            "training": {
+                "command": command,
+                "config": config.to_dict(),
+                "train_cases": [c.case_id for c in train_cases],
+                "validation_cases": [c.case_id for c in val_cases],
+                "final_loss": final_loss,
+                "validation": last_validation.get("mean", {}),
+                "device": str(device),
+                "seconds": round(sum(r["seconds"] for r in rows), 1),
+            },
+        }
+        if model_card is not None:
+            metadata["model_card"] = model_card
+        save_checkpoint(out, network.cpu(), net_config, metadata)
+        _write_metrics(work_dir, rows, validations, config)
+    return TrainResult(checkpoint=out, steps=step, final_loss=final_loss, validation=last_validation,
+                       seconds=time.perf_counter() - started)
+
+
+def _write_metrics(work_dir: Path, rows: list[dict], validations: list[dict], config: TrainConfig) -> None:
+    with open(work_dir / "metrics.csv", "w", newline="") as stream:
+        writer = csv.DictWriter(stream, fieldnames=["step", "loss", "lr", "seconds"])
+        writer.writeheader()
+        writer.writerows(rows)
+    summary = {"config": config.to_dict(), "steps": len(rows),
+               "final_loss": float(np.mean([r["loss"] for r in rows[-20:]])) if rows else None,
+               "validation": validations}
+    (work_dir / "metrics.json").write_text(json.dumps(summary, indent=1))
+    if rows:
+        _plot_curves(rows, validations, work_dir / "training_curve.png")
+
+
+def embed_model_card(checkpoint: Path, card_path: Path) -> None:
+    """Put the model card JSON into a checkpoint's metadata; the weights are unchanged."""
+    from neuroseg.model.checkpoint import load_checkpoint, save_checkpoint
+
+    card = json.loads(Path(card_path).read_text())
+    network, config, metadata = load_checkpoint(checkpoint)
+    metadata.pop("input_spec", None)
+    metadata["model_card"] = card
+    save_checkpoint(checkpoint, network, config, metadata)
