@@ -48,6 +48,10 @@ _RANGE_CONDITIONS = {"tr": "repetition_time", "te": "echo_time", "ti": "inversio
 _OTHER_CONDITIONS = {"acquisition", "contrast_agent"}
 CONDITION_KEYS = frozenset(_LIST_CONDITIONS) | frozenset(_REGEX_CONDITIONS) | frozenset(_RANGE_CONDITIONS) | _OTHER_CONDITIONS
 SERIES_PREFERENCES = ("acquisition_3d", "slices", "series_number", "confidence")
+# used when a rules file leaves these keys out
+DEFAULT_REQUIRED_ROLES = {"all_of": ["FLAIR"], "any_of": ["T1ce", "T1", "T2"]}
+DEFAULT_ROLE_ORDER = ["FLAIR", "T1ce", "T1", "T2", "other"]
+DEFAULT_SERIES_PREFERENCE = ["acquisition_3d", "slices", "series_number"]
 _RULE_KEYS = {"name", "roles", "score", "veto", "why", "when", "any_of"}
 _NO_AGENT = {"", "none", "no", "n/a", "na", "0"}
 
@@ -340,18 +344,18 @@ class RuleSet:
         patterns = data.get("patterns") or {}
         if not isinstance(patterns, dict):
             raise RulesError(f"{source}: `patterns` must be a table of name: regex")
-        required = data.get("required_roles") or {}
+        required = data.get("required_roles", DEFAULT_REQUIRED_ROLES) or {}
         if not isinstance(required, dict) or set(required) - {"all_of", "any_of"}:
             raise RulesError(f"{source}: `required_roles` takes `all_of` and `any_of` lists of roles")
         required_roles = RequiredRoles(
             all_of=tuple(_role(item, source, "required_roles.all_of") for item in required.get("all_of") or ()),
             any_of=tuple(_role(item, source, "required_roles.any_of") for item in required.get("any_of") or ()),
         )
-        role_order = tuple(_role(item, source, "role_order") for item in data.get("role_order") or ())
+        role_order = tuple(_role(item, source, "role_order") for item in data.get("role_order", DEFAULT_ROLE_ORDER))
         missing_roles = [role.value for role in SequenceRole if role not in role_order]
         if missing_roles:
             raise RulesError(f"{source}: role_order must list every role; missing {', '.join(missing_roles)}")
-        preference = tuple(data.get("series_preference") or ())
+        preference = tuple(data.get("series_preference", DEFAULT_SERIES_PREFERENCE) or ())
         bad = [item for item in preference if item not in SERIES_PREFERENCES]
         if bad:
             raise RulesError(

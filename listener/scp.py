@@ -246,14 +246,21 @@ class DicomServer:
         """
         self.server.shutdown()
         deadline = time.monotonic() + drain_seconds
-        while self.server.active_associations and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
+            # only established associations can still deliver instances; a peer that
+            # never finished negotiating is not waited for
+            if not any(association.is_established for association in self.server.active_associations):
+                break
             time.sleep(0.05)
-        for association in self.server.active_associations:
-            log.warning("aborting association with %s after %.0f s of draining",
-                        association.requestor.ae_title, drain_seconds)
+        remaining = self.server.active_associations
+        for association in remaining:
+            log.warning("aborting association calling_ae=%s peer=%s (established: %s) on stop",
+                        association.requestor.ae_title, association.requestor.address,
+                        association.is_established)
             association.abort()
-        for association in self.server.active_associations:
-            association.join(timeout=5)
+        stop_by = time.monotonic() + 2.0
+        for association in remaining:  # daemon threads: a stuck peer cannot keep the process alive
+            association.join(timeout=max(0.0, stop_by - time.monotonic()))
 
 
 def start_server(settings: Settings, spool: Spool, on_stored: OnStored | None = None) -> DicomServer:
