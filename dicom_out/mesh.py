@@ -29,6 +29,7 @@ import struct
 from dataclasses import dataclass
 
 import numpy as np
+from highdicom.sr import CodedConcept
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID
@@ -49,6 +50,7 @@ from neuroseg.dicom_out.common import (
     software_versions,
 )
 from neuroseg.dicom_out.enum import MeshFormat, TumorClass, TumorRegion
+from neuroseg.dicom_out.uids import output_uid
 
 log = logging.getLogger(__name__)
 
@@ -279,8 +281,6 @@ def region_masks(request: EncodeRequest) -> dict[str, np.ndarray]:
 
 def _common_header(request: EncodeRequest, kind: str, group: str, modality: str, sop_class_uid: str,
                    description: str, instance_number: int) -> Dataset:
-    from neuroseg.dicom_out.uids import output_uid
-
     source = request.reference_series[0]
     now = dt.datetime.now()
     study_uid = request.study_instance_uid
@@ -472,12 +472,7 @@ def _vertex_normals(mesh: Mesh) -> np.ndarray:
     return np.divide(normals, length, out=np.zeros_like(normals), where=length > 0)
 
 
-class _Code:
-    def __init__(self, value: str, scheme_designator: str, meaning: str) -> None:
-        self.value, self.scheme_designator, self.meaning = value, scheme_designator, meaning
-
-
-_AI = _Code("123110", "DCM", "Artificial Intelligence")
+_AI = CodedConcept("123110", "DCM", "Artificial Intelligence")
 
 
 def build_meshes(request: EncodeRequest) -> list[EncodedObject]:
