@@ -77,6 +77,9 @@ def test_orthanc_accepts_every_object_of_a_phantom_study(orthanc) -> None:
     send_all(orthanc, objects)
     counts = check_study_in_orthanc(orthanc, request, objects)
     assert counts == {"MR": 24 + 12, "SEG": 1, "SURFACE": 1, "PM": 10, "STL": 5, "SR": 1}
+    # reprocessing the study with the same model version replaces the results instead of adding more
+    send_all(orthanc, encode_study(study.request(EncodeOptions(mesh_formats={"stl", "surface"}))))
+    assert check_study_in_orthanc(orthanc, request, objects) == counts
 
 
 def test_orthanc_accepts_a_label_map_seg(orthanc) -> None:
