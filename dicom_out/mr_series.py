@@ -337,6 +337,8 @@ def build_mr_series(
         If the volume is not 3D, has NaNs, or the affine is degenerate.
     """
     volume = np.asarray(volume)
+    if volume.dtype.kind == "b":
+        volume = volume.astype(np.uint8)
     if volume.ndim != 3 or min(volume.shape) < 1:
         raise ValueError(f"volume must be a 3D (slices, rows, columns) array; got shape {volume.shape}")
     if volume.dtype.kind not in "iufb":
