@@ -19,9 +19,13 @@ pmap-uncertainty-sd-<class> (113061, DCM, "Standard Deviation")     "1"         
                             of the class probability over MC
                             dropout samples (square root of the
                             variance the model gives)
-pmap-gradcam-<class>        (130403, DCM, "Gradient-weighted class  "1"             [0, max]
+pmap-gradcam-<class>        (130403, DCM, "Gradient-weighted class  "1"             [0, 1]
                             activation")
 ==========================  ======================================  ==============  ============
+
+Ranges widen to the data when it goes past them (entropy above ln 4, SD above
+0.5, Grad-CAM above 1 or below 0), so the mapping always covers every value;
+the window spans the range with VOI LUT function LINEAR_EXACT.
 
 ``99NEUROSEG`` is a private coding scheme (PS3.16 8.2 "99" prefix), declared
 in each object's Coding Scheme Identification Sequence. The LUT explanation
