@@ -14,13 +14,31 @@ import logging
 import threading
 from types import TracebackType
 
-from neuroseg.listener.assembly import Enqueue, HandOff, StudyAssembler
+from neuroseg.listener.assembly import Enqueue, EventSink, HandOff, StudyAssembler, default_enqueue
 from neuroseg.listener.classify import RuleSet
 from neuroseg.listener.scp import DicomServer, start_server
 from neuroseg.listener.spool import InstanceHeader, Spool, StoredInstance
 from neuroseg.worker.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+def _warm_up_queue(settings: Settings) -> None:
+    """Import the queue and open the job store and the Celery app before accepting associations.
+
+    Done lazily, the first hand-off held the GIL for about a second (SQLAlchemy and
+    Celery imports) and stalled every open association; the reliability load test
+    saw C-ECHO answers of 1.3 s. A job store that cannot be opened yet is not fatal
+    here: the hand-off retries it.
+    """
+    try:
+        from neuroseg.worker.jobstore import JobStore
+        from neuroseg.worker.queue import get_celery_app
+
+        JobStore.from_settings(settings)
+        get_celery_app(settings)
+    except Exception as exc:  # noqa: BLE001 - the hand-off reports and retries it
+        log.warning("queue warm-up failed (%s); the first hand-off will try again", exc)
 
 
 class ListenerService:
@@ -37,6 +55,11 @@ class ListenerService:
     rules: RuleSet, optional
         Classification rules; default: ``settings.classification_rules`` or the
         shipped rules. They are validated here, before anything starts.
+    on_event: callable, optional
+        ``on_event(kind, message, study_instance_uid)`` receives every decision
+        (association accepted/rejected, instance refused, study opened/complete
+        with its roles, hand-off failed), e.g. ``JobStore.record_event``-like
+        sinks for the admin timeline. Its errors are logged and ignored.
 
     Raises
     ------
@@ -44,11 +67,13 @@ class ListenerService:
         If the classification rules are invalid.
     """
 
-    def __init__(self, settings: Settings, enqueue: Enqueue | None = None, rules: RuleSet | None = None) -> None:
+    def __init__(self, settings: Settings, enqueue: Enqueue | None = None, rules: RuleSet | None = None,
+                 on_event: EventSink | None = None) -> None:
         self.settings = settings
         self.rules = rules if rules is not None else RuleSet.load(settings.classification_rules)
         self.spool = Spool(settings.spool_dir)
-        self.assembler = StudyAssembler(settings, self.spool, self.rules, enqueue)
+        self.on_event = on_event
+        self.assembler = StudyAssembler(settings, self.spool, self.rules, enqueue, on_event=on_event)
         self._server: DicomServer | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -78,10 +103,12 @@ class ListenerService:
             raise RuntimeError("the listener is already running")
         self.spool.root.mkdir(parents=True, exist_ok=True)
         self.spool.recover()
+        if self.assembler.enqueue is default_enqueue:
+            _warm_up_queue(self.settings)
         resumed = self.assembler.resume()
         if resumed:
             log.info("resumed %d open study(ies) from the spool", len(resumed))
-        self._server = start_server(self.settings, self.spool, self._on_stored)
+        self._server = start_server(self.settings, self.spool, self._on_stored, self.on_event)
         self._stop.clear()
         self._thread = threading.Thread(target=self.assembler.run, args=(self._stop,),
                                         name="neuroseg-assembly", daemon=True)

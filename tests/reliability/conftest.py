@@ -93,3 +93,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # no
     for name, value in totals.items():
         terminalreporter.write_line(f"{name:>22}: {value}")
     terminalreporter.write_line(f"(written to {Path(SUMMARY_FILE).relative_to(REPO_ROOT)})")
+
+
+# the worker tests' tiny random network: honest for plumbing, useless as a model
+from tests.worker.conftest import tiny_checkpoint  # noqa: E402,F401
