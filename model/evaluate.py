@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -82,9 +83,11 @@ def dice_hd95(prediction: np.ndarray, truth: np.ndarray,
     y_pred = torch.from_numpy(prediction[None, None].astype(np.float32))
     y = torch.from_numpy(truth[None, None].astype(np.float32))
     dice = float(compute_dice(y_pred, y, include_background=True).item())
-    hd95 = float(compute_hausdorff_distance(
-        y_pred, y, include_background=True, percentile=95,
-        spacing=[float(s) for s in spacing_mm]).item())
+    with warnings.catch_warnings():  # MONAI 1.5+ warns about its own internal argument
+        warnings.simplefilter("ignore", FutureWarning)
+        hd95 = float(compute_hausdorff_distance(
+            y_pred, y, include_background=True, percentile=95,
+            spacing=[float(s) for s in spacing_mm]).item())
     return dice, hd95
 
 
@@ -353,11 +356,11 @@ def _evaluate_one(model, segment, files: CaseFiles, mc_samples: int,
     images = {k: v for k, v in case.images.items() if sequences is None or k in sequences}
     if not images:
         raise ValueError(f"case {files.case_id} has none of the sequences {sequences}")
-    output = segment(model, images, case.affine, mc_samples=mc_samples, gradcam=False, seed=0)
-    probabilities = np.asarray(output.probabilities, dtype=np.float32)
-    variance = np.asarray(output.variance, dtype=np.float32).sum(axis=0) if output.variance is not None else None
+    output = segment(images, case.affine, model, mc_samples=mc_samples, gradcam=False, seed=0)
+    probabilities = np.stack([output.probabilities[name] for name in ("background", "ncr", "ed", "et")])
+    variance = sum(output.variance[name] for name in ("ncr", "ed", "et")) if output.variance else None
     mask = np.any([image != 0 for image in images.values()], axis=0)
-    return score_case(files.case_id, np.asarray(output.label), case.label, case.label_kind,
+    return score_case(files.case_id, np.asarray(output.labels), case.label, case.label_kind,
                       _spacing(case.affine), sequences=sorted(images), probabilities=probabilities,
                       entropy=output.entropy, variance=variance, mask=mask)
 
