@@ -54,6 +54,7 @@ from neuroseg.dicom_out.common import (
     EncodeRequest,
     class_code,
     series_description,
+    software_versions,
 )
 from neuroseg.dicom_out.enum import TumorClass, TumorRegion
 from neuroseg.dicom_out.uids import output_uid
@@ -202,6 +203,9 @@ def build_measurement_report(request: EncodeRequest, segmentation: EncodedObject
         sop_instance_uid=output_uid(study_uid, request.model_version, "sr"),
         instance_number=1,
         manufacturer=MANUFACTURER,
+        manufacturer_model_name=request.model_name[:64],
+        software_versions=software_versions(request.model_name, request.model_version),
+        device_serial_number=request.model_version[:64],
         is_complete=True,
         is_final=False,
         is_verified=False,

@@ -77,8 +77,9 @@ def test_object_round_trips_with_identity_and_passes_dciodvfy(all_objects, kind:
     assert ds.SeriesDescription.endswith(" - research use")
     assert ds.Manufacturer == "neuroseg"
     assert "ContentDate" in ds and "ContentTime" in ds
+    assert list(ds.SoftwareVersions)[0].startswith("neuroseg ")
+    assert list(ds.SoftwareVersions)[1] == "neuroseg-unet3d 0.1.0-test"
     if kind != "sr":
-        assert list(ds.SoftwareVersions)[1] == "neuroseg-unet3d 0.1.0-test"
         assert ds.FrameOfReferenceUID == source.FrameOfReferenceUID
     if kind.startswith(("seg", "pmap", "mesh-surface")):
         assert ds.ContentDescription.endswith("Not for diagnostic use")
