@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from neuroseg.worker import queue
@@ -57,5 +56,27 @@ def test_bad_studies_fail_with_a_reason_and_the_worker_keeps_serving(broker, req
             detail = store.get_job(jobs[name])
             assert detail.error and __import__("re").search(reason, detail.error), (name, detail.error)
             assert detail.attempts == 1
+    finally:
+        worker.stop()
+
+
+def test_a_broken_optional_series_gives_partial_and_the_next_study_is_done(tiny_checkpoint, tmp_path,
+                                                                            make_settings):
+    data_dir = tmp_path / "data"
+    settings = make_settings(data_dir=data_dir)
+    env = worker_env(data_dir, NEUROSEG_MODEL_PATH=str(tiny_checkpoint))
+    worker = WorkerProcess(env, tmp_path / "worker.log").start()
+    try:
+        store = JobStore.from_settings(settings)
+        broken_t2 = build_study(tmp_path / "spool", "partial-t2", roles=("T1ce", "FLAIR", "T2"),
+                                damage=lambda label, ds: drop_middle_slice(label, ds) if label == "T2" else ds)
+        good = build_study(tmp_path / "spool", "good-after", roles=("T1ce", "FLAIR"))
+        partial_id = queue.enqueue_study(settings, broken_t2.manifest())
+        good_id = queue.enqueue_study(settings, good.manifest())
+        assert wait_for_state(store, partial_id, 240, worker=worker) == "partial"
+        detail = store.get_job(partial_id)
+        assert detail.error.startswith("T2 series not used: series ") and "missing slice(s)" in detail.error
+        assert sorted(detail.sequences_used) == ["flair", "t1ce"] and detail.outputs
+        assert wait_for_state(store, good_id, 240, worker=worker) == "done"
     finally:
         worker.stop()
