@@ -77,7 +77,8 @@ def write_result_folder(folder: Path, *, sequences: tuple[str, ...] = ("t1", "t1
     volumes = {key: float(np.count_nonzero(seg == value)) * voxel_ml for key, value in (("ncr", 1), ("ed", 2), ("et", 4))}
     volumes["wt"] = sum(volumes.values())
     volumes["tc"] = volumes["ncr"] + volumes["et"]
-    report = {"volumes_ml": volumes, "model_version": "0.1.0-test", "sequences_used": list(sequences)}
+    report = {"volumes_ml": volumes, "model": {"name": "neuroseg-unet", "version": "0.1.0-test"},
+              "sequences_used": list(sequences)}
     (folder / "report.json").write_text(json.dumps(report))
     return folder
 
@@ -126,10 +127,11 @@ def run_to_done(store: JobStore, job_id: str, results_dir: Path | None, template
     store.record_delivery_attempt(job_id, "outbox:/data/outbox", status="delivered", sent=2)
     store.finish(job_id, JobState.DONE)
     if results_dir is not None:
+        # where the worker's pipeline writes the viewer data
         if template is not None:
-            shutil.copytree(template, results_dir / job_id)
+            shutil.copytree(template, results_dir / job_id / "viewer")
         else:
-            write_result_folder(results_dir / job_id)
+            write_result_folder(results_dir / job_id / "viewer")
 
 
 def fill_store(store: JobStore, results_dir: Path, template: Path | None = None) -> Jobs:

@@ -20,6 +20,8 @@ import pytest
 
 from tests.services import REPO_ROOT, free_port, wait_for_port
 from tests.web.conftest import ADMIN_TOKEN
+from neuroseg.worker.web.viewer_data import ras_to_lps
+from tests.web import synthetic
 from tests.web.synthetic import fill_store
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration]
@@ -168,6 +170,11 @@ def test_login_dashboard_and_3d_viewer_in_headless_chromium(admin_server):
                     moved = True
                     break
             assert moved, "clicking the tumour surface did not move the slices"
+            # the slices moved onto the tumour (the edema's outer surface is 7.5 voxels from its centre)
+            readout = page.locator("#cursor-readout").inner_text()
+            position = np.array([float(v) for v in readout.split("(", 1)[1].split(")", 1)[0].split(",")])
+            centre = (ras_to_lps(synthetic.AFFINE_RAS) @ np.r_[synthetic.TUMOUR_CENTRE, 1.0])[:3]
+            assert np.linalg.norm(position - centre) < 7.5 * 2.5 + 3, (readout, centre)
             page.screenshot(path=str(ARTIFACTS / "07-viewer-after-click.png"), full_page=True)
         finally:
             browser.close()

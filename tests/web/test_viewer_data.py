@@ -175,12 +175,22 @@ def test_a_folder_without_results_and_bad_names_are_refused(tmp_path, result):
             job_result_folder(tmp_path, bad)
 
 
+def test_the_viewer_folder_of_the_worker_and_a_plain_result_folder_are_both_found(tmp_path, result_template):
+    import shutil
+
+    shutil.copytree(result_template, tmp_path / "job-a" / "viewer")
+    shutil.copytree(result_template, tmp_path / "job-b")
+    assert job_result_folder(tmp_path, "job-a") == tmp_path / "job-a" / "viewer"
+    assert job_result_folder(tmp_path, "job-b") == tmp_path / "job-b"
+
+
 # --- over HTTP ------------------------------------------------------------------------------------
 
 
-def test_viewer_endpoints_serve_gzip_binary(client, jobs):
+def test_viewer_endpoints_serve_gzip_binary(client, jobs, web_settings):
     manifest = client.get(f"/api/jobs/{jobs.done}/viewer/manifest").json()
     assert manifest["job_id"] == jobs.done and manifest["meshes"] == ["ncr", "ed", "et", "head"]
+    assert manifest["model_version"] == "0.1.0-test"
     volume = client.get(f"/api/jobs/{jobs.done}/viewer/volumes/prob_et")
     assert volume.status_code == 200 and volume.headers["content-encoding"] == "gzip"
     header, arrays = unpack_arrays(volume.content)
@@ -190,6 +200,8 @@ def test_viewer_endpoints_serve_gzip_binary(client, jobs):
     assert len(unpack_arrays(mesh.content)[1]["faces"]) > 0
     plain = client.get(f"/api/jobs/{jobs.done}/viewer/volumes/seg", headers={"Accept-Encoding": "identity"})
     assert "content-encoding" not in plain.headers and plain.content[:4] == b"NSV1"
+    # built once, then read from the cache next to the job's results
+    assert len(list((web_settings.results_dir / jobs.done / "viewer-cache").rglob("*.bin.gz"))) == 3
 
 
 def test_viewer_endpoints_404_for_unknown_names_and_unfinished_jobs(client, jobs):
@@ -200,7 +212,7 @@ def test_viewer_endpoints_404_for_unknown_names_and_unfinished_jobs(client, jobs
 
 
 def test_a_missing_sequence_is_404_not_500(client, jobs, web_settings):
-    (web_settings.results_dir / jobs.done / "image_t2.nii.gz").unlink()
+    (web_settings.results_dir / jobs.done / "viewer" / "image_t2.nii.gz").unlink()
     response = client.get(f"/api/jobs/{jobs.done}/viewer/volumes/image_t2")
     assert response.status_code == 404 and "image_t2.nii.gz" in response.json()["detail"]
 

@@ -78,7 +78,9 @@ def stage_durations(store, job_ids: list[str]) -> dict[str, dict[str, float]]:
 
 
 def has_results(request: Request, job_id: str) -> bool:
-    return (request.app.state.settings.results_dir / job_id / "seg.nii.gz").is_file()
+    from neuroseg.worker.web.viewer_data import has_viewer_data
+
+    return has_viewer_data(request.app.state.settings.results_dir, job_id)
 
 
 def summary_dict(request: Request, summary, durations: dict[str, float]) -> dict[str, Any]:

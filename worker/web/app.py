@@ -85,12 +85,12 @@ class JobStoreProvider:
 class ResultCache:
     """The last few jobs' :class:`ResultFolder` objects, so their arrays load once per viewer session."""
 
-    def __init__(self, results_dir: Path, cache_dir: Path, size: int = 3) -> None:
+    def __init__(self, results_dir: Path, size: int = 3) -> None:
         self.results_dir = results_dir
-        self.cache_dir = cache_dir
         self.size = size
         self._items: OrderedDict[str, ResultFolder] = OrderedDict()
         self._lock = threading.Lock()
+        self._warming: set[str] = set()
 
     def get(self, job_id: str) -> ResultFolder:
         """The result folder of ``job_id``; raises :class:`ResultNotFound` when there is none."""
@@ -100,16 +100,34 @@ class ResultCache:
             if item is not None and item.folder == folder:
                 self._items.move_to_end(job_id)
                 return item
-        item = ResultFolder(folder, cache_dir=self.cache_dir / job_id)
+        item = ResultFolder(folder, cache_dir=self.results_dir / job_id / "viewer-cache")
         with self._lock:
             self._items[job_id] = item
             while len(self._items) > self.size:
                 self._items.popitem(last=False)
         return item
 
-    def forget(self, job_id: str) -> None:
+    def warm(self, job_id: str) -> None:
+        """Build the job's viewer data in a background thread (the job page calls this), once per job."""
         with self._lock:
-            self._items.pop(job_id, None)
+            if job_id in self._warming:
+                return
+            self._warming.add(job_id)
+        threading.Thread(target=self._warm, args=(job_id,), name=f"viewer-warm-{job_id[:8]}", daemon=True).start()
+
+    def _warm(self, job_id: str) -> None:
+        from neuroseg.worker.web.viewer_data import MESH_NAMES, preferred_sequence
+
+        try:
+            result = self.get(job_id)
+            result.manifest()
+            for key in ("seg", preferred_sequence(result.available())):
+                if key:
+                    result.volume_blob(key)
+            for name in MESH_NAMES:
+                result.mesh_blob(name)
+        except Exception as exc:  # noqa: BLE001 - the viewer builds what is missing on request
+            log.info("could not prepare the viewer data of job %s: %s", job_id, exc)
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -145,7 +163,7 @@ def create_app(settings: Settings) -> FastAPI:
         log.warning("NEUROSEG_ADMIN_TOKEN is not set: the admin app shows no patient data until it is")
     app.state.jobstore = JobStoreProvider(settings)
     app.state.monitor = QueueMonitor(settings)
-    app.state.results = ResultCache(settings.results_dir, settings.data_dir / "viewer-cache")
+    app.state.results = ResultCache(settings.results_dir)
     templates = Environment(
         loader=FileSystemLoader(str(TEMPLATE_DIR)), autoescape=select_autoescape(["html"]), auto_reload=False
     )

@@ -133,9 +133,13 @@ def dashboard(request: Request, user: PageUser) -> HTMLResponse:
 
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)
 def job_page(request: Request, job_id: str, user: PageUser) -> HTMLResponse:
+    from neuroseg.worker.web.viewer_data import has_viewer_data
+
     store = request.app.state.jobstore.get()
     if store.job_state(job_id) is None:
         return render(request, "not_found.html", status_code=404, what=f"job {job_id}")
+    if has_viewer_data(request.app.state.settings.results_dir, job_id):
+        request.app.state.results.warm(job_id)  # so the 3D viewer opens fast
     return render(request, "job.html", page="job", job_id=job_id)
 
 
@@ -151,12 +155,13 @@ def study_page(request: Request, study_instance_uid: str, user: PageUser) -> HTM
 @router.get("/jobs/{job_id}/viewer", response_class=HTMLResponse)
 def viewer_page(request: Request, job_id: str, user: PageUser) -> HTMLResponse:
     from neuroseg.worker.web.app import VIEWER_CONTENT_SECURITY_POLICY
+    from neuroseg.worker.web.viewer_data import has_viewer_data
 
     store = request.app.state.jobstore.get()
     detail = store.get_job(job_id)
     if detail is None:
         return render(request, "not_found.html", status_code=404, what=f"job {job_id}")
-    if not (request.app.state.settings.results_dir / job_id / "seg.nii.gz").is_file():
+    if not has_viewer_data(request.app.state.settings.results_dir, job_id):
         return render(request, "not_found.html", status_code=404,
                       what=f"results of job {job_id} (the job has not finished, or its results were pruned)")
     return render(request, "viewer.html", page="viewer", job=detail, csp=VIEWER_CONTENT_SECURITY_POLICY)

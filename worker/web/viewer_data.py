@@ -1,13 +1,14 @@
 """Compact data for the 3D viewer, built from a finished job's result folder.
 
 The worker writes each finished job's arrays as NIfTI files into
-``settings.results_dir / job_id`` (see :mod:`neuroseg.model.io`): ``seg.nii.gz``
+``settings.results_dir / job_id / "viewer"`` (see
+:func:`neuroseg.model.io.write_result_folder`): ``seg.nii.gz``
 (BraTS labels 0/1/2/4), ``prob_*``, ``variance_*``, ``entropy``, ``gradcam_*``,
 ``image_*`` and ``report.json``, all on one grid with RAS affines.
 
 This module turns them into what the browser needs, in a small binary format
-(:func:`pack_arrays`) that is gzip-compressed once and cached on disk under
-``data_dir/viewer-cache``:
+(:func:`pack_arrays`) that is gzip-compressed once and cached on disk next to
+the job's results (``results_dir/<job id>/viewer-cache``, removed with them):
 
 - volumes reoriented to the closest canonical orientation (array axes point to
   patient Right, Anterior, Superior; only flips and transposes, no
@@ -47,6 +48,8 @@ log = logging.getLogger(__name__)
 MAGIC = b"NSV1"
 MAX_VOLUME_DIM = 256
 HEAD_MESH_MAX_DIM = 96
+HEAD_TARGET_FACES = 30000
+REGION_TARGET_FACES = 40000
 CACHE_VERSION = "1"
 
 SEQUENCES = {"t1": "T1", "t1ce": "T1ce", "t2": "T2", "flair": "FLAIR"}
@@ -321,11 +324,14 @@ class ResultFolder:
         else:
             mask = seg.data == CLASSES[name]
             affine_lps = ras_to_lps(seg.affine_ras)
+        # smooth over about one voxel, so thick slices do not show as terraces
+        smoothing = max(1.0, 0.6 * float(np.linalg.norm(affine_lps[:3, :3], axis=0).max()))
         header: dict[str, Any] = {"kind": "mesh", "name": name, "fields": {}}
         if not mask.any():
             empty = {"vertices": np.zeros((0, 3), np.float32), "faces": np.zeros((0, 3), np.uint32)}
             return header, empty
-        mesh = surface_mesh(mask, affine_lps)
+        mesh = surface_mesh(mask, affine_lps, smoothing=smoothing,
+                            target_faces=HEAD_TARGET_FACES if name == "head" else REGION_TARGET_FACES)
         vertices = np.asarray(mesh.vertices, dtype=np.float32)
         faces = np.asarray(mesh.faces, dtype=np.uint32)
         arrays = {"vertices": vertices, "faces": faces}
@@ -408,13 +414,36 @@ class ResultFolder:
             "regions": regions,
             "head": HEAD_REGION,
             "totals_ml": totals,
-            "model_version": report.get("model_version"),
+            "model_version": (report.get("model") or {}).get("version") or report.get("model_version"),
             "sequences_used": report.get("sequences_used"),
         }
 
 
 def job_result_folder(results_dir: Path, job_id: str) -> Path:
-    """``results_dir / job_id`` after checking that ``job_id`` cannot escape ``results_dir``."""
+    """The viewer data folder of a job, after checking that ``job_id`` cannot escape ``results_dir``.
+
+    The worker writes it to ``results_dir/<job id>/viewer``; a folder with the
+    files directly in ``results_dir/<job id>`` (``neuroseg predict --out``
+    copied there) is accepted too.
+    """
     if not _JOB_ID.match(str(job_id)) or str(job_id) in {".", ".."}:
         raise ResultNotFound(f"{job_id!r} is not a job id")
-    return Path(results_dir) / str(job_id)
+    job_folder = Path(results_dir) / str(job_id)
+    viewer = job_folder / "viewer"
+    return viewer if (viewer / "seg.nii.gz").is_file() else job_folder
+
+
+def preferred_sequence(available: set[str]) -> str | None:
+    """The image the viewer shows first: T1ce, else FLAIR, T1, T2."""
+    for key in ("image_t1ce", "image_flair", "image_t1", "image_t2"):
+        if key in available:
+            return key
+    return None
+
+
+def has_viewer_data(results_dir: Path, job_id: str) -> bool:
+    """Whether the job's segmentation is on disk for the viewer."""
+    try:
+        return (job_result_folder(results_dir, job_id) / "seg.nii.gz").is_file()
+    except ResultNotFound:
+        return False

@@ -329,7 +329,10 @@
       lightposition: { x: 1000, y: -2000, z: 3000 },
       hovertemplate: label + "<br>x %{x:.1f}, y %{y:.1f}, z %{z:.1f} mm (LPS)<extra></extra>",
     };
-    if (name === "head") trace.hoverinfo = "skip";  // clicks and hovers go through it to the tumour
+    if (name === "head") {  // context only: hovers and clicks go to the tumour surfaces
+      trace.hoverinfo = "skip";
+      delete trace.hovertemplate;
+    }
     const field = state.colourMode;
     if (name !== "head" && field !== "region" && mesh.arrays[field]) {
       const info = FIELD_INFO[field];
@@ -413,24 +416,81 @@
     Plotly.restyle(plotNode, { x: [[p[0]]], y: [[p[1]]], z: [[p[2]]] }, [index]);
   }
 
+  // --- picking a surface point under the mouse ------------------------------------------------
+
+  function mat4mul(a, b) {  // column-major 4x4, as WebGL keeps them
+    const out = new Float64Array(16);
+    for (let col = 0; col < 4; col++) {
+      for (let row = 0; row < 4; row++) {
+        let sum = 0;
+        for (let k = 0; k < 4; k++) sum += a[k * 4 + row] * b[col * 4 + k];
+        out[col * 4 + row] = sum;
+      }
+    }
+    return out;
+  }
+
+  /* A function from patient (x, y, z) to [screen x, screen y, depth], from the scene's current camera. */
+  function projector() {
+    const scene = plotNode._fullLayout && plotNode._fullLayout.scene && plotNode._fullLayout.scene._scene;
+    const camera = scene && scene.glplot && scene.glplot.cameraParams;
+    if (!camera || !scene.dataScale) return null;
+    const m = mat4mul(camera.projection, mat4mul(camera.view, camera.model));
+    const ds = scene.dataScale;
+    const rect = scene.glplot.canvas.getBoundingClientRect();
+    return (x, y, z) => {
+      const X = x * ds[0];
+      const Y = y * ds[1];
+      const Z = z * ds[2];
+      const w = m[3] * X + m[7] * Y + m[11] * Z + m[15];
+      return [
+        rect.left + ((m[0] * X + m[4] * Y + m[8] * Z + m[12]) / w + 1) / 2 * rect.width,
+        rect.top + (1 - (m[1] * X + m[5] * Y + m[9] * Z + m[13]) / w) / 2 * rect.height,
+        (m[2] * X + m[6] * Y + m[10] * Z + m[14]) / w,
+      ];
+    };
+  }
+
+  /* The front-most vertex of a visible tumour surface under the mouse (the head surface only if
+   * no tumour surface is there), or null. Works whatever Plotly's own picking does. */
+  function surfacePointAt(clientX, clientY) {
+    const project = projector();
+    if (!project) return null;
+    for (const group of [state.manifest.regions.map((region) => region.key), ["head"]]) {
+      let best = null;
+      let nearest = null;
+      for (const key of group) {
+        const mesh = state.meshes[key];
+        if (!mesh || !state.visible[key]) continue;
+        const v = mesh.arrays.vertices;
+        for (let p = 0; p < v.length; p += 3) {
+          const s = project(v[p], v[p + 1], v[p + 2]);
+          const d2 = (s[0] - clientX) ** 2 + (s[1] - clientY) ** 2;
+          if (d2 <= 64 && (!best || s[2] < best.depth)) best = { depth: s[2], point: [v[p], v[p + 1], v[p + 2]] };
+          if (d2 <= 625 && (!nearest || d2 < nearest.d2)) nearest = { d2, point: [v[p], v[p + 1], v[p + 2]] };
+        }
+      }
+      if (best || nearest) return (best || nearest).point;
+    }
+    return null;
+  }
+
   function bind3dControls() {
-    // A click that did not drag the camera picks the surface point under the mouse. Plotly emits
-    // plotly_click only when a frame renders while the button is down, which a quick click can miss,
-    // so the point last hovered is used as well.
+    // A click that does not drag the camera moves the slices to the surface point under the mouse
+    // (Plotly's own plotly_click only fires when a frame renders while the button is down).
     let hovered = null;
     let pressedAt = null;
-    const pick = (point) => {
-      if (point && point.data && point.data.type === "mesh3d") setCursor(patientToVoxel([point.x, point.y, point.z]));
-    };
     plotNode.on("plotly_hover", (event) => { hovered = event && event.points ? event.points[0] : null; });
     plotNode.on("plotly_unhover", () => { hovered = null; });
-    plotNode.on("plotly_click", (event) => pick(event && event.points && event.points[0]));
     plotNode.addEventListener("mousedown", (event) => { pressedAt = [event.clientX, event.clientY]; }, true);
     plotNode.addEventListener("click", (event) => {
       if (!pressedAt) return;
       const moved = Math.hypot(event.clientX - pressedAt[0], event.clientY - pressedAt[1]);
       pressedAt = null;
-      if (moved < 4) pick(hovered);
+      if (moved >= 4) return;
+      const point = surfacePointAt(event.clientX, event.clientY)
+        || (hovered && hovered.data && hovered.data.type === "mesh3d" ? [hovered.x, hovered.y, hovered.z] : null);
+      if (point) setCursor(patientToVoxel(point));
     });
     document.getElementById("colour-mode").addEventListener("change", (event) => {
       state.colourMode = event.target.value;
