@@ -50,6 +50,24 @@ log = logging.getLogger(__name__)
 Enqueue = Callable[[Settings, StudyManifest], str]
 """``enqueue(settings, manifest) -> job id``; must be idempotent for the same manifest."""
 
+EventSink = Callable[[str, str, str], None]
+"""``on_event(kind, message, study_instance_uid)``: a listener decision for the job store's timeline.
+
+Kinds: ``association-accepted``, ``association-rejected``, ``instance-refused``,
+``study-opened``, ``study-complete``, ``hand-off-failed``. Errors raised by the
+sink are logged and ignored: recording must never affect DICOM traffic.
+"""
+
+
+def emit(on_event: EventSink | None, kind: str, message: str, study_instance_uid: str = "") -> None:
+    """Pass one decision to ``on_event`` (if any), never raising."""
+    if on_event is None:
+        return
+    try:
+        on_event(kind, message, study_instance_uid)
+    except Exception:
+        log.exception("recording the listener event %s failed", kind)
+
 _RETRY_SECONDS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 
 
@@ -97,6 +115,8 @@ class StudyAssembler:
         :func:`default_enqueue`. Must be idempotent for the same manifest.
     clock, wall_clock: callable, optional
         Monotonic and wall-clock time sources (seconds), replaceable in tests.
+    on_event: callable, optional
+        Receives the assembly decisions (see :data:`EventSink`).
 
     Thread safety: :meth:`note_instance` is called from association threads,
     :meth:`poll` from one background thread.
@@ -110,8 +130,10 @@ class StudyAssembler:
         enqueue: Enqueue | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        on_event: EventSink | None = None,
     ) -> None:
         self.settings = settings
+        self.on_event = on_event
         self.spool = spool
         self.rules = rules
         self.enqueue = enqueue or default_enqueue
@@ -169,6 +191,7 @@ class StudyAssembler:
                 study.calling_ae_titles.add(calling_ae_title)
                 self._write_state(study)
                 log.info("study opened study_uid=%s calling_ae=%s", study_instance_uid, calling_ae_title)
+                emit(self.on_event, "study-opened", f"first instance from {calling_ae_title}", study_instance_uid)
             elif calling_ae_title not in study.calling_ae_titles:
                 study.calling_ae_titles.add(calling_ae_title)
                 self._write_state(study)
@@ -237,8 +260,9 @@ class StudyAssembler:
                 return None  # an instance arrived meanwhile: the timer restarted
             try:
                 job_id = str(self.enqueue(self.settings, manifest))
-            except Exception:
+            except Exception as exc:
                 log.exception("hand-off of study_uid=%s to the queue failed; will retry", uid)
+                emit(self.on_event, "hand-off-failed", f"queue refused the study: {exc}; will retry", uid)
                 self._back_off(study, now)
                 return None
             try:
@@ -259,6 +283,10 @@ class StudyAssembler:
             ",".join(f"{role.value}:{item.series_number}" for role, item in manifest.roles().items()) or "none",
             job_id,
         )
+        emit(self.on_event, "study-complete",
+             f"{manifest.completion_reason}: job {job_id}; " + "; ".join(
+                 f"series {item.series_number} {item.series_description!r} -> {item.role.value} "
+                 f"({item.confidence:g})" for item in manifest.series), uid)
         return HandOff(uid, job_id, manifest)
 
     def _back_off(self, study: _OpenStudy, now: float) -> None:

@@ -56,6 +56,7 @@ from pynetdicom import (
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
+from neuroseg.listener.assembly import EventSink, emit
 from neuroseg.listener.spool import (
     InstanceHeader,
     InvalidUIDError,
@@ -141,7 +142,9 @@ def handle_echo(event: evt.Event) -> int:
     return StoreStatus.SUCCESS
 
 
-def handle_store(event: evt.Event, spool: Spool, on_stored: OnStored | None = None) -> int:
+def handle_store(
+    event: evt.Event, spool: Spool, on_stored: OnStored | None = None, on_event: EventSink | None = None
+) -> int:
     """C-STORE: check the instance, store it durably, answer a :class:`StoreStatus`. Never raises."""
     requestor = event.assoc.requestor
     calling_ae = requestor.ae_title
@@ -159,16 +162,17 @@ def handle_store(event: evt.Event, spool: Spool, on_stored: OnStored | None = No
         )
         stored = spool.store(header, (file_meta, dataset))
     except SOPClassMismatchError as exc:
-        return _refuse(StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS, exc, event)
+        return _refuse(StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS, exc, event, on_event)
     except InvalidUIDError as exc:
-        return _refuse(StoreStatus.INVALID_UID, exc, event)
+        return _refuse(StoreStatus.INVALID_UID, exc, event, on_event)
     except PixelDataError as exc:
-        return _refuse(StoreStatus.INVALID_PIXEL_DATA, exc, event)
+        return _refuse(StoreStatus.INVALID_PIXEL_DATA, exc, event, on_event)
     except UnreadableInstanceError as exc:
-        return _refuse(StoreStatus.CANNOT_UNDERSTAND, exc, event)
+        return _refuse(StoreStatus.CANNOT_UNDERSTAND, exc, event, on_event)
     except OSError as exc:
         log.error("spool write failed for an instance from calling_ae=%s peer=%s:%s: %s",
                   calling_ae, requestor.address, requestor.port, exc)
+        emit(on_event, "instance-refused", f"0xA700 OUT_OF_RESOURCES for an instance from {calling_ae}: {exc}")
         return StoreStatus.OUT_OF_RESOURCES
     except Exception:
         log.exception("unexpected error storing an instance from calling_ae=%s", calling_ae)
@@ -186,17 +190,19 @@ def handle_store(event: evt.Event, spool: Spool, on_stored: OnStored | None = No
     return StoreStatus.SUCCESS
 
 
-def _refuse(status: StoreStatus, exc: Exception, event: evt.Event) -> int:
+def _refuse(status: StoreStatus, exc: Exception, event: evt.Event, on_event: EventSink | None = None) -> int:
     requestor = event.assoc.requestor
     log.warning(
         "refused instance status=0x%04X (%s) sop_uid=%s calling_ae=%s peer=%s:%s: %s",
         status, status.name, getattr(event.request, "AffectedSOPInstanceUID", ""), requestor.ae_title,
         requestor.address, requestor.port, exc,
     )
+    emit(on_event, "instance-refused",
+         f"0x{status:04X} {status.name} for an instance from {requestor.ae_title} ({requestor.address}): {exc}")
     return int(status)
 
 
-def _handle_rejected(event: evt.Event, settings: Settings) -> None:
+def _handle_rejected(event: evt.Event, settings: Settings, on_event: EventSink | None = None) -> None:
     requestor = event.assoc.requestor
     calling = requestor.ae_title.strip()
     primitive = requestor.primitive
@@ -208,11 +214,13 @@ def _handle_rejected(event: evt.Event, settings: Settings) -> None:
     else:
         why = "too many associations or no acceptable presentation context"
     log.warning("association rejected calling_ae=%s peer=%s:%s: %s", calling, requestor.address, requestor.port, why)
+    emit(on_event, "association-rejected", f"calling AE {calling!r} from {requestor.address}: {why}")
 
 
-def _handle_established(event: evt.Event) -> None:
+def _handle_established(event: evt.Event, on_event: EventSink | None = None) -> None:
     requestor = event.assoc.requestor
     log.info("association accepted calling_ae=%s peer=%s:%s", requestor.ae_title, requestor.address, requestor.port)
+    emit(on_event, "association-accepted", f"calling AE {requestor.ae_title!r} from {requestor.address}")
 
 
 def _handle_ended(event: evt.Event) -> None:
@@ -263,7 +271,9 @@ class DicomServer:
             association.join(timeout=max(0.0, stop_by - time.monotonic()))
 
 
-def start_server(settings: Settings, spool: Spool, on_stored: OnStored | None = None) -> DicomServer:
+def start_server(
+    settings: Settings, spool: Spool, on_stored: OnStored | None = None, on_event: EventSink | None = None
+) -> DicomServer:
     """Start the association server in background threads on ``settings.bind_address:port``.
 
     Raises
@@ -276,9 +286,9 @@ def start_server(settings: Settings, spool: Spool, on_stored: OnStored | None = 
     ae = build_ae(settings)
     handlers: list[Any] = [
         (evt.EVT_C_ECHO, handle_echo),
-        (evt.EVT_C_STORE, handle_store, [spool, on_stored]),
-        (evt.EVT_REJECTED, _handle_rejected, [settings]),
-        (evt.EVT_ESTABLISHED, _handle_established),
+        (evt.EVT_C_STORE, handle_store, [spool, on_stored, on_event]),
+        (evt.EVT_REJECTED, _handle_rejected, [settings, on_event]),
+        (evt.EVT_ESTABLISHED, _handle_established, [on_event]),
         (evt.EVT_RELEASED, _handle_ended),
         (evt.EVT_ABORTED, _handle_ended),
     ]

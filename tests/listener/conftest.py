@@ -50,13 +50,13 @@ def start_listener(make_settings, queue) -> Iterator[Callable[..., ListenerServi
     """Start a listener on a free loopback port: ``start_listener(stable_seconds=1, ...)``."""
     started: list[ListenerService] = []
 
-    def factory(enqueue=None, **overrides) -> ListenerService:
+    def factory(enqueue=None, on_event=None, **overrides) -> ListenerService:
         overrides.setdefault("port", free_port())
         overrides.setdefault("bind_address", "127.0.0.1")
         overrides.setdefault("allowed_calling_aes", [CALLING_AE])
         overrides.setdefault("stable_seconds", 3600)
         overrides.setdefault("max_wait_seconds", 7200)
-        service = ListenerService(make_settings(**overrides), enqueue=enqueue or queue).start()
+        service = ListenerService(make_settings(**overrides), enqueue=enqueue or queue, on_event=on_event).start()
         started.append(service)
         return service
 

@@ -115,7 +115,9 @@ def test_new_instance_in_any_series_restarts_the_timer(make_assembler, spool, cl
 
 
 def test_manifest_carries_roles_reasons_and_folders(make_assembler, spool, clock, queue, study_files):
+    events = []
     assembler = make_assembler()
+    assembler.on_event = lambda *event: events.append(event)
     study_uid = store(spool, assembler, study_files["t1"] + study_files["flair"])
     clock.advance(2)
     assembler.poll()
@@ -130,6 +132,9 @@ def test_manifest_carries_roles_reasons_and_folders(make_assembler, spool, clock
     assert manifest.calling_ae_titles == (CALLING_AE,)
     assert manifest.patient_id == pydicom.dcmread(study_files["t1"][0], stop_before_pixels=True).PatientID
     assert StudyManifest.from_dict(json.loads(json.dumps(manifest.to_dict()))) == manifest
+    assert [kind for kind, _, _ in events] == ["study-opened", "study-complete"]
+    assert "'t2_tirm_tra_dark-fluid' -> FLAIR (1)" in events[1][1]
+    assert events[1][2] == study_uid
 
 
 def test_two_flairs_hand_over_the_preferred_one_and_say_why(make_assembler, spool, clock, queue, study_files):

@@ -367,3 +367,27 @@ def test_missing_tls_file_is_named(make_settings, tmp_path):
     settings = make_settings(tls_cert=tmp_path / "nope.pem", tls_key=tmp_path / "nope.key")
     with pytest.raises(ValueError, match="NEUROSEG_TLS_CERT=.*nope.pem: the file does not exist"):
         build_ssl_context(settings)
+
+
+def test_decisions_are_passed_to_the_event_sink(start_listener, shared_data, tmp_path, raw_send):
+    events: list[tuple[str, str, str]] = []
+    listener = start_listener(on_event=lambda *event: events.append(event))
+    assert associate(listener, calling_ae="INTRUDER").is_rejected
+    noise = write_raw_file(tmp_path, random.Random(3).randbytes(512), MRImageStorage, "1.2.826.0.1.3680043.10.1.9")
+    assoc = associate(listener)
+    assert assoc.send_c_store(noise).Status == StoreStatus.CANNOT_UNDERSTAND
+    assoc.release()
+    kinds = [kind for kind, _, _ in events]
+    assert kinds[:3] == ["association-rejected", "association-accepted", "instance-refused"]
+    assert "INTRUDER" in events[0][1]
+    assert events[2][1].startswith("0xC000 CANNOT_UNDERSTAND")
+
+
+def test_a_failing_event_sink_never_affects_storage(start_listener, shared_data, raw_send):
+    def broken(*event):
+        raise RuntimeError("job store down")
+
+    listener = start_listener(on_event=broken)
+    assoc = associate(listener)
+    assert assoc.send_c_store(series_files(shared_data, "siemens-prisma-t1-sagittal-prone")[0]).Status == 0
+    assoc.release()

@@ -50,6 +50,7 @@ def run_listen(args: argparse.Namespace) -> int:
     from neuroseg.worker.cli import package_version
 
     settings = get_settings()
+    _quiet_pynetdicom()
     log.info(
         "neuroseg %s listener starting: AE %s on %s:%d, data %s, TLS %s, allowed calling AEs %s",
         package_version(), settings.ae_title, settings.bind_address, settings.port, settings.data_dir,
@@ -83,8 +84,16 @@ def run_listen(args: argparse.Namespace) -> int:
     return 0
 
 
+def _quiet_pynetdicom() -> None:
+    """pynetdicom logs every message at INFO; the listener logs its own decisions instead."""
+    pynetdicom_log = logging.getLogger("pynetdicom")
+    if pynetdicom_log.getEffectiveLevel() < logging.WARNING and not log.isEnabledFor(logging.DEBUG):
+        pynetdicom_log.setLevel(logging.WARNING)
+
+
 def run_bench_ingest(args: argparse.Namespace) -> int:
     """Run the ingest bench, print the table, write JSON; return the exit status."""
+    _quiet_pynetdicom()
     from tqdm import tqdm
 
     from neuroseg.listener.bench import format_report, run_ingest_bench, write_json
