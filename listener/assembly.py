@@ -277,6 +277,9 @@ class StudyAssembler:
                 self._back_off(study, now)
                 return None
             del self._open[uid]
+            study_dir = self.spool.study_dir(uid)
+            for series_dir in [key for key in self._headers if key.parent == study_dir]:
+                del self._headers[series_dir]
         log.info(
             "study complete study_uid=%s reason=%s series=%d roles=%s job_id=%s",
             uid, manifest.completion_reason, len(manifest.series),

@@ -536,7 +536,13 @@ class Spool:
         new_study = self._make_dirs(series_dir)
         temp = _temp_name(path)
         try:
-            _write_file(temp, parts, self.durable)
+            try:
+                _write_file(temp, parts, self.durable)
+            except FileNotFoundError:
+                # the folders were removed since we made them (retention): make them again
+                self._known_dirs.difference_update({series_dir, series_dir.parent})
+                new_study = self._make_dirs(series_dir)
+                _write_file(temp, parts, self.durable)
             with self._lock:
                 existing = self._existing(header.sop_instance_uid)
                 if existing is not None:  # another association stored it meanwhile

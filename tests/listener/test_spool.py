@@ -273,3 +273,13 @@ def test_element_length_past_the_end_is_not_understood():
     bad = data[:6] + struct.pack("<H", 0xFFF0) + data[8:]  # SOPClassUID claims 65520 bytes
     with pytest.raises(UnreadableInstanceError, match="declares 65520 bytes"):
         inspect_instance(bad, EXPLICIT)
+
+
+def test_store_recreates_folders_removed_by_retention(tmp_path):
+    import shutil
+
+    spool = Spool(tmp_path / "spool")
+    spool.store(_header(), [b"x"])
+    shutil.rmtree(tmp_path / "spool" / "1.2.3.4")
+    again = spool.store(_header(sop="1.2.3.4.6"), [b"y"])
+    assert again.created and again.path.read_bytes() == b"y"
