@@ -69,6 +69,7 @@ def emit(on_event: EventSink | None, kind: str, message: str, study_instance_uid
         log.exception("recording the listener event %s failed", kind)
 
 _RETRY_SECONDS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+RESCAN_SECONDS = 30.0
 
 
 def default_enqueue(settings: Settings, manifest: StudyManifest) -> str:
@@ -356,8 +357,14 @@ class StudyAssembler:
         """Poll until ``stop`` is set (the listener runs this in a thread)."""
         if interval is None:
             interval = min(0.5, max(0.05, self.settings.stable_seconds / 5))
+        last_rescan = self.clock()
         while not stop.wait(interval):
             try:
+                if self.clock() - last_rescan >= RESCAN_SECONDS:
+                    # studies that reached the spool without being noted (a failed
+                    # state write, another listener on a shared spool) are picked up here
+                    last_rescan = self.clock()
+                    self.resume()
                 self.poll()
             except Exception:  # the loop must survive anything; the next poll retries
                 log.exception("study assembly poll failed")

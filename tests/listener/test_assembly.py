@@ -271,3 +271,26 @@ def test_listener_hands_over_a_pushed_study_once_it_is_stable(start_listener, qu
     listener.stop()
     assert len(queue.calls) == 1
     assert set(queue.calls[0].roles()) == {SequenceRole.T1, SequenceRole.FLAIR}
+
+
+def test_study_that_was_never_noted_is_picked_up_by_the_rescan(make_assembler, spool, clock, queue, study_files,
+                                                              monkeypatch):
+    import threading
+
+    monkeypatch.setattr(assembly_module, "RESCAN_SECONDS", 0.0)
+    silent = make_assembler()
+    silent.note_instance = lambda *args, **kwargs: None  # as if tracking failed after the write
+    store(spool, silent, study_files["t1"] + study_files["flair"])
+    assembler = make_assembler()
+    stop = threading.Event()
+    thread = threading.Thread(target=assembler.run, args=(stop, 0.01))
+    thread.start()
+    try:
+        for _ in range(200):  # time passes until the rescan has found the study and it is stable
+            clock.advance(0.5)
+            if queue.handed.wait(0.05):
+                break
+    finally:
+        stop.set()
+        thread.join(10)
+    assert len(queue.calls) == 1
