@@ -31,6 +31,8 @@ def echo(settings: Settings, host: str = "127.0.0.1", timeout: float = 3.0) -> b
     """Whether a DICOM service answers C-ECHO as ``settings.ae_title`` on ``settings.port``."""
     from pynetdicom import AE
 
+    if _port_free(settings.port, host):
+        return False  # nothing listens: no need to ask (and no connection errors in the log)
     ae = AE(ae_title=_calling_ae(settings))
     ae.acse_timeout = ae.network_timeout = ae.dimse_timeout = timeout
     ae.add_requested_context("1.2.840.10008.1.1")
@@ -90,7 +92,7 @@ def wait_for_job(settings: Settings, study_instance_uid: str, since: float, time
     started = datetime.fromtimestamp(since, UTC)
     deadline = time.monotonic() + timeout
     bar = tqdm(total=100 * len(STAGE_ORDER), desc="waiting for the study to be complete", unit="",
-               bar_format="{desc:<44} {percentage:3.0f}%|{bar}| {elapsed}")
+               bar_format="{desc:<44} {percentage:3.0f}%|{bar}| {elapsed}", mininterval=1.0)
     job_id = None
     try:
         while time.monotonic() < deadline:
@@ -165,10 +167,28 @@ def run(args: argparse.Namespace) -> int:
         if job_id is None:
             print(f"neuroseg demo: no result after {args.timeout:.0f} s; see the worker log", file=sys.stderr)
             return 1
-        return _report(JobStore.from_settings(settings).get_job(job_id), settings, stack)
+        status = _report(JobStore.from_settings(settings).get_job(job_id), settings, stack)
+        if stack is not None and getattr(args, "keep_running", False):
+            _serve_until_interrupted(stack)
+        return status
     finally:
         if stack is not None:
             stack.stop()
+
+
+def _serve_until_interrupted(stack) -> None:  # noqa: ANN001
+    import signal
+    import threading
+
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    print("the demo service keeps running (listener, worker, admin app); press Ctrl+C to stop it", flush=True)
+    try:
+        while not stop.wait(1.0):
+            stack.supervise()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _report(job, settings: Settings, stack) -> int:  # noqa: ANN001
@@ -191,8 +211,11 @@ def _report(job, settings: Settings, stack) -> int:  # noqa: ANN001
               f"{delivery.status}, {delivery.sent} objects")
     admin = f"http://{'127.0.0.1' if settings.admin_host in ('0.0.0.0', '::') else settings.admin_host}:" \
             f"{settings.admin_port}/jobs/{job.id}"
-    if stack is None:
-        print(f"admin page of the job: {admin}")
+    login = "" if settings.admin_token is not None else " (set NEUROSEG_ADMIN_TOKEN to log in and see patient data)"
+    if stack is None or stack.admin_url is None:
+        print(f"admin page of the job: {admin}{login}")
     else:
-        print(f"admin page of the job (while `neuroseg serve` runs with the same data folder): {admin}")
+        print(f"admin page of the job (with `neuroseg demo --keep-running`, or `neuroseg serve` on the same data "
+              f"folder): {admin}{login}")
+    print("the model output is research software, not for diagnostic use")
     return 0 if job.state in ("done", "partial") else 1

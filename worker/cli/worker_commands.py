@@ -61,6 +61,8 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     demo.add_argument("--mc-samples", type=int, default=4,
                       help="MC dropout passes when the demo starts its own service (the service default is 20)")
     demo.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for the result")
+    demo.add_argument("--keep-running", action="store_true",
+                      help="keep the service the demo started running afterwards (to open the admin app)")
     demo.set_defaults(handler=run_demo)
 
     send = commands.add_parser("send", help="send DICOM files or folders by C-STORE")
