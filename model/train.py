@@ -443,7 +443,8 @@ def _plot_curves(rows: list[dict], validations: list[dict], path: Path) -> None:
     ax_dice.set_ylim(0, 1)
     ax_dice.set_xlabel("step")
     ax_dice.set_ylabel("validation Dice")
-    ax_dice.legend()
+    if ax_dice.lines:
+        ax_dice.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
