@@ -6,7 +6,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.services import free_port
-from tests.web.conftest import _test_client, make_app
+from tests.web.conftest import ADMIN_TOKEN, _test_client, make_app
 from tests.web.synthetic import fill_store
 
 
@@ -100,3 +100,38 @@ def test_health_and_metrics_need_no_login_and_show_no_patient_data(anonymous, st
     fill_store(store, web_settings.results_dir, result_template)
     text = anonymous.get(path).text
     assert "Doe^Jane" not in text and "1.2.826.0.1.100" not in text
+
+
+@pytest.mark.integration
+def test_a_real_worker_on_the_embedded_broker_is_listed_with_its_device(anonymous, web_settings, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from tests.services import wait_for
+
+    env = {key: value for key, value in os.environ.items() if not key.startswith("NEUROSEG_")}
+    env.update(NEUROSEG_DATA_DIR=str(web_settings.data_dir), NEUROSEG_JOB_STALE_SECONDS="3600")
+    with open(tmp_path / "worker.log", "wb") as log_file:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "neuroseg.worker", "worker", "--device", "cpu", "--pool", "solo"],
+            env=env, stdout=log_file, stderr=subprocess.STDOUT, cwd=tmp_path)
+    anonymous.app.state.monitor.ttl_s = 0.0
+    anonymous.app.state.monitor.inspect_timeout_s = 1.0
+
+    def listed() -> bool:
+        overview = anonymous.get("/api/overview", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}).json()
+        workers = overview["workers"]
+        return any(item["source"] == "broker" and item["device"] == "cpu" for item in workers)
+
+    try:
+        wait_for(listed, timeout=90, what="the worker to answer the inspect broadcast", interval=0.5)
+        samples = _samples(anonymous.get("/metrics").text)
+        assert samples[("neuroseg_workers_online", ())] == 1
+    finally:
+        worker.terminate()
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()

@@ -16,6 +16,7 @@ few seconds and refreshed by at most one thread at a time.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -76,11 +77,20 @@ def read_broker(settings: Settings, timeout: float = INSPECT_TIMEOUT_S) -> Broke
                 args = task.get("args") or []
                 if isinstance(args, (list, tuple)) and args:
                     jobs.append(str(args[0]))
-            workers.append(WorkerInfo(name=name, online=True, source="broker", active_jobs=jobs))
+            workers.append(WorkerInfo(name=name, online=True, source="broker", active_jobs=jobs,
+                                      device=device_from_worker_name(name)))
     except Exception as exc:  # noqa: BLE001 - the dashboard shows the job store's view instead
         log.warning("cannot inspect workers: %s", exc)
     return BrokerSnapshot(checked_at=now, broker_ok=True, queue_depth=depth,
                           queues={queue.QUEUE_NAME: depth}, workers=workers)
+
+
+def device_from_worker_name(name: str) -> str:
+    """The device in a node name ``neuroseg-<device>@host`` given by ``neuroseg worker`` (``cuda0`` -> ``cuda:0``)."""
+    match = re.match(r"^neuroseg-(cpu|auto|cuda)(\d*)@", name)
+    if match is None:
+        return ""
+    return match.group(1) + (f":{match.group(2)}" if match.group(2) else "")
 
 
 class QueueMonitor:
