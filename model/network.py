@@ -23,11 +23,14 @@ connections by concatenation), cut in two parts:
     ``trunk_dropout`` (used in training, and by the "full network" Monte Carlo
     scheme that the benchmark compares against).
 ``head``
-    A per-voxel MLP (two 1x1x1 convolutions) with dropout ``dropout`` before
-    each of them. Monte Carlo dropout samples only the head: its cost is about
-    1 % of the trunk's, so N stochastic passes cost little more than one.
+    A per-voxel MLP (two 1x1x1 convolutions) with unit dropout ``dropout`` on
+    its hidden units (:class:`UnitDropout`: a dropped unit is dropped for every
+    voxel of the sample, i.e. one mask is one thinned network). Monte Carlo
+    dropout samples only the head, and only its last layer depends on the
+    mask: N stochastic passes cost one small matrix product on top of one
+    deterministic pass.
     Because the head is pointwise it can run on any set of voxels
-    (:meth:`NetworkHead.forward_flat`), which the inference code uses to run
+    (:meth:`NetworkHead.logits_cf`), which the inference code uses to run
     the N passes and Grad-CAM on the blended feature volume in chunks.
 
 The Grad-CAM target layer is the trunk output (``"trunk.output"``): the
@@ -214,24 +217,83 @@ class NetworkTrunk(nn.Module):
         return self.output(x)
 
 
+class UnitDropout(nn.Module):
+    """Dropout of whole units, shared by every voxel of a sample (channel-last input).
+
+    In Monte Carlo terms one mask is one thinned network, applied to the whole
+    volume (the weight-dropout view of MC dropout in convolutional networks). For
+    input (B, X, Y, Z, C) one mask per batch item; for voxel-major input (V, C)
+    one mask for all V voxels. In eval mode, or with ``p == 0``, it is the identity.
+    An explicit ``mask`` (already scaled by ``1 / (1 - p)``) overrides sampling.
+    """
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = float(p)
+
+    def sample(self, count: int, channels: int, device: torch.device | str = "cpu") -> torch.Tensor:
+        """``count`` masks of ``channels`` units, scaled by ``1 / (1 - p)``, from the global torch RNG."""
+        keep = 1.0 - self.p
+        return torch.empty(count, channels, device=device).bernoulli_(keep) / keep
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if mask is None:
+            if not self.training or self.p == 0:
+                return x
+            batch = x.shape[0] if x.ndim > 2 else 1
+            mask = self.sample(batch, x.shape[-1], x.device).to(x.dtype)
+            if x.ndim > 2:
+                mask = mask.reshape(batch, *([1] * (x.ndim - 2)), x.shape[-1])
+        return x * mask
+
+
 class NetworkHead(nn.Module):
-    """Per-voxel MLP with Monte Carlo dropout: features (B, C, ...) -> logits (B, n_classes, ...)."""
+    """Per-voxel MLP with Monte Carlo unit dropout: features (B, C, ...) -> logits (B, n_classes, ...).
+
+    ``logits = classify(dropout(act(hidden(features))))``: the dropout sits on the
+    hidden units just before the classifier, so the hidden activations are
+    computed once and each Monte Carlo sample is one small matrix product
+    (:meth:`mc_logits`). The ``*_cf`` methods take voxels channel-first, (C, V).
+    """
 
     def __init__(self, config: NetworkConfig) -> None:
         super().__init__()
-        self.drop1 = nn.Dropout(config.dropout)
         self.hidden = nn.Linear(config.channels[0], config.head_channels)
         self.act = nn.LeakyReLU(config.negative_slope)
-        self.drop2 = nn.Dropout(config.dropout)
+        self.drop = UnitDropout(config.dropout)
         self.classify = nn.Linear(config.head_channels, config.n_classes)
 
-    def forward_flat(self, features: torch.Tensor) -> torch.Tensor:
-        """Logits for voxel-major features: (V, C) -> (V, n_classes)."""
-        return self.classify(self.drop2(self.act(self.hidden(self.drop1(features)))))
+    def sample_masks(self, count: int, device: torch.device | str = "cpu") -> torch.Tensor:
+        """``count`` dropout masks of the hidden units, (count, head_channels), from the global torch RNG."""
+        return self.drop.sample(count, self.hidden.out_features, device)
+
+    def hidden_units(self, features: torch.Tensor) -> torch.Tensor:
+        """The deterministic part of the head, channel-first voxels: (C, V) -> (H, V)."""
+        return self.act(torch.addmm(self.hidden.bias[:, None], self.hidden.weight, features))
+
+    def logits_cf(self, features: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits for channel-first voxels: (C, V) -> (n_classes, V).
+
+        ``mask`` (one row of :meth:`sample_masks`) fixes the thinned network;
+        without it the head samples one mask per call in train mode.
+        """
+        hidden = self.hidden_units(features)
+        if mask is not None:
+            hidden = hidden * mask[:, None]
+        elif self.drop.training and self.drop.p > 0:
+            hidden = hidden * self.sample_masks(1, hidden.device)[0][:, None]
+        return torch.addmm(self.classify.bias[:, None], self.classify.weight, hidden)
+
+    def mc_logits(self, hidden: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """Logits of N thinned heads at once: hidden (H, V) and masks (N, H) -> (N, n_classes, V)."""
+        weight = self.classify.weight  # (K, H)
+        stacked = (masks[:, None, :] * weight[None, :, :]).reshape(-1, weight.shape[1])  # (N*K, H)
+        bias = self.classify.bias.repeat(masks.shape[0])[:, None]
+        return torch.addmm(bias, stacked, hidden).reshape(masks.shape[0], weight.shape[0], -1)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         moved = features.movedim(1, -1)
-        return self.forward_flat(moved).movedim(-1, 1)
+        return self.classify(self.drop(self.act(self.hidden(moved)))).movedim(-1, 1)
 
 
 class SegmentationNetwork(nn.Module):
@@ -307,6 +369,6 @@ def set_dropout(module: nn.Module, *, head: bool, trunk: bool = False) -> None:
     """
     module.eval()
     for name, sub in module.named_modules():
-        if isinstance(sub, (nn.Dropout, nn.Dropout3d)):
+        if isinstance(sub, (nn.Dropout, nn.Dropout3d, UnitDropout)):
             in_head = name.startswith("head.") or ".head." in name
             sub.train(head if in_head else trunk)

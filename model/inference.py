@@ -1,0 +1,551 @@
+"""Whole-volume inference: sliding window, Monte Carlo dropout and Grad-CAM, back on the caller's grid.
+
+How one call of :func:`segment` works
+-------------------------------------
+1. :func:`neuroseg.model.preprocess.preprocess` brings the case onto the
+   network's 1 mm, head-cropped grid.
+2. The deterministic **trunk** runs once over the volume with MONAI's
+   ``sliding_window_inference`` (Gaussian blending, 25 % overlap); the result is
+   the blended full-resolution feature volume (``channels[0]`` per voxel) - the
+   activations of the Grad-CAM target layer ``trunk.output``.
+3. The stochastic **head** (a per-voxel MLP with unit dropout) runs
+   ``mc_samples`` times on those features, chunk by chunk; sample s uses one
+   seeded dropout mask for the whole volume (one thinned network). From the softmax samples we
+   keep the mean probability, the per-class variance (population variance over
+   the samples), the predictive entropy ``H[mean p]`` and the mutual
+   information ``H[mean p] - mean H[p]`` (nats). With ``mc_samples=1`` the head
+   runs once with dropout off (a deterministic pass; variance and MI are 0).
+4. **Grad-CAM** (segmentation Grad-CAM, one forward and one backward per class
+   through the head only): for class c the score is the sum of the class-c
+   logits over the voxels predicted as c; the channel weights are the
+   gradients of that score with respect to ``trunk.output``, averaged over the
+   whole volume; the map is ``ReLU(sum_k weight_k * feature_k)``, divided by its
+   maximum, so it lies in [0, 1] and brighter means more important. A class that
+   is predicted nowhere gets an all-zero map. (MONAI's ``GradCAM`` default
+   normaliser maps (min, max) to (1, 0), i.e. it *inverts* the scale; we do not
+   use it.)
+5. Everything is mapped back onto the caller's grid (trilinear; probabilities
+   renormalised) and the labels are the argmax of the mapped-back mean
+   probabilities, exported as BraTS values 0/1/2/4.
+
+On CUDA the trunk runs under float16 autocast (AMP); the head and the
+statistics run in float32.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from neuroseg.model.checkpoint import SHIPPED_WEIGHTS, load_checkpoint
+from neuroseg.model.network import (
+    BRATS_LABELS,
+    CLASS_NAMES,
+    NetworkConfig,
+    SegmentationNetwork,
+    build_network,
+    set_dropout,
+)
+from neuroseg.model.preprocess import PreprocessedCase, preprocess, to_input_grid, voxel_volume_ml
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, float], None]
+TUMOUR_CLASSES: tuple[str, ...] = ("ncr", "ed", "et")
+MC_SCHEMES = ("head", "full")
+
+
+@dataclass
+class LoadedModel:
+    """A network ready for inference, with its config and metadata.
+
+    Attributes
+    ----------
+    network: SegmentationNetwork
+    config: NetworkConfig
+    metadata: dict
+        From the checkpoint: name, version, training information, model card.
+    device: torch.device
+    """
+
+    network: SegmentationNetwork
+    config: NetworkConfig
+    metadata: dict[str, Any]
+    device: torch.device
+
+    @property
+    def version(self) -> str:
+        return str(self.metadata.get("version", "unknown"))
+
+    @property
+    def name(self) -> str:
+        return str(self.metadata.get("name", "neuroseg"))
+
+
+@dataclass
+class SegmentationResult:
+    """What :func:`segment` returns; every array is on the caller's grid (input shape and affine).
+
+    Attributes
+    ----------
+    labels: np.ndarray
+        uint8 BraTS labels 0 (background), 1 (NCR), 2 (ED), 4 (ET).
+    probabilities: dict[str, np.ndarray]
+        "background", "ncr", "ed", "et": float32 mean softmax over the MC passes; they sum to 1.
+    variance: dict[str, np.ndarray]
+        "ncr", "ed", "et": float32 variance of the softmax over the MC passes.
+    entropy: np.ndarray
+        float32 predictive entropy of the mean softmax (nats, 0..ln 4).
+    mutual_information: np.ndarray
+        float32 mutual information between prediction and dropout mask (nats), the epistemic part.
+    gradcam: dict[str, np.ndarray]
+        "ncr", "ed", "et": float32 in [0, 1], brighter = more important for that class.
+    volumes_ml: dict[str, float]
+        "ncr", "ed", "et" and the BraTS regions "wt" (1+2+4) and "tc" (1+4), in mL.
+    sequences_used: list[str]
+    model_name: str
+    model_version: str
+    timings: dict[str, float]
+        Seconds per step ("preprocessing", "inference", "mc_dropout", "gradcam", "postprocessing", "total").
+    mc_samples: int
+    """
+
+    labels: np.ndarray
+    probabilities: dict[str, np.ndarray]
+    variance: dict[str, np.ndarray]
+    entropy: np.ndarray
+    mutual_information: np.ndarray
+    gradcam: dict[str, np.ndarray]
+    volumes_ml: dict[str, float]
+    sequences_used: list[str]
+    model_name: str
+    model_version: str
+    timings: dict[str, float] = field(default_factory=dict)
+    mc_samples: int = 1
+
+
+@dataclass
+class ModelGridOutput:
+    """Results on the model grid (before mapping back); arrays are (C, X, Y, Z) or (X, Y, Z) float32."""
+
+    probabilities: np.ndarray
+    variance: np.ndarray
+    entropy: np.ndarray
+    mutual_information: np.ndarray
+    gradcam: np.ndarray | None
+    timings: dict[str, float]
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; ``"cuda"`` without CUDA raises ``ValueError``."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} was asked for but CUDA is not available; use cpu or auto")
+    if resolved.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {device!r} is not supported; use auto, cpu, cuda or cuda:N")
+    return resolved
+
+
+def load_model(path: Path | str | None = None, device: str | torch.device = "auto") -> LoadedModel:
+    """Load a checkpoint for inference.
+
+    Parameters
+    ----------
+    path: Path or None
+        A checkpoint written by :func:`neuroseg.model.checkpoint.save_checkpoint`;
+        None means the shipped demo weights (:data:`SHIPPED_WEIGHTS`).
+    device: str
+        "auto", "cpu", "cuda" or "cuda:N".
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file does not exist.
+    neuroseg.model.checkpoint.CheckpointError
+        If it is not a usable neuroseg checkpoint.
+    """
+    target = resolve_device(device)
+    network, config, metadata = load_checkpoint(SHIPPED_WEIGHTS if path is None else Path(path), target)
+    log.info("loaded model %s %s on %s", metadata.get("name"), metadata.get("version"), target)
+    return LoadedModel(network=network, config=config, metadata=metadata, device=target)  # type: ignore[arg-type]
+
+
+def model_from_network(network: SegmentationNetwork, metadata: dict[str, Any] | None = None,
+                       device: str | torch.device = "cpu") -> LoadedModel:
+    """Wrap an in-memory network (e.g. a randomly initialised one for benchmarks) as a :class:`LoadedModel`."""
+    target = resolve_device(device)
+    network.to(target).eval()
+    meta = {"name": "neuroseg-untrained", "version": "0+random"}
+    meta.update(metadata or {})
+    return LoadedModel(network=network, config=network.config, metadata=meta, device=target)
+
+
+def random_model(config: NetworkConfig | None = None, *, seed: int = 0, device: str = "cpu") -> LoadedModel:
+    """A randomly initialised model (seeded): for benchmarks and tests before weights exist."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        network = build_network(config or NetworkConfig())
+    return model_from_network(network, {"name": "neuroseg-random", "version": f"0+random.{seed}"}, device)
+
+
+def window_size(config: NetworkConfig, shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """Sliding-window size: the config's patch size, shrunk (to a multiple of the network divisor) for small volumes."""
+    div = config.divisor
+    return tuple(min(p, max(div, int(math.ceil(n / div)) * div)) for p, n in zip(config.patch_size, shape))  # type: ignore[return-value]
+
+
+def _count_windows(shape: tuple[int, ...], roi: tuple[int, ...], overlap: float) -> int:
+    count = 1
+    for size, window in zip(shape, roi):
+        interval = max(1, int(window * (1 - overlap)))
+        count *= 1 if size <= window else int(math.ceil((size - window) / interval)) + 1
+    return count
+
+
+def _autocast(device: torch.device, cpu_bf16: bool = False):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.float16)
+    if cpu_bf16:
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+def sliding_window(predictor: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor, model: LoadedModel, *,
+                   overlap: float = 0.25, progress: Callable[[float], None] | None = None,
+                   cpu_bf16: bool = False) -> torch.Tensor:
+    """Run ``predictor`` over ``inputs`` (1, C, X, Y, Z) with Gaussian-blended sliding windows (MONAI).
+
+    Returns the blended (1, C', X, Y, Z) float32 output on the model's device.
+    """
+    from monai.inferers import sliding_window_inference
+
+    roi = window_size(model.config, tuple(inputs.shape[2:]))
+    total = _count_windows(tuple(inputs.shape[2:]), roi, overlap)
+    done = [0]
+
+    def run(window: torch.Tensor) -> torch.Tensor:
+        with _autocast(model.device, cpu_bf16):
+            out = predictor(window)
+        done[0] += window.shape[0]
+        if progress is not None:
+            progress(min(1.0, done[0] / total))
+        return out.float()
+
+    with torch.inference_mode():
+        return sliding_window_inference(inputs, roi, 1, run, overlap=overlap, mode="gaussian",
+                                        sw_device=model.device, device=model.device)
+
+
+def _chunks(total: int, size: int):
+    for start in range(0, total, size):
+        yield start, min(total, start + size)
+
+
+def _chunk_size(device: torch.device) -> int:
+    return 1 << 20 if device.type == "cuda" else 1 << 15
+
+
+def mc_head(model: LoadedModel, features: torch.Tensor, mc_samples: int, seed: int,
+            progress: Callable[[float], None] | None = None) -> tuple[torch.Tensor, ...]:
+    """Monte Carlo dropout of the head over a feature volume.
+
+    Parameters
+    ----------
+    features: torch.Tensor
+        (C, V) trunk features of V voxels.
+    mc_samples: int
+        Number of stochastic passes; 1 means one deterministic pass.
+
+    Returns
+    -------
+    tuple of torch.Tensor
+        mean (K, V), variance (K, V), entropy (V,), mutual information (V,), float32.
+    """
+    head = model.network.head
+    set_dropout(model.network, head=False)
+    n_classes, total = model.config.n_classes, features.shape[1]
+    mean = torch.empty(n_classes, total, device=features.device)
+    variance = torch.empty_like(mean)
+    expected_entropy = torch.empty(total, device=features.device)
+    devices = [features.device.index or 0] if features.device.type == "cuda" else []
+    chunk = _chunk_size(features.device)
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        # one mask per sample, shared by every chunk: sample s is one thinned network
+        masks = head.sample_masks(mc_samples, features.device) if mc_samples > 1 else None
+    with torch.inference_mode():
+        for start, stop in _chunks(total, chunk):
+            hidden = head.hidden_units(features[:, start:stop].float())
+            if masks is None:
+                logits = head.classify.weight @ hidden + head.classify.bias[:, None]
+                logits = logits[None]
+            else:
+                logits = head.mc_logits(hidden, masks)  # (N, K, V)
+            # softmax and log-softmax over the class axis, written out: much faster than
+            # torch.softmax/xlogy over a short axis on the CPU
+            shifted = logits - logits.amax(dim=1, keepdim=True)
+            exp = shifted.exp()
+            norm = exp.sum(dim=1, keepdim=True)
+            p = exp / norm
+            log_p = shifted - norm.log()
+            m = p.mean(dim=0)
+            mean[:, start:stop] = m
+            variance[:, start:stop] = ((p * p).mean(dim=0) - m * m).clamp_min_(0)
+            expected_entropy[start:stop] = -(p * log_p).sum(dim=1).mean(dim=0)
+            if progress is not None:
+                progress(stop / total)
+    set_dropout(model.network, head=False)
+    entropy = -(mean * mean.clamp_min(1e-30).log()).sum(dim=0)
+    mutual = (entropy - expected_entropy).clamp_min_(0)
+    if mc_samples == 1:
+        variance.zero_()
+        mutual.zero_()
+    return mean, variance, entropy, mutual
+
+
+def grad_cam(model: LoadedModel, features: torch.Tensor, predicted: torch.Tensor) -> torch.Tensor:
+    """Segmentation Grad-CAM at the trunk output for the tumour classes (see the module docstring).
+
+    Parameters
+    ----------
+    features: torch.Tensor
+        (C, V) activations of the target layer ``trunk.output``.
+    predicted: torch.Tensor
+        (V,) predicted class index per voxel (0..3).
+
+    Returns
+    -------
+    torch.Tensor
+        (3, V) float32 maps for NCR, ED, ET, each in [0, 1].
+    """
+    head = model.network.head
+    set_dropout(model.network, head=False)
+    channels, total = features.shape
+    classes = range(1, model.config.n_classes)
+    weights = torch.zeros(len(classes), channels, device=features.device)
+    chunk = _chunk_size(features.device)
+    with torch.enable_grad():
+        for start, stop in _chunks(total, chunk):
+            labels = predicted[start:stop]
+            present = [(row, cls) for row, cls in enumerate(classes) if bool((labels == cls).any())]
+            if not present:
+                continue
+            flat = features[:, start:stop].clone().float().requires_grad_(True)
+            logits = head.logits_cf(flat)  # one forward, (K, V)
+            for index, (row, cls) in enumerate(present):  # one backward per class, to the target layer only
+                seed_gradient = torch.zeros_like(logits)
+                seed_gradient[cls] = (labels == cls).to(logits.dtype)
+                (gradient,) = torch.autograd.grad(logits, flat, grad_outputs=seed_gradient,
+                                                  retain_graph=index < len(present) - 1)
+                weights[row] += gradient.sum(dim=1)
+    weights /= total
+    maps = torch.empty(len(classes), total, device=features.device)
+    with torch.inference_mode():
+        for start, stop in _chunks(total, chunk):
+            maps[:, start:stop] = (weights @ features[:, start:stop].float()).clamp_min_(0)
+        for row, cls in enumerate(classes):
+            peak = maps[row].max()
+            if not bool((predicted == cls).any()) or peak <= 0:
+                maps[row].zero_()
+            else:
+                maps[row] /= peak
+    return maps
+
+
+def mc_full_network(model: LoadedModel, inputs: torch.Tensor, mc_samples: int, seed: int, *,
+                    overlap: float = 0.25) -> tuple[torch.Tensor, ...]:
+    """Full-network MC dropout (trunk and head dropout on, N sliding-window passes): the costly reference scheme.
+
+    Returns mean (K, V), variance (K, V), entropy (V,), mutual information (V,).
+    """
+    devices = [inputs.device.index or 0] if inputs.device.type == "cuda" else []
+    sum_p = sum_p2 = None
+    sum_h = None
+    set_dropout(model.network, head=mc_samples > 1, trunk=mc_samples > 1)
+    try:
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            for _ in range(mc_samples):
+                logits = sliding_window(model.network, inputs, model, overlap=overlap)
+                p = torch.softmax(logits[0].flatten(1), dim=0)
+                h = -torch.special.xlogy(p, p).sum(dim=0)
+                if sum_p is None:
+                    sum_p, sum_p2, sum_h = p.clone(), p * p, h
+                else:
+                    sum_p += p
+                    sum_p2 += p * p
+                    sum_h += h
+    finally:
+        set_dropout(model.network, head=False)
+    mean = sum_p / mc_samples
+    variance = (sum_p2 / mc_samples - mean * mean).clamp_min_(0)
+    entropy = -torch.special.xlogy(mean, mean).sum(dim=0)
+    mutual = (entropy - sum_h / mc_samples).clamp_min_(0)
+    return mean, variance, entropy, mutual
+
+
+def infer_model_grid(case: PreprocessedCase, model: LoadedModel, *, mc_samples: int = 20, gradcam: bool = True,
+                     seed: int = 0, mc_scheme: str = "head", overlap: float = 0.25, cpu_bf16: bool = False,
+                     progress: Progress | None = None) -> ModelGridOutput:
+    """Steps 2-4 of :func:`segment` on a preprocessed case; results stay on the model grid."""
+    if mc_scheme not in MC_SCHEMES:
+        raise ValueError(f"mc_scheme={mc_scheme!r}: use one of {', '.join(MC_SCHEMES)}")
+    report = progress or (lambda stage, fraction: None)
+    timings: dict[str, float] = {}
+    shape = case.shape
+    inputs = torch.from_numpy(case.network_input()[None]).to(model.device)
+    model.network.eval()
+    started = time.perf_counter()
+    report("inference", 0.0)
+    if mc_scheme == "head":
+        features = sliding_window(model.network.trunk, inputs, model, overlap=overlap, cpu_bf16=cpu_bf16,
+                                  progress=lambda f: report("inference", 0.9 * f))
+        features = features[0].flatten(1)
+        timings["inference"] = time.perf_counter() - started
+        started = time.perf_counter()
+        mean, variance, entropy, mutual = mc_head(model, features, mc_samples, seed,
+                                                  progress=lambda f: report("inference", 0.9 + 0.1 * f))
+    else:
+        timings["inference"] = 0.0
+        mean, variance, entropy, mutual = mc_full_network(model, inputs, mc_samples, seed, overlap=overlap)
+        with torch.inference_mode():
+            features = sliding_window(model.network.trunk, inputs, model, overlap=overlap)[0].flatten(1)
+    timings["mc_dropout"] = time.perf_counter() - started
+    report("inference", 1.0)
+    del inputs
+    cams = None
+    if gradcam:
+        started = time.perf_counter()
+        report("explaining", 0.0)
+        cams = grad_cam(model, features, mean.argmax(dim=0))
+        cams = cams.reshape(-1, *shape).cpu().numpy()
+        timings["gradcam"] = time.perf_counter() - started
+    del features
+
+    def grid(t: torch.Tensor) -> np.ndarray:
+        return t.reshape(*t.shape[:-1], *shape).float().cpu().numpy()
+
+    return ModelGridOutput(probabilities=grid(mean), variance=grid(variance), entropy=grid(entropy),
+                           mutual_information=grid(mutual), gradcam=cams, timings=timings)
+
+
+def segment(images: Mapping[str, np.ndarray], affine: np.ndarray, model: LoadedModel, *, mc_samples: int = 20,
+            gradcam: bool = True, seed: int = 0, progress: Progress | None = None, mc_scheme: str = "head",
+            overlap: float = 0.25, cpu_bf16: bool = False) -> SegmentationResult:
+    """Segment a glioma and explain the result (see the module docstring for the method).
+
+    Parameters
+    ----------
+    images: Mapping[str, np.ndarray]
+        Sequence key ("t1", "t1ce", "t2", "flair") to a 3D array, all on one grid;
+        any subset holding at least one of "flair" and "t1ce".
+    affine: np.ndarray
+        4x4 map from array indices to LPS millimetres, shared by all arrays.
+    model: LoadedModel
+        From :func:`load_model`.
+    mc_samples: int
+        Monte Carlo dropout passes (1 = one deterministic pass, no uncertainty).
+    gradcam: bool
+        Compute Grad-CAM maps (else they are all zero).
+    seed: int
+        Seed of the dropout masks; the same seed gives the same result.
+    progress: callable, optional
+        ``progress(stage, fraction)`` with stage "preprocessing", "inference", "explaining".
+    mc_scheme: str
+        "head" (the default: trunk once, MC over the head) or "full" (MC over the whole
+        network, N times the cost; for comparisons).
+    overlap: float
+        Sliding-window overlap fraction.
+    cpu_bf16: bool
+        Run the trunk under bfloat16 autocast on CPU (faster only on CPUs with bf16 units).
+
+    Returns
+    -------
+    SegmentationResult
+        Every array on the input grid (same shape and affine as ``images``).
+
+    Raises
+    ------
+    TypeError, ValueError
+        For bad input, naming it (missing FLAIR/T1ce, shapes, NaNs, empty sequences, 2D/4D arrays).
+    """
+    if not isinstance(model, LoadedModel):
+        raise TypeError(f"model must be a LoadedModel (see load_model), not {type(model).__name__}")
+    if isinstance(mc_samples, bool) or not isinstance(mc_samples, int) or mc_samples < 1:
+        raise ValueError(f"mc_samples={mc_samples!r}: must be a positive integer")
+    if not 0.0 <= overlap < 1.0:
+        raise ValueError(f"overlap={overlap!r}: must be in [0, 1)")
+    import monai.inferers  # noqa: F401  (a slow first import; keep it out of the step timings)
+
+    report = progress or (lambda stage, fraction: None)
+    begin = time.perf_counter()
+    report("preprocessing", 0.0)
+    case = preprocess(images, affine, spacing=model.config.spacing_mm, sequences=model.config.in_sequences)
+    timings = {"preprocessing": time.perf_counter() - begin}
+    report("preprocessing", 1.0)
+    grid = infer_model_grid(case, model, mc_samples=mc_samples, gradcam=gradcam, seed=seed, mc_scheme=mc_scheme,
+                            overlap=overlap, cpu_bf16=cpu_bf16, progress=report)
+    timings.update(grid.timings)
+    started = time.perf_counter()
+    result = to_result(case, grid, model, mc_samples)
+    timings["postprocessing"] = time.perf_counter() - started
+    timings["total"] = time.perf_counter() - begin
+    result.timings = {key: round(value, 3) for key, value in timings.items()}
+    report("explaining", 1.0)
+    return result
+
+
+def to_result(case: PreprocessedCase, grid: ModelGridOutput, model: LoadedModel, mc_samples: int) -> SegmentationResult:
+    """Map model-grid outputs back onto the input grid and derive labels and volumes."""
+    probabilities = np.stack([
+        to_input_grid(grid.probabilities[index], case, order=1, cval=1.0 if index == 0 else 0.0)
+        for index in range(len(CLASS_NAMES))
+    ])
+    np.clip(probabilities, 0.0, None, out=probabilities)
+    probabilities /= probabilities.sum(axis=0, keepdims=True)
+    lookup = np.array(BRATS_LABELS, dtype=np.uint8)
+    labels = lookup[np.argmax(probabilities, axis=0)]
+    variance = {name: to_input_grid(grid.variance[index + 1], case, order=1).clip(0, None)
+                for index, name in enumerate(TUMOUR_CLASSES)}
+    entropy = to_input_grid(grid.entropy, case, order=1).clip(0, None)
+    mutual = to_input_grid(grid.mutual_information, case, order=1).clip(0, None)
+    if grid.gradcam is None:
+        cams = {name: np.zeros(case.input_shape, dtype=np.float32) for name in TUMOUR_CLASSES}
+    else:
+        cams = {name: to_input_grid(grid.gradcam[index], case, order=1).clip(0, 1)
+                for index, name in enumerate(TUMOUR_CLASSES)}
+    return SegmentationResult(
+        labels=labels,
+        probabilities={name: probabilities[index].astype(np.float32, copy=False)
+                       for index, name in enumerate(CLASS_NAMES)},
+        variance={k: v.astype(np.float32, copy=False) for k, v in variance.items()},
+        entropy=entropy.astype(np.float32, copy=False),
+        mutual_information=mutual.astype(np.float32, copy=False),
+        gradcam={k: v.astype(np.float32, copy=False) for k, v in cams.items()},
+        volumes_ml=label_volumes_ml(labels, case.input_affine),
+        sequences_used=list(case.sequences_present),
+        model_name=model.name,
+        model_version=model.version,
+        mc_samples=mc_samples,
+    )
+
+
+def label_volumes_ml(labels: np.ndarray, affine: np.ndarray) -> dict[str, float]:
+    """Volumes (mL) of NCR, ED, ET and the BraTS regions WT (1+2+4) and TC (1+4)."""
+    voxel = voxel_volume_ml(affine)
+    counts = np.bincount(labels.ravel(), minlength=5)
+    ncr, ed, et = int(counts[1]), int(counts[2]), int(counts[4])
+    return {name: round(count * voxel, 3) for name, count in
+            (("ncr", ncr), ("ed", ed), ("et", et), ("wt", ncr + ed + et), ("tc", ncr + et))}
