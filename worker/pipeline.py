@@ -69,6 +69,7 @@ class JobContext:
     objects: list[Any] = field(default_factory=list)
     partial_reasons: list[str] = field(default_factory=list)
     device: str = ""
+    model_metadata: dict[str, Any] = field(default_factory=dict)
 
     def progress(self, percent: float, message: str | None = None) -> None:
         """Record progress of the current stage; stop the job if an admin cancelled it."""
@@ -164,6 +165,7 @@ def run_model(ctx: JobContext) -> None:
 
     def attempt(on: str) -> Any:
         model = get_model(ctx.settings, on)
+        ctx.model_metadata = dict(getattr(model, "metadata", {}) or {})
         return segment(ctx.loaded.images, ctx.loaded.affine, model, mc_samples=ctx.settings.mc_samples,
                        progress=progress)
 
@@ -196,12 +198,10 @@ def run_model(ctx: JobContext) -> None:
 
 def write_viewer_data(ctx: JobContext) -> None:
     """Arrays and meshes for the admin 3D viewer (``viewer/`` in the job folder)."""
-    try:
-        from neuroseg.model.io import write_result_folder
-    except ImportError:
-        log.warning("job %s: neuroseg.model.io is not available; no 3D viewer data", ctx.job_id)
-        return
-    write_result_folder(ctx.result, ctx.loaded.images, ctx.loaded.affine, ctx.viewer_folder)
+    from neuroseg.model.io import write_result_folder
+
+    write_result_folder(ctx.result, ctx.loaded.images, ctx.loaded.affine, ctx.viewer_folder,
+                        model_metadata=ctx.model_metadata)
 
 
 def _release_cuda() -> None:

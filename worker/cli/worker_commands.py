@@ -196,9 +196,13 @@ class ServeStack:
         from neuroseg.worker.jobstore import JobStore
         from neuroseg.worker.queue import enqueue_study
 
-        JobStore.from_settings(self.settings)
+        store = JobStore.from_settings(self.settings)
         self.start_worker()
-        self.listener = ListenerService(self.settings, enqueue=enqueue_study).start()
+
+        def record(kind: str, message: str, study_instance_uid: str) -> None:
+            store.record_event(kind, message, study_instance_uid=study_instance_uid)
+
+        self.listener = ListenerService(self.settings, enqueue=enqueue_study, on_event=record).start()
         if self.admin:
             self._start_admin()
         return self
