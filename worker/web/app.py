@@ -36,15 +36,12 @@ WEB_DIR = Path(__file__).resolve().parent
 STATIC_DIR = WEB_DIR / "static"
 TEMPLATE_DIR = WEB_DIR / "templates"
 
-# No inline script anywhere; Plotly's WebGL code needs 'unsafe-eval' (it
-# generates shader wrappers with Function()), so only the viewer page allows it.
-_CSP = (
-    "default-src 'self'; script-src 'self'{extra}; style-src 'self' 'unsafe-inline'; "
+# No inline script and no eval anywhere. Styles may be inline: Plotly sets them from JavaScript.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
     "img-src 'self' data: blob:; font-src 'self' data:; connect-src 'self'; worker-src 'self' blob:; "
     "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
-CONTENT_SECURITY_POLICY = _CSP.format(extra="")
-VIEWER_CONTENT_SECURITY_POLICY = _CSP.format(extra=" 'unsafe-eval'")
 
 
 class SecurityHeaders(BaseHTTPMiddleware):
@@ -53,8 +50,7 @@ class SecurityHeaders(BaseHTTPMiddleware):
     async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
         response = await call_next(request)
         headers = response.headers
-        if "content-security-policy" not in headers:
-            headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+        headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
         headers["X-Frame-Options"] = "DENY"
         headers["X-Content-Type-Options"] = "nosniff"
         headers["Referrer-Policy"] = "same-origin"

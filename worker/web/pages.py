@@ -34,18 +34,14 @@ router = APIRouter(include_in_schema=False)
 MAX_FORM_BYTES = 4096
 
 
-def render(request: Request, template: str, *, status_code: int = 200, csp: str | None = None,
-           **context: Any) -> HTMLResponse:
+def render(request: Request, template: str, *, status_code: int = 200, **context: Any) -> HTMLResponse:
     session = session_from_request(request)
     settings = request.app.state.settings
     html = request.app.state.templates.get_template(template).render(
         request=request, csrf_token=session.csrf_token if session else "", logged_in=session is not None,
         flower_url=settings.flower_url, **context,
     )
-    response = HTMLResponse(html, status_code=status_code)
-    if csp is not None:
-        response.headers["Content-Security-Policy"] = csp
-    return response
+    return HTMLResponse(html, status_code=status_code)
 
 
 def _safe_next(value: str | None) -> str:
@@ -154,7 +150,6 @@ def study_page(request: Request, study_instance_uid: str, user: PageUser) -> HTM
 
 @router.get("/jobs/{job_id}/viewer", response_class=HTMLResponse)
 def viewer_page(request: Request, job_id: str, user: PageUser) -> HTMLResponse:
-    from neuroseg.worker.web.app import VIEWER_CONTENT_SECURITY_POLICY
     from neuroseg.worker.web.viewer_data import has_viewer_data
 
     store = request.app.state.jobstore.get()
@@ -164,4 +159,4 @@ def viewer_page(request: Request, job_id: str, user: PageUser) -> HTMLResponse:
     if not has_viewer_data(request.app.state.settings.results_dir, job_id):
         return render(request, "not_found.html", status_code=404,
                       what=f"results of job {job_id} (the job has not finished, or its results were pruned)")
-    return render(request, "viewer.html", page="viewer", job=detail, csp=VIEWER_CONTENT_SECURITY_POLICY)
+    return render(request, "viewer.html", page="viewer", job=detail)
