@@ -302,7 +302,7 @@ def mc_head(model: LoadedModel, features: torch.Tensor, mc_samples: int, seed: i
             log_p = shifted - norm.log()
             m = p.mean(dim=0)
             mean[:, start:stop] = m
-            variance[:, start:stop] = ((p * p).mean(dim=0) - m * m).clamp_min_(0)
+            variance[:, start:stop] = (p - m).square_().mean(dim=0)
             expected_entropy[start:stop] = -(p * log_p).sum(dim=1).mean(dim=0)
             if progress is not None:
                 progress(stop / total)
