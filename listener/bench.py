@@ -10,6 +10,11 @@ The instances are copies of real MR files with fresh SOP Instance UIDs (one new
 study and series per bench run). The rounds alternate between the receivers and
 the median of each is reported, with the ratio neuroseg / storescp.
 
+The bench also times one durable write of an instance-sized file on the same
+disk: two flushes (file, then folder) per instance set a ceiling on any
+receiver that keeps the durability promise, and on a busy disk that ceiling,
+not the DICOM stack, decides the ratio.
+
 DCMTK leaves Nagle's algorithm on unless the environment variable
 ``TCP_NODELAY`` is set; on loopback that costs it about 40 ms per instance, so
 the bench sets ``TCP_NODELAY=1`` for every DCMTK process to measure the fastest
@@ -204,6 +209,25 @@ def run_neuroseg(folder: Path, work: Path) -> tuple[float, int]:
     return seconds, received
 
 
+def measure_durable_write(folder: Path, size: int, count: int = 50) -> float:
+    """Milliseconds per durable write (temp file, fsync, rename, fsync folder) of ``size`` bytes in ``folder``.
+
+    This is the floor the spool's disk sets for one instance, whatever the
+    DICOM stack; it is reported next to the throughputs.
+    """
+    from neuroseg.listener.spool import write_atomic
+
+    target = folder / "fsync-probe"
+    target.mkdir(parents=True, exist_ok=True)
+    payload = os.urandom(size)
+    started = time.perf_counter()
+    for index in range(count):
+        write_atomic(target / f"{index}.bin", [payload], durable=True)
+    elapsed = time.perf_counter() - started
+    shutil.rmtree(target, ignore_errors=True)
+    return 1000.0 * elapsed / count
+
+
 def _no_hand_off(settings: Any, manifest: Any) -> str:
     raise RuntimeError("the ingest bench never hands a study over")
 
@@ -219,6 +243,7 @@ def run_ingest_bench(source: Path, count: int, rounds: int, work_dir: Path | Non
         work = Path(temp)
         folder = work / "instances"
         total_bytes = build_instances(source, count, folder, progress)
+        durable_write_ms = measure_durable_write(work, max(1, total_bytes // count))
         results = {"storescp": ReceiverResult("storescp"), "neuroseg": ReceiverResult("neuroseg")}
         runners = {"storescp": run_storescp, "neuroseg": run_neuroseg}
         for round_index in range(rounds):
@@ -247,6 +272,8 @@ def run_ingest_bench(source: Path, count: int, rounds: int, work_dir: Path | Non
     report["neuroseg"]["durable"] = True
     report["storescp"]["durable"] = False
     report["ratio"] = round(report["neuroseg"]["instances_per_s"] / report["storescp"]["instances_per_s"], 3)
+    report["durable_write_ms"] = round(durable_write_ms, 2)
+    report["durable_write_ceiling_per_s"] = round(1000.0 / durable_write_ms, 1)
     report["target_ratio"] = TARGET_RATIO
     report["meets_target"] = report["ratio"] >= TARGET_RATIO
     return report
@@ -263,6 +290,8 @@ def format_report(report: dict[str, Any]) -> str:
         item = report[name]
         lines.append(f"{label:<34}{item['instances_per_s']:>12.1f}{str(item['all_received']):>14}")
     lines.append(f"ratio neuroseg/storescp: {report['ratio']:.2f} (target >= {report['target_ratio']})")
+    lines.append(f"one durable write (temp, fsync, rename, fsync folder) on this disk: "
+                 f"{report['durable_write_ms']:.2f} ms, at most {report['durable_write_ceiling_per_s']:.0f} instances/s")
     return "\n".join(lines)
 
 
