@@ -93,7 +93,7 @@ class ResultCache:
         folder = job_result_folder(self.results_dir, job_id)
         with self._lock:
             item = self._items.get(job_id)
-            if item is not None and item.folder == folder:
+            if item is not None and item.folder == folder and item.created_stamp == item.stamp():
                 self._items.move_to_end(job_id)
                 return item
         item = ResultFolder(folder, cache_dir=self.results_dir / job_id / "viewer-cache")
@@ -124,6 +124,9 @@ class ResultCache:
                 result.mesh_blob(name)
         except Exception as exc:  # noqa: BLE001 - the viewer builds what is missing on request
             log.info("could not prepare the viewer data of job %s: %s", job_id, exc)
+        finally:
+            with self._lock:
+                self._warming.discard(job_id)
 
 
 def create_app(settings: Settings) -> FastAPI:

@@ -159,4 +159,5 @@ def viewer_page(request: Request, job_id: str, user: PageUser) -> HTMLResponse:
     if not has_viewer_data(request.app.state.settings.results_dir, job_id):
         return render(request, "not_found.html", status_code=404,
                       what=f"results of job {job_id} (the job has not finished, or its results were pruned)")
+    request.app.state.results.warm(job_id)  # builds meshes while the browser loads the page's scripts
     return render(request, "viewer.html", page="viewer", job=detail)

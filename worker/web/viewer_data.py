@@ -49,6 +49,7 @@ MAGIC = b"NSV1"
 MAX_VOLUME_DIM = 256
 HEAD_MESH_MAX_DIM = 96
 HEAD_TARGET_FACES = 30000
+MAX_LOADED_VOLUMES = 4
 REGION_TARGET_FACES = 40000
 CACHE_VERSION = "1"
 
@@ -145,6 +146,17 @@ def _sample(volume: np.ndarray, voxels: np.ndarray) -> np.ndarray:
     return ndimage.map_coordinates(volume, voxels.T, order=1, mode="nearest").astype(np.float32)
 
 
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file; a failure only logs (the cache is optional)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, suffix=".tmp") as handle:
+            handle.write(data)
+        os.replace(handle.name, path)
+    except OSError as exc:
+        log.warning("cannot cache viewer data in %s: %s", path.parent, exc)
+
+
 # --- the result folder ------------------------------------------------------------------------
 
 
@@ -172,6 +184,9 @@ class ResultFolder:
         self.cache_dir = cache_dir
         self._lock = threading.Lock()
         self._loaded: dict[str, _Loaded] = {}
+        self._blobs: dict[str, bytes] = {}
+        self._blob_locks: dict[str, threading.Lock] = {}
+        self.created_stamp = self.stamp()
 
     # identity of the folder's content, so a reprocess invalidates cached blobs
     def stamp(self) -> str:
@@ -223,27 +238,40 @@ class ResultFolder:
         loaded = _Loaded(data=data, affine_ras=np.array(image.affine, dtype=float))
         with self._lock:
             self._loaded[key] = loaded
+            # keep memory bounded: the segmentation and the few volumes used last
+            others = [name for name in self._loaded if name != "seg"]
+            for name in others[:-MAX_LOADED_VOLUMES]:
+                del self._loaded[name]
         return loaded
 
     # --- cached blobs --------------------------------------------------------------------------
 
     def _cached(self, name: str, build) -> bytes:
-        """The gzipped blob ``name``, from the disk cache or built now and cached."""
-        path = None
-        if self.cache_dir is not None:
-            path = self.cache_dir / self.stamp() / f"{name}.bin.gz"
-            if path.is_file():
-                return path.read_bytes()
-        blob = gzip.compress(build(), compresslevel=6, mtime=0)
-        if path is not None:
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, suffix=".tmp") as handle:
-                    handle.write(blob)
-                os.replace(handle.name, path)
-            except OSError as exc:
-                log.warning("cannot cache viewer data in %s: %s", path.parent, exc)
-        return blob
+        """The gzipped blob ``name``, from memory, the disk cache, or built now (once, even when
+        several requests ask for it at the same time) and cached."""
+        stamp = self.stamp()
+        key = f"{stamp}/{name}"
+        with self._lock:
+            if key in self._blobs:
+                return self._blobs[key]
+            blob_lock = self._blob_locks.setdefault(key, threading.Lock())
+        with blob_lock:
+            with self._lock:
+                if key in self._blobs:
+                    return self._blobs[key]
+            path = None
+            blob = None
+            if self.cache_dir is not None:
+                path = self.cache_dir / stamp / f"{name}.bin.gz"
+                if path.is_file():
+                    blob = path.read_bytes()
+            if blob is None:
+                blob = gzip.compress(build(), compresslevel=6, mtime=0)
+                if path is not None:
+                    _write_atomically(path, blob)
+            with self._lock:
+                self._blobs[key] = blob
+            return blob
 
     def volume_blob(self, key: str) -> bytes:
         """Gzipped packed ``uint8`` volume ``key`` (see :meth:`volume_arrays`)."""
