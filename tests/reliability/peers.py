@@ -17,7 +17,9 @@ CALLED_AE = "NEUROSEG"
 def make_ae(calling_ae_title: str, timeout: float = 30) -> AE:
     ae = AE(ae_title=calling_ae_title)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
-    ae.add_requested_context(MRImageStorage, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    # one context per transfer syntax, so files in either can be sent as they are
+    ae.add_requested_context(MRImageStorage, ExplicitVRLittleEndian)
+    ae.add_requested_context(MRImageStorage, ImplicitVRLittleEndian)
     ae.add_requested_context(Verification)
     return ae
 
