@@ -74,7 +74,8 @@ def write_result_folder(folder: Path, *, sequences: tuple[str, ...] = ("t1", "t1
     entropy = np.clip(np.exp(-((distance - RADII["ed"]) ** 2) / 4.0), 0, 1).astype(np.float32) * 1.2
     _save(folder, "entropy.nii.gz", entropy)
     voxel_ml = float(np.prod(SPACING)) / 1000.0
-    volumes = {key: float(np.count_nonzero(seg == value)) * voxel_ml for key, value in (("ncr", 1), ("ed", 2), ("et", 4))}
+    volumes = {key: float(np.count_nonzero(seg == value)) * voxel_ml
+               for key, value in (("ncr", 1), ("ed", 2), ("et", 4))}
     volumes["wt"] = sum(volumes.values())
     volumes["tc"] = volumes["ncr"] + volumes["et"]
     report = {"volumes_ml": volumes, "model": {"name": "neuroseg-unet", "version": "0.1.0-test"},

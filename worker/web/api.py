@@ -248,7 +248,8 @@ def _conflict(detail, action: str) -> HTTPException:
     )
 
 
-@router.post("/jobs/{job_id}/retry", response_model=ActionResult, summary="Run a failed, partial or cancelled job again")
+@router.post("/jobs/{job_id}/retry", response_model=ActionResult,
+             summary="Run a failed, partial or cancelled job again")
 def retry_job(request: Request, job_id: str, user: CsrfUser, store: Store) -> dict[str, Any]:
     from neuroseg.worker import queue
 

@@ -88,7 +88,8 @@ def viewer_manifest(request: Request, job_id: str, user: ApiUser) -> dict[str, A
 )
 def viewer_volume(request: Request, job_id: str, key: str, user: ApiUser) -> Response:
     if key not in VOLUME_FILES:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"unknown volume {key!r}; known: {', '.join(VOLUME_FILES)}")
+        raise HTTPException(status.HTTP_404_NOT_FOUND,
+                            detail=f"unknown volume {key!r}; known: {', '.join(VOLUME_FILES)}")
     result = _result(request, job_id)
     if key not in result.available():
         raise ResultNotFound(f"job {job_id} has no {VOLUME_FILES[key]}")

@@ -66,7 +66,10 @@ OVERLAYS: dict[str, tuple[str, str, str]] = {
     "seg": ("seg.nii.gz", "labels", "Segmentation"),
     **{f"prob_{c}": (f"prob_{c}.nii.gz", "probability", f"Probability {c.upper()}") for c in CLASSES},
     "entropy": ("entropy.nii.gz", "uncertainty", "Uncertainty: predictive entropy"),
-    **{f"variance_{c}": (f"variance_{c}.nii.gz", "uncertainty", f"Uncertainty: MC variance {c.upper()}") for c in CLASSES},
+    **{
+        f"variance_{c}": (f"variance_{c}.nii.gz", "uncertainty", f"Uncertainty: MC variance {c.upper()}")
+        for c in CLASSES
+    },
     **{f"gradcam_{c}": (f"gradcam_{c}.nii.gz", "gradcam", f"Grad-CAM {c.upper()}") for c in CLASSES},
 }
 VOLUME_FILES: dict[str, str] = {
@@ -180,7 +183,9 @@ class ResultFolder:
     def __init__(self, folder: Path, cache_dir: Path | None = None) -> None:
         self.folder = Path(folder)
         if not (self.folder / "seg.nii.gz").is_file():
-            raise ResultNotFound(f"no segmentation in {self.folder}: the job has not finished or its results were removed")
+            raise ResultNotFound(
+                f"no segmentation in {self.folder}: the job has not finished or its results were removed"
+            )
         self.cache_dir = cache_dir
         self._lock = threading.Lock()
         self._loaded: dict[str, _Loaded] = {}
@@ -367,7 +372,8 @@ class ResultFolder:
             seg_lps = ras_to_lps(seg.affine_ras)
             voxels = (np.linalg.inv(seg_lps) @ np.c_[vertices, np.ones(len(vertices))].T).T[:, :3]
             available = self.available()
-            for field_name, key in (("entropy", "entropy"), ("variance", f"variance_{name}"), ("gradcam", f"gradcam_{name}")):
+            fields = (("entropy", "entropy"), ("variance", f"variance_{name}"), ("gradcam", f"gradcam_{name}"))
+            for field_name, key in fields:
                 if key in available:
                     values = _sample(self.load(key).data, voxels)
                     arrays[field_name] = values
@@ -432,7 +438,9 @@ class ResultFolder:
             **grid,
             "start_voxel": [int(v) for v in np.clip(np.rint(centre / steps), 0, np.asarray(grid["shape"]) - 1)],
             "sequences": [
-                {"key": f"image_{key}", "label": label} for key, label in SEQUENCES.items() if f"image_{key}" in available
+                {"key": f"image_{key}", "label": label}
+                for key, label in SEQUENCES.items()
+                if f"image_{key}" in available
             ],
             "overlays": [
                 {"key": key, "label": description, "kind": kind}
