@@ -226,8 +226,7 @@ def _check(key: str, value: Any, regex: re.Pattern[str] | None, header: SeriesHe
             text, label = header.sequence_name.lower(), "SequenceName"
         else:
             text, label = _normalise(header.protocol_name), "ProtocolName"
-        assert regex is not None
-        match = regex.search(text)
+        match = regex.search(text) if regex is not None else None
         if key.startswith("not_"):
             return "" if match is None else None
         return f"{label} {text!r} has {match.group(0)!r}" if match else None
