@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +72,15 @@ def admin_server(tmp_path, store, web_settings, result_template):
         print(log_path.read_text(errors="replace")[-3000:])
 
 
+def wait_until(page, expression: str, timeout_s: float = 60.0) -> None:
+    """Poll a JavaScript expression with page.evaluate (wait_for_function needs eval, which our CSP forbids)."""
+    deadline = time.monotonic() + timeout_s
+    while not page.evaluate(f"() => Boolean({expression})"):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout_s:.0f} s waiting for {expression}")
+        page.wait_for_timeout(100)
+
+
 def _pixels(png: bytes) -> np.ndarray:
     from PIL import Image
 
@@ -110,17 +120,30 @@ def test_login_dashboard_and_3d_viewer_in_headless_chromium(admin_server):
             row = page.locator(f'tr[data-job-id="{jobs.done}"]')
             assert "Doe^Jane" in row.inner_text() and "done" in row.inner_text()
             assert page.locator(f'tr[data-job-id="{jobs.failed}"] .error-cell').inner_text().startswith("series")
-            page.wait_for_function("document.getElementById('tile-workers').textContent === '1'")
+            wait_until(page, "document.getElementById('tile-workers').textContent === '1'")
             page.screenshot(path=str(ARTIFACTS / "02-dashboard.png"), full_page=True)
 
             # the job page: series with roles and reasons, deliveries
             row.locator("text=Details").click()
+            page.wait_for_url(f"**/jobs/{jobs.done}")
             page.wait_for_selector("#series-table tbody tr")
             assert "matches the FLAIR rule" in page.locator("#series-table").inner_text()
             assert "PACS@10.0.0.5:104" in page.locator("#deliveries-table").inner_text()
             page.screenshot(path=str(ARTIFACTS / "03-job.png"), full_page=True)
 
+            # an action from the browser (fetch with the CSRF header, same-origin): retry the failed job
+            page.goto(f"{base_url}/jobs/{jobs.failed}")
+            page.wait_for_selector("#action-retry:visible")
+            assert "missing slice" in page.locator("#job-error").inner_text()
+            page.once("dialog", lambda dialog: dialog.accept())
+            page.click("#action-retry")
+            wait_until(page, "document.getElementById('job-state').textContent === 'queued'")
+            assert "queued again" in page.locator("#action-message").inner_text()
+            page.screenshot(path=str(ARTIFACTS / "03b-job-retried.png"), full_page=True)
+
             # the 3D viewer
+            page.goto(f"{base_url}/jobs/{jobs.done}")
+            page.wait_for_selector("#open-viewer:visible")
             page.click("#open-viewer")
             page.wait_for_selector("body[data-viewer-ready='1']", timeout=120_000)
             page.wait_for_timeout(500)
@@ -132,8 +155,8 @@ def test_login_dashboard_and_3d_viewer_in_headless_chromium(admin_server):
 
             # toggle a region off: its trace is hidden and the picture changes
             page.uncheck("#toggle-ed")
-            page.wait_for_function(
-                "document.getElementById('plot3d').data.some(t => t.name.startsWith('Edema') && t.visible === false)")
+            wait_until(page, "document.getElementById('plot3d').data"
+                             ".some(t => t.name.startsWith('Edema') && t.visible === false)")
             page.wait_for_timeout(300)
             after_toggle = _pixels(plot.screenshot())
             assert np.abs(after_toggle - before).sum(axis=2).astype(bool).mean() > 0.002
@@ -143,14 +166,14 @@ def test_login_dashboard_and_3d_viewer_in_headless_chromium(admin_server):
             label_before = page.locator("#label-axial").inner_text()
             canvas_before = _pixels(page.locator("#canvas-axial").screenshot())
             page.locator("#slider-axial").fill("3")
-            page.wait_for_function("document.getElementById('label-axial').textContent.startsWith('slice 4 ')")
+            wait_until(page, "document.getElementById('label-axial').textContent.startsWith('slice 4 ')")
             assert page.locator("#label-axial").inner_text() != label_before
             canvas_after = _pixels(page.locator("#canvas-axial").screenshot())
             assert np.abs(canvas_after - canvas_before).sum() > 0
 
             # colour the surfaces by Grad-CAM: a colour bar appears
             page.check("input[name='colour'][value='gradcam']")
-            page.wait_for_function("document.getElementById('plot3d').data.some(t => t.intensity)")
+            wait_until(page, "document.getElementById('plot3d').data.some(t => t.intensity)")
             page.select_option("#overlay-select", "gradcam_et")
             page.wait_for_timeout(400)
             page.screenshot(path=str(ARTIFACTS / "06-viewer-gradcam.png"), full_page=True)
