@@ -697,6 +697,7 @@ class JobStore:
                 return Claim(ClaimOutcome.FINISHED, JobState.FAILED.value, row.attempts)
             target = JobState.DELIVERING if row.resume_stage == JobState.DELIVERING.value else JobState.LOADING
             attempt, resume_stage, study_uid = row.attempts + 1, row.resume_stage, row.study_instance_uid
+            row_updated_at = row.updated_at
             result = session.execute(
                 update(JobRow)
                 .where(JobRow.id == job_id, JobRow.state == row.state, JobRow.updated_at == row.updated_at)
@@ -709,6 +710,11 @@ class JobStore:
                 session.rollback()
                 return Claim(ClaimOutcome.BUSY, row.state, row.attempts)
             self._close_open_stages(session, job_id, now, "abandoned")
+            if state in WAITING_STATES:
+                # the wait for a worker is a stage too (queue latency in the timings and metrics)
+                waited_from = _utc(row_updated_at) or now
+                session.add(StageRow(job_id=job_id, name=state.value, attempt=attempt, started_at=waited_from,
+                                     finished_at=now, duration_s=(now - waited_from).total_seconds(), outcome="ok"))
             session.add(StageRow(job_id=job_id, name=target.value, attempt=attempt, started_at=now))
             session.add(EventRow(at=now, study_instance_uid=study_uid, job_id=job_id, kind="claimed",
                                  message=f"attempt {attempt}: {worker} took the job from {state.value}"))

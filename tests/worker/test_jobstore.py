@@ -83,7 +83,7 @@ def test_abandoned_job_is_claimed_again(store):
     claim = store.claim(job_id, worker="host-b:2")
     assert claim.outcome is ClaimOutcome.CLAIMED and claim.attempt == 2
     stages = store.get_job(job_id).stages
-    assert [(s.name, s.outcome) for s in stages] == [("loading", "abandoned"), ("loading", "running")]
+    assert [(s.name, s.outcome) for s in stages] == [("queued", "ok"), ("loading", "abandoned"), ("loading", "running")]
 
 
 def test_claim_fails_a_job_that_keeps_killing_workers(store):
@@ -105,7 +105,7 @@ def test_stages_are_timed_and_the_job_ends_done(store):
     store.finish(job_id, JobState.DONE)
     detail = store.get_job(job_id)
     assert detail.state == "done" and detail.percent == 100
-    assert [s.name for s in detail.stages] == ["loading", "preprocessing", "inference", "explaining",
+    assert [s.name for s in detail.stages] == ["queued", "loading", "preprocessing", "inference", "explaining",
                                                "encoding", "delivering"]
     assert all(s.duration_s is not None and s.outcome == "ok" for s in detail.stages)
     assert detail.deliveries[0].status == "delivered" and detail.outputs[0].kind == "seg"
