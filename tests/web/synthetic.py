@@ -73,6 +73,7 @@ def write_result_folder(folder: Path, *, sequences: tuple[str, ...] = ("t1", "t1
         _save(folder, f"gradcam_{key}.nii.gz", np.ascontiguousarray(ramp * (distance < 10)))
     entropy = np.clip(np.exp(-((distance - RADII["ed"]) ** 2) / 4.0), 0, 1).astype(np.float32) * 1.2
     _save(folder, "entropy.nii.gz", entropy)
+    _save(folder, "mutual_information.nii.gz", (0.3 * entropy).astype(np.float32))
     voxel_ml = float(np.prod(SPACING)) / 1000.0
     volumes = {key: float(np.count_nonzero(seg == value)) * voxel_ml
                for key, value in (("ncr", 1), ("ed", 2), ("et", 4))}

@@ -55,7 +55,8 @@ def test_manifest_gives_the_grid_regions_and_volumes(result):
     assert volumes == pytest.approx({key: report["volumes_ml"][key] for key in ("ncr", "ed", "et")}, abs=0.01)
     assert manifest["totals_ml"]["wt"] == pytest.approx(report["volumes_ml"]["wt"], abs=0.01)
     assert [item["key"] for item in manifest["sequences"]] == ["image_t1", "image_t1ce", "image_t2", "image_flair"]
-    assert {item["key"] for item in manifest["overlays"]} >= {"seg", "prob_et", "entropy", "variance_ncr", "gradcam_ed"}
+    assert {item["key"] for item in manifest["overlays"]} >= {
+        "seg", "prob_et", "entropy", "mutual_information", "variance_ncr", "gradcam_ed"}
     inverse = np.array(manifest["inverse_affine_lps"]) @ np.array(manifest["affine_lps"])
     np.testing.assert_allclose(inverse, np.eye(4), atol=1e-9)
     # the slices start at the tumour centre, in patient space the same point as in the source grid
@@ -84,6 +85,10 @@ def test_scalar_volumes_map_back_to_their_values(result):
     low, high = header["value_range"]
     assert low == 0 and high == pytest.approx(1.2, rel=1e-3)
     assert arrays["data"].max() == 255
+    header, _ = result.volume_arrays("mutual_information")
+    assert header["kind"] == "uncertainty" and header["value_range"][1] == pytest.approx(0.36, rel=1e-3)
+    header, _ = result.volume_arrays("prob_ncr")
+    assert header["kind"] == "probability" and header["value_range"] == [0.0, 1.0]
     image_header, image = result.volume_arrays("image_t1ce")
     assert image_header["kind"] == "image" and image["data"].max() == 255 and image["data"].min() == 0
 
@@ -224,3 +229,29 @@ def test_plotly_is_served_locally_from_the_installed_package(anonymous):
     assert b"plotly.js" in response.content[:400] and len(response.content) > 1_000_000
     again = anonymous.get("/vendor/plotly.min.js", headers={"If-None-Match": response.headers["etag"]})
     assert again.status_code == 304
+
+
+def test_a_real_brats_case_gives_meshes_inside_its_tumour_box(tmp_path, shared_data):
+    """Real geometry: a BraTS 2018 FLAIR and its whole-tumour label, as a result folder."""
+    import nibabel as nib
+
+    case = shared_data / "real-gt" / "brats2018-wt" / "case_0"
+    flair = nib.load(str(case / "FLAIR.nii.gz"))
+    truth = np.asarray(nib.load(str(case / "GT_W.nii.gz")).dataobj) > 0
+    folder = tmp_path / "viewer"
+    folder.mkdir()
+    nib.save(nib.Nifti1Image(np.where(truth, 2, 0).astype(np.uint8), flair.affine), str(folder / "seg.nii.gz"))
+    nib.save(nib.Nifti1Image(np.asarray(flair.dataobj, np.float32), flair.affine), str(folder / "image_flair.nii.gz"))
+    result = ResultFolder(folder)
+    manifest = result.manifest()
+    voxel_ml = abs(np.linalg.det(flair.affine[:3, :3])) / 1000
+    edema = next(region for region in manifest["regions"] if region["key"] == "ed")
+    assert edema["volume_ml"] == pytest.approx(truth.sum() * voxel_ml, abs=0.01)
+    _, mesh = result.mesh_arrays("ed")
+    tumour_lps = (ras_to_lps(flair.affine) @ np.c_[np.argwhere(truth), np.ones(truth.sum())].T).T[:, :3]
+    low, high = tumour_lps.min(axis=0) - 2, tumour_lps.max(axis=0) + 2
+    assert np.all(mesh["vertices"] >= low) and np.all(mesh["vertices"] <= high)
+    _, head = result.mesh_arrays("head")
+    assert np.all(head["vertices"].min(axis=0) < low) and np.all(head["vertices"].max(axis=0) > high)
+    header, image = result.volume_arrays("image_flair")
+    assert image["data"].shape == tuple(reversed(header["shape"])) and image["data"].max() == 255

@@ -66,6 +66,7 @@ OVERLAYS: dict[str, tuple[str, str, str]] = {
     "seg": ("seg.nii.gz", "labels", "Segmentation"),
     **{f"prob_{c}": (f"prob_{c}.nii.gz", "probability", f"Probability {c.upper()}") for c in CLASSES},
     "entropy": ("entropy.nii.gz", "uncertainty", "Uncertainty: predictive entropy"),
+    "mutual_information": ("mutual_information.nii.gz", "uncertainty", "Uncertainty: mutual information"),
     **{
         f"variance_{c}": (f"variance_{c}.nii.gz", "uncertainty", f"Uncertainty: MC variance {c.upper()}")
         for c in CLASSES
@@ -334,7 +335,7 @@ class ResultFolder:
                 kind = "image"
             else:
                 low = 0.0
-                high = float(values.max()) if key.startswith(("variance_", "entropy")) else 1.0
+                high = float(values.max()) if kind_of(key) == "uncertainty" else 1.0
                 kind = OVERLAYS[key][1]
             if not high > low:
                 high = low + 1.0
@@ -467,6 +468,11 @@ def job_result_folder(results_dir: Path, job_id: str) -> Path:
     job_folder = Path(results_dir) / str(job_id)
     viewer = job_folder / "viewer"
     return viewer if (viewer / "seg.nii.gz").is_file() else job_folder
+
+
+def kind_of(key: str) -> str:
+    """``image``, ``labels``, ``probability``, ``uncertainty`` or ``gradcam`` for a volume key."""
+    return "image" if key.startswith("image_") else OVERLAYS[key][1]
 
 
 def preferred_sequence(available: set[str]) -> str | None:
