@@ -862,7 +862,8 @@ class JobStore:
         """Put a finished job (``failed``, ``partial``, ``done``, ``cancelled``) back to ``queued``.
 
         ``resume_stage="delivering"`` re-delivers the outputs already made
-        instead of processing again. Returns False when the job is waiting or
+        (to every destination, also those that had them) instead of
+        processing again. Returns False when the job is waiting or
         running (nothing to do). The caller publishes the task.
         """
         now = utcnow()
@@ -875,6 +876,9 @@ class JobStore:
             row.attempts, row.finished_at, row.cancel_requested = 0, None, 0
             if resume_stage is not None:
                 row.resume_stage = resume_stage
+            if resume_stage == JobState.DELIVERING.value:
+                # a re-delivery sends to every destination again, also those served before
+                session.execute(update(DeliveryRow).where(DeliveryRow.job_id == job_id).values(status="pending"))
             session.commit()
         return True
 

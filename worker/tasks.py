@@ -88,9 +88,9 @@ def process_study(task: "Task", job_id: str) -> str:
             if retries >= settings.delivery_max_retries:
                 reason = f"gave up after {retries + 1} attempts: {exc}"
                 log.error("job %s: %s", job_id, reason)
-                store.finish(job_id, JobState.PARTIAL if pipeline.has_outputs(store, job_id) else JobState.FAILED,
-                             error=reason)
-                return JobState.FAILED.value
+                final = JobState.PARTIAL if pipeline.has_outputs(store, job_id) else JobState.FAILED
+                store.finish(job_id, final, error=reason)
+                return final.value
             from neuroseg.worker.queue import retry_countdown
 
             countdown = retry_countdown(retries)

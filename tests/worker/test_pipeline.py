@@ -1,0 +1,54 @@
+"""The pipeline in-process (no Celery): stages, outputs on disk, resume at delivery without new inference."""
+
+from __future__ import annotations
+
+import pytest
+
+from neuroseg.worker import pipeline, queue
+from neuroseg.worker.errors import TransientError
+from neuroseg.worker.jobstore import ClaimOutcome, JobStore
+from tests.services import free_port
+from tests.worker.helpers import build_study
+
+
+def test_pipeline_runs_all_stages_and_a_delivery_failure_resumes_at_delivery(tmp_path, make_settings,
+                                                                             tiny_checkpoint, monkeypatch):
+    monkeypatch.setattr("neuroseg.worker.delivery.IN_ATTEMPT_RETRY_DELAYS", ())
+    down = f"PACS@127.0.0.1:{free_port()}"
+    settings = make_settings(model_path=tiny_checkpoint, mc_samples=2, destinations=down)
+    store = JobStore.from_settings(settings)
+    study = build_study(tmp_path / "spool", "pipeline", roles=("T1", "T1ce", "T2", "FLAIR"))
+    job_id, _ = store.create_job(study.manifest())
+    assert store.claim(job_id, worker="test:1").outcome is ClaimOutcome.CLAIMED
+
+    with pytest.raises(TransientError, match="delivery not finished: PACS@127.0.0.1"):
+        pipeline.run_job(store, job_id, settings)
+    detail = store.get_job(job_id)
+    assert detail.resume_stage == "delivering"
+    assert [s.name for s in detail.stages] == ["queued", "loading", "preprocessing", "inference", "explaining",
+                                               "encoding", "delivering"]
+    assert detail.model_name == "tiny-random-test-network" and sorted(detail.sequences_used) == \
+        ["flair", "t1", "t1ce", "t2"]
+    encoded = pipeline.job_folder(settings, job_id) / "dicom"
+    assert {o.kind for o in detail.outputs} >= {"seg", "sr", "pmap-probability-et", "pmap-gradcam-ncr"}
+    assert all((encoded / f"{o.kind}.dcm").is_file() for o in detail.outputs)
+    assert (pipeline.job_folder(settings, job_id) / "viewer" / "report.json").is_file()
+    store.mark_retrying(job_id, "PACS down", 0)
+
+    # the PACS is still down, but now no destination is configured: the outbox takes the stored objects
+    later = make_settings(model_path=tiny_checkpoint, mc_samples=2)
+    claim = store.claim(job_id, worker="test:2")
+    assert claim.state == "delivering"
+    monkeypatch.setattr(pipeline, "run_model", lambda ctx: pytest.fail("inference ran again"))
+    assert pipeline.run_job(store, job_id, later) == "done"
+    detail = store.get_job(job_id)
+    assert [s.name for s in detail.stages if s.attempt == 2] == ["retrying", "delivering"]
+    outbox = later.outbox_dir / study.study_instance_uid
+    assert sorted(p.stem for p in outbox.glob("*.dcm")) == sorted(o.kind for o in detail.outputs)
+
+    # an admin re-delivery sends the same objects again, without inference
+    assert queue.retry_job(later, job_id, redeliver_only=True)
+    assert store.claim(job_id, worker="test:3").state == "delivering"
+    assert pipeline.run_job(store, job_id, later) == "done"
+    outbox_delivery = [d for d in store.get_job(job_id).deliveries if d.destination.startswith("outbox:")][0]
+    assert outbox_delivery.attempts == 2 and outbox_delivery.status == "delivered"
