@@ -90,7 +90,8 @@ def test_login_without_the_form_token_is_refused(anonymous):
     assert SESSION_COOKIE not in response.headers.get("set-cookie", "")
 
 
-@pytest.mark.parametrize("target", ["//evil.example/x", "https://evil.example/", "\\\\evil", "javascript:alert(1)"])
+@pytest.mark.parametrize("target", ["//evil.example/x", "https://evil.example/", "\\\\evil", "javascript:alert(1)",
+                                    "/\t/evil.example", "/\\evil.example", " //evil.example"])
 def test_login_never_redirects_off_site(anonymous, target):
     response = log_in(anonymous, next_path=target)
     assert response.status_code == 303 and response.headers["location"] == "/"

@@ -45,8 +45,10 @@ def render(request: Request, template: str, *, status_code: int = 200, **context
 
 
 def _safe_next(value: str | None) -> str:
-    """Only local absolute paths may be a redirect target (no ``//host`` or ``\\``)."""
-    if not value or not value.startswith("/") or value.startswith("//") or "\\" in value:
+    """Only local absolute paths may be a redirect target: no ``//host``, no backslash, no space or
+    control character (browsers drop a tab, turning ``/<tab>/host`` into ``//host``)."""
+    if (not value or not value.startswith("/") or value.startswith("//") or "\\" in value
+            or any(ord(character) < 0x21 or ord(character) == 0x7F for character in value)):
         return "/"
     return value
 

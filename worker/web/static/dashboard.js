@@ -64,7 +64,11 @@
   function progressCell(job) {
     const cell = el("td", { class: "stage-cell" });
     const running = STAGES.includes(job.state);
-    cell.appendChild(el("div", {}, running ? job.stage : (job.state === "done" ? "finished" : job.stage)));
+    let text = job.stage;
+    if (job.state === "done") text = "finished";
+    else if (["failed", "partial", "cancelled"].includes(job.state)) text = "stopped in " + job.stage;
+    else if (job.state === "retrying") text = "waiting to retry " + job.stage;
+    cell.appendChild(el("div", {}, text));
     if (running) {
       const bar = el("div", { class: "progress progress-small" }, el("div", { class: "progress-bar" }));
       bar.firstChild.style.width = Math.max(2, Math.min(100, job.percent)) + "%";
