@@ -67,7 +67,7 @@
     let text = job.stage;
     if (job.state === "done") text = "finished";
     else if (["failed", "partial", "cancelled"].includes(job.state)) text = "stopped in " + job.stage;
-    else if (job.state === "retrying") text = "waiting to retry " + job.stage;
+    else if (job.state === "retrying") text = "waiting to retry";
     cell.appendChild(el("div", {}, text));
     if (running) {
       const bar = el("div", { class: "progress progress-small" }, el("div", { class: "progress-bar" }));
