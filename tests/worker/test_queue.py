@@ -75,3 +75,14 @@ def test_retry_backoff_grows_to_an_hour():
     delays = [queue.retry_countdown(n) for n in range(12)]
     assert delays[0] == 30 and delays[1] == 60 and max(delays) == 3600
     assert sum(delays) > 5 * 3600
+
+
+def test_worker_refuses_a_gpu_that_is_not_there(tmp_path):
+    import os
+
+    env = {key: value for key, value in os.environ.items() if not key.startswith("NEUROSEG_")}
+    env.update(NEUROSEG_DATA_DIR=str(tmp_path / "data"), CUDA_VISIBLE_DEVICES="")
+    result = subprocess.run([sys.executable, "-m", "neuroseg.worker", "worker", "--device", "cuda:0"],
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "device cuda:0 is not available (0 CUDA device(s) visible)" in result.stderr

@@ -125,6 +125,21 @@ class Maintenance:
                 return
 
 
+def _device_problem(device: str) -> str | None:
+    """Why ``device`` cannot be used, or None. Asked in a child process: CUDA must not be
+    initialised in the worker's main process, whose pool children are forked from it."""
+    if not device.startswith("cuda"):
+        return None
+    index = int(device.partition(":")[2] or 0)
+    probe = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.device_count())"],
+                           capture_output=True, text=True, timeout=120)
+    count = int(probe.stdout.strip() or 0) if probe.returncode == 0 else 0
+    if index >= count:
+        return (f"device {device} is not available ({count} CUDA device(s) visible); "
+                "use --device cpu, or auto to take a GPU when there is one")
+    return None
+
+
 def run_worker(args: argparse.Namespace) -> int:
     """Start a Celery worker on the configured broker; returns when it shuts down."""
     from neuroseg.worker.cli import package_version
@@ -135,6 +150,10 @@ def run_worker(args: argparse.Namespace) -> int:
         print("neuroseg worker: --concurrency must be at least 1", file=sys.stderr)
         return 2
     settings = _apply_device(args.device)
+    problem = _device_problem(settings.device)
+    if problem:
+        print(f"neuroseg worker: {problem}", file=sys.stderr)
+        return 2
     store = JobStore.from_settings(settings)  # creates or upgrades the schema before any job
     device = settings.device
     log.info("neuroseg %s worker: broker %s, job store %s, device %s, %s pool x%d", package_version(),
