@@ -217,8 +217,8 @@ def test_jobs_are_listed_newest_first_with_stage_durations(client, jobs):
     assert [item["id"] for item in listed] == [jobs.running, jobs.queued, jobs.failed, jobs.done]
     done = listed[-1]
     assert done["patient_name"] == "Doe^Jane" and done["state"] == "done" and done["has_results"] is True
-    assert set(done["stage_durations"]) == {"loading", "preprocessing", "inference", "explaining", "encoding",
-                                            "delivering"}
+    assert set(done["stage_durations"]) == {"queued", "loading", "preprocessing", "inference", "explaining",
+                                            "encoding", "delivering"}
     running = listed[0]
     assert running["stage"] == "inference" and running["percent"] == 40.0 and running["attempts"] == 1
     assert "inference" in running["stage_durations"]
@@ -249,7 +249,7 @@ def test_job_detail_has_series_roles_reasons_timeline_outputs_and_deliveries(cli
     assert roles["Ax T2 FLAIR"] == "FLAIR" and roles["Localizer"] == "other"
     assert "matches the FLAIR rule" in job["series"][3]["reasons"][0]
     assert [stage["name"] for stage in job["stages"]] == [
-        "loading", "preprocessing", "inference", "explaining", "encoding", "delivering"]
+        "queued", "loading", "preprocessing", "inference", "explaining", "encoding", "delivering"]
     assert all(stage["outcome"] == "ok" and stage["duration_s"] >= 0 for stage in job["stages"])
     assert {item["kind"] for item in job["outputs"]} == {"seg", "sr"}
     deliveries = {item["destination"]: item for item in job["deliveries"]}

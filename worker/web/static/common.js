@@ -93,6 +93,8 @@ const NS = (() => {
   }
 
   const STAGES = ["loading", "preprocessing", "inference", "explaining", "encoding", "delivering"];
+  // timed steps of a job: the waits for a worker, then the running stages
+  const TIMED_STEPS = ["queued", "retrying", ...STAGES];
 
   /* Calls fn now and every intervalMs while the page is visible; reports into statusNode. */
   function poll(fn, intervalMs, statusNode) {
@@ -118,5 +120,8 @@ const NS = (() => {
     return { refresh: tick };
   }
 
-  return { csrfToken, getJSON, postJSON, el, replaceRows, fmtDuration, fmtTime, stateBadge, setBadge, poll, STAGES };
+  return {
+    csrfToken, getJSON, postJSON, el, replaceRows, fmtDuration, fmtTime, stateBadge, setBadge, poll,
+    STAGES, TIMED_STEPS,
+  };
 })();

@@ -2,9 +2,9 @@
 "use strict";
 
 (() => {
-  const { el, getJSON, fmtDuration, fmtTime, stateBadge, poll, STAGES } = NS;
+  const { el, getJSON, fmtDuration, fmtTime, stateBadge, poll, STAGES, TIMED_STEPS } = NS;
   const STAGE_SHORT = {
-    loading: "load", preprocessing: "prep", inference: "infer", explaining: "explain",
+    queued: "wait", retrying: "retry wait", loading: "load", preprocessing: "prep", inference: "infer", explaining: "explain",
     encoding: "encode", delivering: "deliver",
   };
   const form = document.getElementById("job-filters");
@@ -79,7 +79,7 @@
   }
 
   function stagesCell(job) {
-    const chips = STAGES.filter((stage) => stage in job.stage_durations).map((stage) =>
+    const chips = TIMED_STEPS.filter((stage) => stage in job.stage_durations).map((stage) =>
       el("span", { class: "chip" + (stage === job.state ? " chip-active" : ""), title: stage },
         STAGE_SHORT[stage] + " " + fmtDuration(job.stage_durations[stage])));
     return el("td", { class: "chips" }, chips.length ? chips : el("span", { class: "muted" }, "–"));

@@ -2,7 +2,7 @@
 "use strict";
 
 (() => {
-  const { el, getJSON, postJSON, fmtDuration, fmtTime, stateBadge, setBadge, poll, STAGES } = NS;
+  const { el, getJSON, postJSON, fmtDuration, fmtTime, stateBadge, setBadge, poll, STAGES, TIMED_STEPS } = NS;
   const jobId = document.body.dataset.jobId;
   const ROLES = ["T1", "T1ce", "T2", "FLAIR", "other"];
   const chosenRoles = {};   // series uid -> role picked by the admin (kept across refreshes)
@@ -107,7 +107,7 @@
     NS.replaceRows(document.querySelector("#stages-table tbody"), rows);
     const bar = document.getElementById("stage-bar");
     const total = Object.values(job.stage_durations).reduce((a, b) => a + b, 0);
-    bar.replaceChildren(...STAGES.filter((stage) => stage in job.stage_durations).map((stage) => {
+    bar.replaceChildren(...TIMED_STEPS.filter((stage) => stage in job.stage_durations).map((stage) => {
       const part = el("div", { class: "timeline-part stage-" + stage, title: stage + " " + fmtDuration(job.stage_durations[stage]) },
         stage);
       part.style.flexGrow = String(Math.max(job.stage_durations[stage] / (total || 1), 0.06));
