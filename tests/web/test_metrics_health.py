@@ -92,6 +92,8 @@ def test_health_and_metrics_survive_an_unreachable_database(make_settings, tmp_p
         assert samples[("neuroseg_up", (("component", "job_store"),))] == 0
         api = client.get("/api/jobs", headers={"Authorization": "Bearer " + "x" * 20})
         assert api.status_code == 503 and "job store unavailable" in api.json()["detail"]
+        page = client.get("/jobs/" + "0" * 32, headers={"Authorization": "Bearer " + "x" * 20})
+        assert page.status_code == 503 and "job store unavailable" in page.text
 
 
 @pytest.mark.parametrize("path", ["/health", "/metrics"])

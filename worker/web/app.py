@@ -184,6 +184,15 @@ def create_app(settings: Settings) -> FastAPI:
         return JSONResponse({"detail": str(exc)}, status_code=404)
 
     register_operations(app)
+    from sqlalchemy.exc import SQLAlchemyError
+
+    @app.exception_handler(SQLAlchemyError)
+    async def _store_down(request: Request, exc: SQLAlchemyError) -> Response:
+        from fastapi.responses import JSONResponse
+
+        log.warning("job store unavailable: %s", exc)
+        return JSONResponse({"detail": f"job store unavailable: {type(exc).__name__}"}, status_code=503)
+
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
         wants_html = "text/html" in request.headers.get("accept", "") and not request.url.path.startswith("/api/")
