@@ -46,33 +46,47 @@ import json
 import logging
 import os
 import socket
-import threading
 import uuid
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, timedelta
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict
+from datetime import datetime, timedelta
 from enum import Enum
 from typing import Any
 
-from sqlalchemy import (
-    JSON,
-    DateTime,
-    Float,
-    ForeignKey,
-    Integer,
-    String,
-    Text,
-    create_engine,
-    event,
-    func,
-    select,
-    update,
-)
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from neuroseg.worker.contracts import SequenceRole, StudyManifest
+from neuroseg.worker.jobrecords import (
+    Claim,
+    ClaimOutcome,
+    DeliveryRecord,
+    EventRecord,
+    JobDetail,
+    JobSummary,
+    OutputRecord,
+    SeriesRecord,
+    StageRecord,
+)
+from neuroseg.worker.jobschema import (  # noqa: F401 - the tables and migrations, re-exported
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    Base,
+    DeliveryRow,
+    EventRow,
+    JobRow,
+    OutputRow,
+    SchemaVersionRow,
+    SeriesRow,
+    StageRow,
+    StudyRow,
+    _utc,
+    engine_for,
+    migrate,
+    schema_version,
+    utcnow,
+)
 from neuroseg.worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -155,377 +169,9 @@ def manifest_fingerprint(manifest: StudyManifest) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
 
 
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def _utc(value: datetime | None) -> datetime | None:
-    if value is None:
-        return None
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-
-
 def worker_identity() -> str:
     """``hostname:pid`` of this process, stored with a claim."""
     return f"{socket.gethostname()}:{os.getpid()}"
-
-
-# --- tables -------------------------------------------------------------------------------------
-
-
-class Base(DeclarativeBase):
-    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
-
-
-class SchemaVersionRow(Base):
-    __tablename__ = "schema_version"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    version: Mapped[int] = mapped_column(Integer)
-
-
-class StudyRow(Base):
-    __tablename__ = "studies"
-    study_instance_uid: Mapped[str] = mapped_column(String(64), primary_key=True)
-    patient_id: Mapped[str] = mapped_column(String(64), default="")
-    patient_name: Mapped[str] = mapped_column(String(330), default="")
-    accession_number: Mapped[str] = mapped_column(String(64), default="")
-    study_description: Mapped[str] = mapped_column(String(256), default="")
-    first_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-
-
-class JobRow(Base):
-    __tablename__ = "jobs"
-    id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    study_instance_uid: Mapped[str] = mapped_column(ForeignKey("studies.study_instance_uid"), index=True)
-    # unique for jobs created from a manifest; NULL for admin reprocesses
-    dedup_key: Mapped[str | None] = mapped_column(String(128), unique=True, nullable=True)
-    fingerprint: Mapped[str] = mapped_column(String(32))
-    manifest: Mapped[dict[str, Any]] = mapped_column(JSON)
-    state: Mapped[str] = mapped_column(String(16), index=True)
-    stage: Mapped[str] = mapped_column(String(16))
-    percent: Mapped[float] = mapped_column(Float, default=0.0)
-    message: Mapped[str] = mapped_column(Text, default="")
-    error: Mapped[str] = mapped_column(Text, default="")
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
-    worker: Mapped[str] = mapped_column(String(128), default="")
-    device: Mapped[str] = mapped_column(String(32), default="")
-    model_name: Mapped[str] = mapped_column(String(128), default="")
-    model_version: Mapped[str] = mapped_column(String(64), default="")
-    sequences_used: Mapped[list[Any]] = mapped_column(JSON, default=list)
-    volumes_ml: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    resume_stage: Mapped[str] = mapped_column(String(16), default="")
-    cancel_requested: Mapped[int] = mapped_column(Integer, default=0)
-    replaces_job_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
-    reason: Mapped[str] = mapped_column(String(64), default="received")
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    published_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    retry_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-
-
-class SeriesRow(Base):
-    __tablename__ = "series"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), index=True)
-    series_instance_uid: Mapped[str] = mapped_column(String(64))
-    folder: Mapped[str] = mapped_column(Text)
-    role: Mapped[str] = mapped_column(String(16))
-    classified_role: Mapped[str] = mapped_column(String(16))
-    confidence: Mapped[float] = mapped_column(Float)
-    reasons: Mapped[list[Any]] = mapped_column(JSON, default=list)
-    modality: Mapped[str] = mapped_column(String(16), default="")
-    series_description: Mapped[str] = mapped_column(String(256), default="")
-    series_number: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    sop_class_uid: Mapped[str] = mapped_column(String(64), default="")
-    instance_count: Mapped[int] = mapped_column(Integer, default=0)
-
-
-class StageRow(Base):
-    __tablename__ = "stages"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), index=True)
-    name: Mapped[str] = mapped_column(String(16))
-    attempt: Mapped[int] = mapped_column(Integer)
-    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    duration_s: Mapped[float | None] = mapped_column(Float, nullable=True)
-    outcome: Mapped[str] = mapped_column(String(16), default="running")
-
-
-class EventRow(Base):
-    __tablename__ = "events"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
-    study_instance_uid: Mapped[str] = mapped_column(String(64), default="", index=True)
-    job_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
-    kind: Mapped[str] = mapped_column(String(32))
-    message: Mapped[str] = mapped_column(Text, default="")
-
-
-class OutputRow(Base):
-    __tablename__ = "outputs"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), index=True)
-    kind: Mapped[str] = mapped_column(String(32))
-    sop_instance_uid: Mapped[str] = mapped_column(String(64))
-    series_instance_uid: Mapped[str] = mapped_column(String(64), default="")
-    sop_class_uid: Mapped[str] = mapped_column(String(64), default="")
-    path: Mapped[str] = mapped_column(Text, default="")
-
-
-class DeliveryRow(Base):
-    __tablename__ = "deliveries"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), index=True)
-    destination: Mapped[str] = mapped_column(String(128))
-    status: Mapped[str] = mapped_column(String(16))
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
-    sent: Mapped[int] = mapped_column(Integer, default=0)
-    failed: Mapped[int] = mapped_column(Integer, default=0)
-    last_error: Mapped[str] = mapped_column(Text, default="")
-    last_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-
-
-# --- schema versions --------------------------------------------------------------------------
-
-
-def _migration_1(connection: Connection) -> None:
-    """Version 1: every table above."""
-    tables = [model.__table__ for model in (StudyRow, JobRow, SeriesRow, StageRow, EventRow, OutputRow, DeliveryRow)]
-    Base.metadata.create_all(connection, tables=tables)
-
-
-#: MIGRATIONS[i] upgrades a schema at version i to version i + 1.
-MIGRATIONS: tuple[Callable[[Connection], None], ...] = (_migration_1,)
-SCHEMA_VERSION = len(MIGRATIONS)
-
-
-def schema_version(engine: Engine) -> int:
-    """The schema version of the database (0 when it is empty)."""
-    SchemaVersionRow.__table__.create(engine, checkfirst=True)
-    with engine.connect() as connection:
-        value = connection.execute(select(SchemaVersionRow.version).where(SchemaVersionRow.id == 1)).scalar()
-    return int(value or 0)
-
-
-def migrate(engine: Engine) -> int:
-    """Bring the schema up to :data:`SCHEMA_VERSION`; return the version it had before.
-
-    Safe to run from several processes at once: each step runs in one
-    transaction that also bumps the version, and a step that another process
-    finished first is skipped.
-    """
-    before = schema_version(engine)
-    if before > SCHEMA_VERSION:
-        raise RuntimeError(
-            f"the job store has schema version {before}, newer than this neuroseg ({SCHEMA_VERSION}); "
-            "upgrade neuroseg"
-        )
-    for version in range(before, SCHEMA_VERSION):
-        with engine.begin() as connection:
-            current = connection.execute(
-                select(SchemaVersionRow.version).where(SchemaVersionRow.id == 1)
-            ).scalar() or 0
-            if current > version:
-                continue
-            MIGRATIONS[version](connection)
-            if current == 0 and version == 0:
-                try:
-                    with connection.begin_nested():
-                        connection.execute(SchemaVersionRow.__table__.insert().values(id=1, version=1))
-                except IntegrityError:
-                    continue
-            else:
-                connection.execute(
-                    update(SchemaVersionRow).where(SchemaVersionRow.id == 1).values(version=version + 1)
-                )
-        log.info("job store schema upgraded to version %d", version + 1)
-    return before
-
-
-_ENGINES: dict[str, Engine] = {}
-_ENGINES_LOCK = threading.Lock()
-
-
-def _engine_for(url: str) -> Engine:
-    with _ENGINES_LOCK:
-        engine = _ENGINES.get(url)
-        if engine is None:
-            if url.startswith("sqlite"):
-                engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
-
-                @event.listens_for(engine, "connect")
-                def _sqlite_pragmas(dbapi_connection, _record) -> None:  # noqa: ANN001
-                    cursor = dbapi_connection.cursor()
-                    cursor.execute("PRAGMA journal_mode=WAL")
-                    cursor.execute("PRAGMA busy_timeout=60000")
-                    cursor.execute("PRAGMA foreign_keys=ON")
-                    cursor.close()
-            else:
-                engine = create_engine(url, pool_pre_ping=True)
-            migrate(engine)
-            _ENGINES[url] = engine
-        return engine
-
-
-# --- records handed out ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SeriesRecord:
-    """A series of a job, with the role used and the classifier's role and reasons."""
-
-    series_instance_uid: str
-    folder: str
-    role: str
-    classified_role: str
-    confidence: float
-    reasons: list[str]
-    modality: str
-    series_description: str
-    series_number: int | None
-    sop_class_uid: str
-    instance_count: int
-
-
-@dataclass(frozen=True)
-class StageRecord:
-    """One run of one stage; ``duration_s`` is None while it runs."""
-
-    name: str
-    attempt: int
-    started_at: datetime
-    finished_at: datetime | None
-    duration_s: float | None
-    outcome: str
-
-
-@dataclass(frozen=True)
-class EventRecord:
-    at: datetime
-    kind: str
-    message: str
-    job_id: str | None = None
-    study_instance_uid: str = ""
-
-
-@dataclass(frozen=True)
-class OutputRecord:
-    """One DICOM object made for a job (``path`` is its file under the job folder)."""
-
-    kind: str
-    sop_instance_uid: str
-    series_instance_uid: str
-    sop_class_uid: str
-    path: str
-
-
-@dataclass(frozen=True)
-class DeliveryRecord:
-    """Delivery of a job's outputs to one destination (``AET@host:port`` or ``outbox:<folder>``).
-
-    ``status`` is ``pending``, ``retrying``, ``delivered``, ``partial`` or ``failed``.
-    """
-
-    destination: str
-    status: str
-    attempts: int
-    sent: int
-    failed: int
-    last_error: str
-    last_attempt_at: datetime | None
-    delivered_at: datetime | None
-
-
-@dataclass(frozen=True)
-class JobSummary:
-    """A row of the jobs list."""
-
-    id: str
-    study_instance_uid: str
-    patient_id: str
-    patient_name: str
-    accession_number: str
-    study_description: str
-    state: str
-    stage: str
-    percent: float
-    message: str
-    error: str
-    attempts: int
-    worker: str
-    device: str
-    model_name: str
-    model_version: str
-    reason: str
-    replaces_job_id: str | None
-    created_at: datetime
-    updated_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-
-    @property
-    def duration_s(self) -> float | None:
-        if self.started_at is None:
-            return None
-        end = self.finished_at or utcnow()
-        return (end - self.started_at).total_seconds()
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["duration_s"] = self.duration_s
-        return _jsonable(data)
-
-
-@dataclass(frozen=True)
-class JobDetail(JobSummary):
-    """Everything about one job: series, stage timings, events, outputs and deliveries."""
-
-    manifest: dict[str, Any] = field(default_factory=dict)
-    sequences_used: list[str] = field(default_factory=list)
-    volumes_ml: dict[str, float] = field(default_factory=dict)
-    resume_stage: str = ""
-    cancel_requested: bool = False
-    series: list[SeriesRecord] = field(default_factory=list)
-    stages: list[StageRecord] = field(default_factory=list)
-    events: list[EventRecord] = field(default_factory=list)
-    outputs: list[OutputRecord] = field(default_factory=list)
-    deliveries: list[DeliveryRecord] = field(default_factory=list)
-
-    def study_manifest(self) -> StudyManifest:
-        return StudyManifest.from_dict(self.manifest)
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, dict):
-        return {key: _jsonable(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(item) for item in value]
-    return value
-
-
-class ClaimOutcome(str, Enum):
-    """What :meth:`JobStore.claim` decided."""
-
-    CLAIMED = "claimed"        # this worker runs the job now
-    FINISHED = "finished"      # already done/failed/cancelled: drop the message
-    BUSY = "busy"              # another live worker runs it: try again later
-    MISSING = "missing"        # no such job id
-
-
-@dataclass(frozen=True)
-class Claim:
-    outcome: ClaimOutcome
-    state: str = ""
-    attempt: int = 0
-    resume_stage: str = ""
 
 
 # --- the store --------------------------------------------------------------------------------
@@ -545,7 +191,7 @@ class JobStore:
 
     def __init__(self, url: str, stale_after_s: float = 120.0) -> None:
         self.url = url
-        self.engine = _engine_for(url)
+        self.engine = engine_for(url)
         self.stale_after = timedelta(seconds=stale_after_s)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
@@ -866,7 +512,6 @@ class JobStore:
         processing again. Returns False when the job is waiting or
         running (nothing to do). The caller publishes the task.
         """
-        now = utcnow()
         with self.session() as session:
             row = self._get_row(session, job_id)
             if JobState(row.state) not in FINAL_STATES:

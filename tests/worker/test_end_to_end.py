@@ -166,7 +166,7 @@ def test_same_study_twice_then_with_a_new_series(tiny_checkpoint, tmp_path, make
         with pytest.raises(TimeoutError):
             wait_for(lambda: len(store.list_jobs(study_instance_uid=first.study_instance_uid)) > 1, 15, "a 2nd job")
 
-        more = build_study(tmp_path / "more", "e2e-twice", roles=("T1ce", "FLAIR", "T2"))  # same UIDs + a T2
+        build_study(tmp_path / "more", "e2e-twice", roles=("T1ce", "FLAIR", "T2"))  # same UIDs + a T2
         storescu(tmp_path / "more", serve.port)
         wait_for(lambda: len(store.list_jobs(study_instance_uid=first.study_instance_uid)) == 2, 90, "a 2nd job")
         second = store.list_jobs(study_instance_uid=first.study_instance_uid)[0]

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import copy
 import random
-import shutil
 import subprocess
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import pydicom
 import pytest
 from pydicom.uid import RLELossless
 
@@ -45,10 +43,6 @@ def make_series(shape=(6, 16, 20), affine=None, role="FLAIR", seed=0, number=3, 
     datasets = build_mr_series(volume, affine, study=identity, series_number=number, role=role)
     # the writer's datasets share element objects; copy so a test can damage one slice
     return volume, affine, [copy.deepcopy(ds) for ds in datasets]
-
-
-def nifti_lps_to_ours(image: nib.Nifti1Image) -> nib.Nifti1Image:
-    return nib.as_closest_canonical(image)
 
 
 def ours_as_nifti(array: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:
