@@ -43,7 +43,7 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
         "train",
         help="train the segmentation network on BraTS-layout cases (phantoms, BraTS 2021/2023)",
     )
-    train.add_argument("--data", type=Path, action="append", required=True, metavar="DIR",
+    train.add_argument("--data", type=Path, action="append", metavar="DIR",
                        help="folder of cases (repeatable): BraTS 2021/2023 layout or T1/FLAIR/GT_W")
     train.add_argument("--out", type=Path, required=True, metavar="CKPT", help="checkpoint to write")
     train.add_argument("--work-dir", type=Path, metavar="DIR",
@@ -75,6 +75,8 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     train.add_argument("--init", type=Path, metavar="CKPT", help="start from these weights (fine-tuning)")
     train.add_argument("--name", default="neuroseg-unet", help="model name recorded in the checkpoint")
     train.add_argument("--model-version", default="0.1.0", help="model version recorded in the checkpoint")
+    train.add_argument("--embed-card", type=Path, metavar="JSON",
+                       help="do not train: put this model card JSON into the metadata of --out (weights unchanged)")
     train.set_defaults(handler=run_train)
 
     evaluate = commands.add_parser(
@@ -121,8 +123,19 @@ def run_phantom(args: argparse.Namespace) -> int:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from neuroseg.model.train import TrainConfig, train
+    from neuroseg.model.train import TrainConfig, embed_model_card, train
 
+    if args.embed_card is not None:
+        try:
+            embed_model_card(args.out, args.embed_card)
+        except (ValueError, FileNotFoundError) as exc:
+            print(f"neuroseg train: {exc}", file=sys.stderr)
+            return 2
+        print(f"embedded {args.embed_card} in {args.out}")
+        return 0
+    if not args.data:
+        print("neuroseg train: give at least one --data DIR", file=sys.stderr)
+        return 2
     try:
         channels = tuple(int(c) for c in args.channels.split(","))
         config = TrainConfig(
