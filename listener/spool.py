@@ -81,6 +81,11 @@ _SEQUENCE_DELIMITER = 0xFFFEE0DD
 _UNDEFINED = 0xFFFFFFFF
 # Explicit VRs with a 2-byte reserved field and a 4-byte length (PS3.5 7.1.2).
 _LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
+_KNOWN_VRS = frozenset(
+    vr.encode() for vr in (
+        "AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM UC UI UL UN UR US UT UV"
+    ).split()
+)
 _MAX_NESTING = 32
 
 
@@ -183,7 +188,7 @@ def _walk(
             value_offset = pos + 8
         else:
             vr = bytes(data[pos + 4:pos + 6])
-            if not (65 <= vr[0] <= 90 and 65 <= vr[1] <= 90):
+            if vr not in _KNOWN_VRS:
                 raise UnreadableInstanceError(
                     f"element ({group:04X},{element:04X}) at byte {pos} has no valid VR ({vr!r})"
                 )

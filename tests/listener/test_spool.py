@@ -283,3 +283,11 @@ def test_store_recreates_folders_removed_by_retention(tmp_path):
     shutil.rmtree(tmp_path / "spool" / "1.2.3.4")
     again = spool.store(_header(sop="1.2.3.4.6"), [b"y"])
     assert again.created and again.path.read_bytes() == b"y"
+
+
+def test_unknown_vr_is_not_understood():
+    data = encode(mr_dataset())
+    rows = data.index(b"\x28\x00\x10\x00US")
+    bad = data[:rows + 4] + b"TS" + data[rows + 6:]
+    with pytest.raises(UnreadableInstanceError, match=r"\(0028,0010\) at byte \d+ has no valid VR \(b'TS'\)"):
+        inspect_instance(bad, EXPLICIT)
