@@ -79,7 +79,9 @@ def write_result_folder(folder: Path, *, sequences: tuple[str, ...] = ("t1", "t1
                for key, value in (("ncr", 1), ("ed", 2), ("et", 4))}
     volumes["wt"] = sum(volumes.values())
     volumes["tc"] = volumes["ncr"] + volumes["et"]
-    report = {"volumes_ml": volumes, "model": {"name": "neuroseg-unet", "version": "0.1.0-test"},
+    card = {"name": "neuroseg-unet", "version": "0.1.0-test", "status": "test weights",
+            "intended_use": "Tests only. NOT a clinical model.", "limitations": ["Synthetic spheres."]}
+    report = {"volumes_ml": volumes, "model": {"name": "neuroseg-unet", "version": "0.1.0-test", "model_card": card},
               "sequences_used": list(sequences)}
     (folder / "report.json").write_text(json.dumps(report))
     return folder

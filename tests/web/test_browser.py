@@ -152,6 +152,7 @@ def test_login_dashboard_and_3d_viewer_in_headless_chromium(admin_server):
             before = _pixels(plot.screenshot())
             assert _drawn_fraction(before, PLOT_BACKGROUND) > 0.02, "the WebGL canvas drew nothing"
             assert page.locator("#legend").inner_text().count("mL") == 3
+            assert "NOT a clinical model" in page.locator("#model-card").inner_text()
 
             # toggle a region off: its trace is hidden and the picture changes
             page.uncheck("#toggle-ed")

@@ -196,6 +196,7 @@ def test_viewer_endpoints_serve_gzip_binary(client, jobs, web_settings):
     manifest = client.get(f"/api/jobs/{jobs.done}/viewer/manifest").json()
     assert manifest["job_id"] == jobs.done and manifest["meshes"] == ["ncr", "ed", "et", "head"]
     assert manifest["model_version"] == "0.1.0-test"
+    assert "NOT a clinical model" in manifest["model"]["intended_use"]
     volume = client.get(f"/api/jobs/{jobs.done}/viewer/volumes/prob_et")
     assert volume.status_code == 200 and volume.headers["content-encoding"] == "gzip"
     header, arrays = unpack_arrays(volume.content)

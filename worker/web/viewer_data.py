@@ -452,6 +452,8 @@ class ResultFolder:
             "head": HEAD_REGION,
             "totals_ml": totals,
             "model_version": (report.get("model") or {}).get("version") or report.get("model_version"),
+            "model": _model_summary(report),
+            "statement": report.get("statement"),
             "sequences_used": report.get("sequences_used"),
         }
 
@@ -468,6 +470,17 @@ def job_result_folder(results_dir: Path, job_id: str) -> Path:
     job_folder = Path(results_dir) / str(job_id)
     viewer = job_folder / "viewer"
     return viewer if (viewer / "seg.nii.gz").is_file() else job_folder
+
+
+def _model_summary(report: dict[str, Any]) -> dict[str, Any]:
+    """Name, version and the model card's plain-language fields, from ``report.json``."""
+    model = report.get("model") if isinstance(report.get("model"), dict) else {}
+    card = model.get("model_card") if isinstance(model.get("model_card"), dict) else {}
+    summary = {"name": model.get("name"), "version": model.get("version") or report.get("model_version")}
+    for key in ("status", "intended_use", "training_data", "limitations", "architecture"):
+        if key in card:
+            summary[key] = card[key]
+    return summary
 
 
 def kind_of(key: str) -> str:

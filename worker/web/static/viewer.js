@@ -532,6 +532,22 @@
       (m.sequences_used ? " · sequences used: " + m.sequences_used.join(", ") : "");
   }
 
+  function renderModelCard() {
+    const model = state.manifest.model || {};
+    const box = document.getElementById("model-card");
+    const parts = [el("div", { class: "model-name" }, (model.name || "model") + " " + (model.version || ""))];
+    if (model.status) parts.push(el("div", { class: "muted" }, model.status));
+    if (model.intended_use) parts.push(el("p", {}, model.intended_use));
+    const more = [];
+    if (model.training_data) more.push(el("p", {}, el("strong", {}, "Training data: "), model.training_data));
+    if (model.architecture) more.push(el("p", {}, el("strong", {}, "Network: "), model.architecture));
+    if (Array.isArray(model.limitations) && model.limitations.length) {
+      more.push(el("strong", {}, "Limitations"), el("ul", {}, ...model.limitations.map((item) => el("li", {}, item))));
+    }
+    if (more.length) parts.push(el("details", {}, el("summary", {}, "Model card"), ...more));
+    box.replaceChildren(...parts);
+  }
+
   function fillSelects() {
     const m = state.manifest;
     const sequenceSelect = document.getElementById("sequence-select");
@@ -560,6 +576,7 @@
     state.cursor = state.manifest.start_voxel.slice();
     fillSelects();
     renderLegend();
+    renderModelCard();
     bindSliceControls();
     statusNode.textContent = "loading images…";
     await drawSlices();
