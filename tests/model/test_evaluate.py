@@ -138,3 +138,37 @@ def test_evaluate_names_the_missing_prediction(tmp_path):
     (tmp_path / "pred").mkdir()
     with pytest.raises(ValueError, match="no prediction for case Case_3"):
         evaluate_predictions(tmp_path / "data", tmp_path / "pred", progress=False)
+
+
+def test_evaluate_command_runs_a_model_on_cases_with_only_some_sequences(tmp_path, capsys):
+    import torch
+
+    from neuroseg.model.checkpoint import save_checkpoint
+    from neuroseg.model.network import NetworkConfig, build_network
+
+    torch.manual_seed(0)
+    config = NetworkConfig(channels=(4, 8), head_channels=4, patch_size=(16, 16, 16), spacing_mm=4.0)
+    checkpoint = tmp_path / "tiny.pt"
+    save_checkpoint(checkpoint, build_network(config), config, {"name": "tiny", "version": "0"})
+    case = tmp_path / "data" / "case_0"
+    case.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    head = np.zeros((20, 20, 16), dtype=np.float32)
+    head[3:17, 3:17, 2:14] = 100.0
+    affine = np.diag([-4.0, -4.0, 4.0, 1.0])
+    for name in ("T1", "FLAIR"):
+        image = head + rng.normal(0, 5, head.shape).astype(np.float32) * (head > 0)
+        nib.save(nib.Nifti1Image(image, affine), case / f"{name}.nii.gz")
+    tumour = np.zeros(head.shape, dtype=np.uint8)
+    tumour[8:12, 8:12, 6:10] = 1
+    nib.save(nib.Nifti1Image(tumour, affine), case / "GT_W.nii.gz")
+    out = tmp_path / "metrics.json"
+    code = main(["evaluate", "--data", str(tmp_path / "data"), "--model", str(checkpoint),
+                 "--mc-samples", "3", "--json", str(out)])
+    assert code == 0, capsys.readouterr().err
+    result = json.loads(out.read_text())
+    case_metrics = result["cases"][0]
+    assert case_metrics["label_kind"] == "wt" and case_metrics["sequences"] == ["flair", "t1"]
+    assert 0.0 <= case_metrics["dice"]["wt"] <= 1.0
+    assert case_metrics["dice"]["et"] is None
+    assert case_metrics["ece"] is not None
