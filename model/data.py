@@ -13,13 +13,16 @@ Any sequence may be missing (at least one must be there). Images are read with
 nibabel; the returned affine maps array indices to LPS millimetres (the project
 convention; NIfTI stores RAS).
 
-The training dataset (:class:`PatchDataset`) works on cases already
-preprocessed with :func:`neuroseg.model.preprocess.preprocess` (the same code
-inference uses) and cached as ``.npz`` files by :func:`cache_cases`.
+Training data: :func:`cache_cases` preprocesses each labelled case once with
+:func:`neuroseg.model.preprocess.preprocess` (the same code inference uses) and
+caches it as ``.npz``; :func:`sample_patch` draws tumour-biased patches,
+:func:`drop_sequences` simulates missing sequences and :func:`augment_batch`
+applies the spatial and intensity augmentation.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 from dataclasses import dataclass, field
@@ -31,6 +34,11 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 SEQUENCES = ("t1", "t1ce", "t2", "flair")
+CLASS_VALUES = (0, 1, 2, 4)
+"""BraTS label value of each class index (background, NCR, ED, ET)."""
+CORE_SEQUENCES = ("t1ce", "flair")
+"""Sequence dropout always keeps at least one of these (the model needs one)."""
+CACHE_VERSION = 1
 
 # file names per sequence (lower case, without .nii[.gz]): the whole stem, or its end after "_" or "-"
 _NAMES: dict[str, tuple[str, ...]] = {
@@ -229,3 +237,199 @@ def read_case(files: CaseFiles) -> Case:
     label = read_label(files, shape)
     return Case(case_id=files.case_id, images=images, affine=affine, label=label,
                 label_kind=files.label_kind)
+
+
+# --- training dataset: cache, patches, augmentation -------------------------------------------
+
+
+@dataclass
+class CachedCase:
+    """A preprocessed case at the training spacing."""
+
+    case_id: str
+    image: np.ndarray  # (S, X, Y, Z) float16, z-scored, zeros where missing
+    presence: np.ndarray  # (S,) float32
+    label: np.ndarray  # (X, Y, Z) uint8 class index 0..3 (BraTS) or 0/1 (WT only)
+    label_kind: LabelKind
+    tumour_voxels: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), dtype=np.int32))
+    head_voxels: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), dtype=np.int32))
+
+
+def preprocess_case(files: CaseFiles, spacing_mm: float) -> CachedCase:
+    """Preprocess one labelled case exactly as inference does, plus its label on the same grid.
+
+    The label is brought onto the model grid by interpolating each class's mask
+    linearly (:func:`neuroseg.model.preprocess.to_model_grid`, ``order=1``) and
+    taking the most likely class, which keeps thin structures (the enhancing
+    rim) better than nearest-neighbour sampling at coarse spacings.
+    """
+    from neuroseg.model.preprocess import preprocess, to_model_grid
+
+    case = read_case(files)
+    if case.label is None:
+        raise ValueError(f"case {files.case_id} has no label to train on")
+    pre = preprocess(case.images, case.affine, spacing=spacing_mm)
+    values = CLASS_VALUES if case.label_kind is LabelKind.BRATS else (0, 1)
+    scores = np.stack([to_model_grid((case.label == value).astype(np.float32), pre, order=1,
+                                     cval=1.0 if value == 0 else 0.0) for value in values])
+    label = np.argmax(scores, axis=0).astype(np.uint8)
+    image = np.asarray(pre.image, dtype=np.float32)
+    presence = np.asarray(pre.presence, dtype=np.float32)
+    return _finish_cached(files.case_id, image, presence, label, case.label_kind)
+
+
+def _finish_cached(case_id: str, image: np.ndarray, presence: np.ndarray, label: np.ndarray,
+                   label_kind: LabelKind) -> CachedCase:
+    head = np.argwhere(np.any(image != 0, axis=0)).astype(np.int32)
+    tumour = np.argwhere(label > 0).astype(np.int32)
+    return CachedCase(case_id=case_id, image=image.astype(np.float16), presence=presence, label=label,
+                      label_kind=LabelKind(label_kind), tumour_voxels=tumour, head_voxels=head[::7])
+
+
+def _cache_key(files: CaseFiles, spacing_mm: float) -> str:
+    parts = [str(CACHE_VERSION), f"{spacing_mm:.3f}"]
+    for path in sorted([*files.sequences.values(), files.label]):
+        stat = Path(path).stat()
+        parts.append(f"{Path(path).resolve()}:{stat.st_size}:{int(stat.st_mtime)}")
+    return hashlib.sha1("|".join(parts).encode()).hexdigest()[:16]
+
+
+def cache_cases(data_dirs: tuple[Path, ...], cache_dir: Path, spacing_mm: float,
+                progress: bool = True) -> list[CachedCase]:
+    """Preprocess every labelled case once; later runs read the ``.npz`` cache."""
+    from tqdm import tqdm
+
+    files = [f for d in data_dirs for f in find_cases(d) if f.label is not None]
+    if not files:
+        raise ValueError(f"no labelled cases in {', '.join(map(str, data_dirs))}")
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    cases = []
+    for item in tqdm(files, desc="preprocess", unit="case", disable=not progress):
+        path = cache_dir / f"{item.case_id}-{_cache_key(item, spacing_mm)}.npz"
+        if path.is_file():
+            with np.load(path) as data:
+                cases.append(_finish_cached(item.case_id, data["image"].astype(np.float32), data["presence"],
+                                            data["label"], LabelKind(str(data["label_kind"]))))
+            continue
+        cached = preprocess_case(item, spacing_mm)
+        tmp = path.with_name(path.name + ".tmp.npz")
+        np.savez_compressed(tmp, image=cached.image, presence=cached.presence, label=cached.label,
+                            label_kind=cached.label_kind.value)
+        tmp.replace(path)
+        cases.append(cached)
+    return cases
+
+
+def split_cases(cases: list[CachedCase], val_fraction: float, seed: int) -> tuple[list[CachedCase], list[CachedCase]]:
+    """Deterministic train/validation split by case id (no case in both)."""
+    if val_fraction <= 0 or len(cases) < 2:
+        return list(cases), []
+    order = sorted(cases, key=lambda c: hashlib.sha1(f"{seed}:{c.case_id}".encode()).hexdigest())
+    n_val = max(1, int(round(val_fraction * len(cases))))
+    return order[n_val:], order[:n_val]
+
+
+def sample_patch(case: CachedCase, rng: np.random.Generator, patch: int,
+                 tumour_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """A (S, P, P, P) image patch and its (P, P, P) label, centred on tumour with ``tumour_fraction``."""
+    if len(case.tumour_voxels) and rng.random() < tumour_fraction:
+        centre = case.tumour_voxels[rng.integers(len(case.tumour_voxels))]
+    elif len(case.head_voxels):
+        centre = case.head_voxels[rng.integers(len(case.head_voxels))]
+    else:
+        centre = np.array(case.label.shape) // 2
+    centre = centre + rng.integers(-patch // 4, patch // 4 + 1, size=3)
+    start = centre - patch // 2
+    shape = np.array(case.label.shape)
+    src_lo = np.clip(start, 0, shape)
+    src_hi = np.clip(start + patch, 0, shape)
+    dst_lo = src_lo - start
+    dst_hi = dst_lo + (src_hi - src_lo)
+    image = np.zeros((case.image.shape[0], patch, patch, patch), dtype=np.float32)
+    label = np.zeros((patch, patch, patch), dtype=np.int64)
+    src = tuple(slice(a, b) for a, b in zip(src_lo, src_hi))
+    dst = tuple(slice(a, b) for a, b in zip(dst_lo, dst_hi))
+    image[(slice(None), *dst)] = case.image[(slice(None), *src)]
+    label[dst] = case.label[src]
+    return image, label
+
+
+def drop_sequences(presence: np.ndarray, rng: np.random.Generator, sequences: tuple[str, ...]) -> np.ndarray:
+    """Random subset of the present sequences that keeps at least one of FLAIR/T1ce."""
+    keep = presence.copy()
+    present = [i for i, p in enumerate(presence) if p > 0]
+    core = [i for i in present if sequences[i] in CORE_SEQUENCES]
+    if len(present) < 2 or not core:
+        return keep
+    while True:
+        trial = np.array([p if rng.random() < 0.5 else 0.0 for p in presence], dtype=np.float32)
+        if any(trial[i] > 0 for i in core):
+            return trial
+
+
+def augment_batch(images, labels, generator, *, spatial: bool = True):
+    """Augment a batch in place of its copies: (B, S, P, P, P) images, (B, P, P, P) labels.
+
+    Flips, rotations up to 15 degrees, scaling 0.85-1.15, per-channel
+    intensity scale/shift, gamma, a smooth bias field, noise and thick-slice
+    simulation (average over 2-3 voxels along one axis). Zero voxels (outside
+    the head, missing sequences) stay zero.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    def uniform(lo: float, hi: float, *shape: int):
+        return lo + (hi - lo) * torch.rand(shape, generator=generator)
+
+    batch, channels = images.shape[:2]
+    inside = (images != 0).float()
+    if spatial:
+        angles = uniform(-0.26, 0.26, batch, 3)
+        scale = uniform(0.85, 1.15, batch)
+        theta = torch.zeros(batch, 3, 4)
+        for b in range(batch):
+            cx, cy, cz = torch.cos(angles[b])
+            sx, sy, sz = torch.sin(angles[b])
+            rx = torch.tensor([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+            ry = torch.tensor([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+            rz = torch.tensor([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
+            theta[b, :, :3] = (rz @ ry @ rx) / scale[b]
+        grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+        images = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        inside = F.grid_sample(inside, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+        labels = F.grid_sample(labels[:, None].float(), grid, mode="nearest", padding_mode="zeros",
+                               align_corners=False)[:, 0].long()
+        flips = torch.rand(batch, 3, generator=generator) < 0.5
+        for b in range(batch):
+            dims = [d + 1 for d in range(3) if flips[b, d]]
+            if dims:
+                images[b] = torch.flip(images[b], dims)
+                inside[b] = torch.flip(inside[b], dims)
+                labels[b] = torch.flip(labels[b], [d - 1 for d in dims])
+    # intensity: on the z-scored values, shifted so the head is mostly positive
+    offset = 3.0
+    shifted = (images + offset).clamp(min=0)
+    gamma = torch.exp(uniform(-0.3, 0.3, batch, channels))[..., None, None, None]
+    shifted = (shifted / 8.0).pow(gamma) * 8.0
+    size = images.shape[2]
+    coords = torch.linspace(-1, 1, size)
+    gx, gy, gz = torch.meshgrid(coords, coords, coords, indexing="ij")
+    basis = torch.stack([gx, gy, gz, gx * gy, gx**2 - 0.33, gz**2 - 0.33])
+    weights = uniform(-0.15, 0.15, batch, channels, basis.shape[0])
+    field = torch.exp(torch.einsum("bck,kxyz->bcxyz", weights, basis))
+    shifted = shifted * field
+    scale = uniform(0.9, 1.1, batch, channels)[..., None, None, None]
+    shift = uniform(-0.15, 0.15, batch, channels)[..., None, None, None]
+    images = (shifted - offset) * scale + shift
+    noise_sigma = uniform(0.0, 0.1, batch, 1)[..., None, None, None]
+    images = images + noise_sigma * torch.randn(images.shape, generator=generator)
+    # thick slices: average 2-3 voxels (4-6 mm at 2 mm) along one axis and stretch back
+    for b in range(batch):
+        if torch.rand(1, generator=generator).item() < 0.25:
+            axis = int(torch.randint(0, 3, (1,), generator=generator).item())
+            factor = int(torch.randint(2, 4, (1,), generator=generator).item())
+            volume = images[b].movedim(axis + 1, -1)
+            pooled = F.avg_pool1d(volume.reshape(-1, 1, size), factor, factor, ceil_mode=True)
+            stretched = F.interpolate(pooled, size=size, mode="linear", align_corners=False)
+            images[b] = stretched.reshape(volume.shape).movedim(-1, axis + 1)
+    return images * inside, labels

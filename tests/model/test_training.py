@@ -16,14 +16,8 @@ import torch
 
 from neuroseg.model.checkpoint import load_checkpoint
 from neuroseg.model.phantom import PhantomConfig, generate_phantoms
-from neuroseg.model.train import (
-    TrainConfig,
-    augment_batch,
-    drop_sequences,
-    lr_factor,
-    segmentation_loss,
-    train,
-)
+from neuroseg.model.data import augment_batch, drop_sequences
+from neuroseg.model.train import TrainConfig, lr_factor, segmentation_loss, train
 from neuroseg.worker.cli import main
 
 TINY = dict(spacing_mm=4.0, patch_size=16, channels=(4, 8), head_channels=8, batch_size=2,
