@@ -141,7 +141,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"starting listener + worker{' + admin app' if admin else ''} for the demo (data in "
               f"{settings.data_dir.resolve()}); demo shortcuts: {args.mc_samples} MC dropout passes instead of "
               f"{settings.mc_samples}, a {args.spacing:g} mm phantom, {DEMO_STABLE_SECONDS:g} s assembly wait")
-        stack = ServeStack(settings, admin=admin, shutdown_timeout=10.0, worker_env={
+        worker_log = settings.data_dir / "logs" / "demo-worker.log"
+        print(f"the demo's worker logs to {worker_log}")
+        stack = ServeStack(settings, admin=admin, shutdown_timeout=10.0, worker_log=worker_log, worker_env={
             "NEUROSEG_MC_SAMPLES": str(args.mc_samples),
             "NEUROSEG_STABLE_SECONDS": str(DEMO_STABLE_SECONDS),
         })

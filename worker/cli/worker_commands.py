@@ -200,9 +200,11 @@ class ServeStack:
     """The listener, a worker child process and the admin app, started and stopped together."""
 
     def __init__(self, settings: Settings, *, device: str | None = None, admin: bool = True,
-                 worker_env: dict[str, str] | None = None, shutdown_timeout: float = 30.0) -> None:
+                 worker_env: dict[str, str] | None = None, shutdown_timeout: float = 30.0,
+                 worker_log: Path | None = None) -> None:
         self.settings, self.device, self.admin = settings, device, admin
         self.worker_env = worker_env or {}
+        self.worker_log = worker_log
         self.shutdown_timeout = shutdown_timeout
         self.listener = None
         self.worker: subprocess.Popen | None = None
@@ -230,8 +232,14 @@ class ServeStack:
         env = dict(os.environ, **self.worker_env)
         # its own session: a Ctrl+C reaches serve only, which then stops the worker in order;
         # and it dies with serve (Linux parent-death signal), never left running alone
+        output = None
+        if self.worker_log is not None:
+            self.worker_log.parent.mkdir(parents=True, exist_ok=True)
+            output = open(self.worker_log, "ab")  # noqa: SIM115 - the child keeps it open
         self.worker = subprocess.Popen(_worker_command(self.device), env=env, start_new_session=True,
-                                       preexec_fn=_die_with_parent)
+                                       preexec_fn=_die_with_parent, stdout=output, stderr=output)
+        if output is not None:
+            output.close()
         log.info("worker started (pid %d)", self.worker.pid)
 
     def _start_admin(self) -> None:
