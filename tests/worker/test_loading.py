@@ -237,3 +237,24 @@ def test_other_frame_of_reference_is_refused_when_configured(tmp_path, make_sett
                                       ("FLAIR", flair, write_series(flair, tmp_path / "b"))])
     with pytest.raises(InputError, match="frame of reference.*POLICY=refuse"):
         load_study(manifest, make_settings(frame_of_reference_policy="refuse"))
+
+
+def test_other_frame_of_reference_is_registered_rigidly(tmp_path, make_settings):
+    from tests.worker.helpers import axial_affine, blob_volume
+
+    volume = blob_volume((24, 48, 48), 1, "FLAIR")
+    affine = axial_affine(spacing=(2.0, 2.0, 2.0), origin=(-48, -48, -24))
+    moved = affine.copy()
+    moved[:3, 3] += [5.0, -3.0, 4.0]  # the same head, 5/-3/4 mm away in another scanner session
+    t1ce = [copy.deepcopy(ds) for ds in build_mr_series(volume, affine, study=StudyIdentity(uid_seed="reg"),
+                                                         series_number=2, role="T1ce")]
+    flair = [copy.deepcopy(ds) for ds in build_mr_series(
+        volume, moved, study=StudyIdentity(uid_seed="reg", frame_of_reference_uid="1.2.826.0.1.3680043.8.498.2"),
+        series_number=3, role="FLAIR")]
+    manifest = manifest_for(t1ce[0].StudyInstanceUID, [("T1ce", t1ce, write_series(t1ce, tmp_path / "a")),
+                                                       ("FLAIR", flair, write_series(flair, tmp_path / "b"))])
+    study = load_study(manifest, make_settings())
+    assert "FLAIR registered rigidly to T1ce" in " ".join(study.notes)
+    inner = (slice(4, -4), slice(8, -8), slice(8, -8))
+    error = np.abs(study.images["flair"] - study.images["t1ce"])[inner].mean()
+    assert error < 0.05 * np.abs(study.images["t1ce"][inner]).mean()
