@@ -38,7 +38,7 @@ CLASS_VALUES = (0, 1, 2, 4)
 """BraTS label value of each class index (background, NCR, ED, ET)."""
 CORE_SEQUENCES = ("t1ce", "flair")
 """Sequence dropout always keeps at least one of these (the model needs one)."""
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 # file names per sequence (lower case, without .nii[.gz]): the whole stem, or its end after "_" or "-"
 _NAMES: dict[str, tuple[str, ...]] = {
@@ -247,7 +247,7 @@ class CachedCase:
     """A preprocessed case at the training spacing."""
 
     case_id: str
-    image: np.ndarray  # (S, X, Y, Z) float16, z-scored, zeros where missing
+    image: np.ndarray  # (S, X, Y, Z) float16 (memory-mapped from the cache), z-scored, zeros where missing
     presence: np.ndarray  # (S,) float32
     label: np.ndarray  # (X, Y, Z) uint8 class index 0..3 (BraTS) or 0/1 (WT only)
     label_kind: LabelKind
@@ -294,9 +294,40 @@ def _cache_key(files: CaseFiles, spacing_mm: float) -> str:
     return hashlib.sha1("|".join(parts).encode()).hexdigest()[:16]
 
 
+_CACHE_ARRAYS = ("image", "presence", "label", "tumour_voxels", "head_voxels")
+
+
+def _write_cached(case: CachedCase, folder: Path) -> None:
+    """Write a cached case as plain ``.npy`` files (memory-mappable), atomically by folder rename."""
+    import json
+    import shutil
+
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name in _CACHE_ARRAYS:
+        np.save(tmp / f"{name}.npy", getattr(case, name))
+    (tmp / "case.json").write_text(json.dumps({"case_id": case.case_id, "label_kind": case.label_kind.value}))
+    tmp.replace(folder)
+
+
+def _read_cached(folder: Path) -> CachedCase:
+    """Read a cached case; the image is memory-mapped, so a large data set need not fit in RAM."""
+    import json
+
+    meta = json.loads((folder / "case.json").read_text())
+    arrays = {name: np.load(folder / f"{name}.npy", mmap_mode="r" if name == "image" else None)
+              for name in _CACHE_ARRAYS}
+    return CachedCase(case_id=meta["case_id"], label_kind=LabelKind(meta["label_kind"]), **arrays)
+
+
 def cache_cases(data_dirs: tuple[Path, ...], cache_dir: Path, spacing_mm: float,
                 progress: bool = True) -> list[CachedCase]:
-    """Preprocess every labelled case once; later runs read the ``.npz`` cache."""
+    """Preprocess every labelled case once; later runs memory-map the cached arrays.
+
+    Each case is cached in ``cache_dir/<case>-<key>/`` where the key covers the
+    file paths, sizes and modification times, the spacing and the cache format.
+    """
     from tqdm import tqdm
 
     files = [f for d in data_dirs for f in find_cases(d) if f.label is not None]
@@ -305,18 +336,10 @@ def cache_cases(data_dirs: tuple[Path, ...], cache_dir: Path, spacing_mm: float,
     cache_dir.mkdir(parents=True, exist_ok=True)
     cases = []
     for item in tqdm(files, desc="preprocess", unit="case", disable=not progress):
-        path = cache_dir / f"{item.case_id}-{_cache_key(item, spacing_mm)}.npz"
-        if path.is_file():
-            with np.load(path) as data:
-                cases.append(_finish_cached(item.case_id, data["image"].astype(np.float32), data["presence"],
-                                            data["label"], LabelKind(str(data["label_kind"]))))
-            continue
-        cached = preprocess_case(item, spacing_mm)
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez_compressed(tmp, image=cached.image, presence=cached.presence, label=cached.label,
-                            label_kind=cached.label_kind.value)
-        tmp.replace(path)
-        cases.append(cached)
+        folder = cache_dir / f"{item.case_id}-{_cache_key(item, spacing_mm)}"
+        if not (folder / "case.json").is_file():
+            _write_cached(preprocess_case(item, spacing_mm), folder)
+        cases.append(_read_cached(folder))
     return cases
 
 
