@@ -342,10 +342,12 @@ def load_series(series: SeriesManifest) -> SeriesVolume:
     datasets = read_series_datasets(Path(series.folder), series.series_instance_uid)
     try:
         return series_to_volume(datasets, series_instance_uid=series.series_instance_uid, role=series.role)
-    except (AttributeError, KeyError, IndexError, TypeError, ValueError, OverflowError,
-            pydicom.errors.BytesLengthException, pydicom.errors.InvalidDicomError) as exc:
-        # a header the checks above did not foresee (found by tests/reliability fuzzing:
-        # a deleted Rows, a non-numeric RescaleIntercept...): bad input, not a crash
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - pydicom decodes lazily: any header access may raise
+        # a header the checks above did not foresee (found by tests/reliability fuzzing: a
+        # deleted Rows, a non-numeric RescaleIntercept, a flipped bit making an unknown VR
+        # 'TI' that pydicom refuses with NotImplementedError...): bad input, not a crash
         raise InputError(f"{_name(series.series_instance_uid, series.series_description)}: a header "
                          f"attribute is missing or malformed ({type(exc).__name__}: {exc})") from exc
 

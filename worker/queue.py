@@ -77,6 +77,57 @@ def _filesystem_options(settings: Settings) -> dict[str, object]:
     }
 
 
+def _atomic_filesystem_transport() -> type:
+    """kombu's filesystem transport with atomic message files.
+
+    kombu writes a message by opening ``<name>.msg`` and then writing it, and
+    reads any ``*.msg`` it finds without waiting for the writer's lock: a worker
+    polling at that moment read an empty file, died with "Unrecoverable error:
+    JSONDecodeError" and the message was consumed (found by the reliability
+    round trip through Orthanc; the job came back only after the stale-job
+    recovery, minutes later). Here the message is written to a hidden temporary
+    name that the reader ignores, flushed, and renamed into place.
+    """
+    import os
+    import uuid
+    from time import monotonic
+
+    from kombu.transport import filesystem
+    from kombu.utils.json import dumps
+
+    class AtomicChannel(filesystem.Channel):
+        def _put(self, queue, payload, **kwargs):  # noqa: ANN001, ANN202 - kombu's signature
+            name = f"{int(round(monotonic() * 1000))}_{uuid.uuid4()}.{queue}.msg"
+            final = os.path.join(self.data_folder_out, name)
+            temp = os.path.join(self.data_folder_out, f".{name}.tmp")
+            try:
+                with open(temp, "wb") as handle:
+                    handle.write(dumps(payload).encode())
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                os.replace(temp, final)
+            except OSError as exc:
+                raise filesystem.ChannelError(f"Cannot add file {final!r} to directory") from exc
+
+    class AtomicFilesystemTransport(filesystem.Transport):
+        Channel = AtomicChannel
+
+    return AtomicFilesystemTransport
+
+
+#: ``broker_transport`` of the embedded broker (resolved by kombu by name).
+ATOMIC_FILESYSTEM_TRANSPORT = "neuroseg.worker.queue:AtomicFilesystemTransport"
+
+
+def __getattr__(name: str) -> object:
+    # built on first use, so importing this module stays free of kombu
+    if name == "AtomicFilesystemTransport":
+        transport = _atomic_filesystem_transport()
+        globals()[name] = transport
+        return transport
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def create_celery_app(settings: Settings) -> "Celery":
     """Build the Celery app from ``settings`` (never at import) with the task registered.
 
@@ -97,8 +148,10 @@ def create_celery_app(settings: Settings) -> "Celery":
     else:
         broker_url = "filesystem://"
         transport_options = _filesystem_options(settings)
+    broker_transport = None if settings.broker_url else ATOMIC_FILESYSTEM_TRANSPORT
     app.conf.update(
         broker_url=broker_url,
+        broker_transport=broker_transport,
         broker_transport_options=transport_options,
         broker_connection_retry_on_startup=True,
         result_backend=None,

@@ -2,7 +2,7 @@
 C-STORE handler and the worker's study loading, with mutated real DICOM files
 (bit flips, truncation, tag deletion, wrong VRs, bad lengths, garbage values).
 
-Per CI run: 7,500 cases through the real C-STORE handler in-process, 2,500
+Per CI run: 8,500 cases through the real C-STORE handler in-process, 1,500
 mutated series through loading, and 250 mutated instances over real
 associations (test_fuzz_network.py): 10,250 cases. Each case must finish within
 its time limit (no hang), never raise (no crash), and an instance answered
@@ -28,8 +28,8 @@ from neuroseg.worker.loading import load_series
 from tests.reliability.fuzzing import FuzzTally, files_under, hang_guard, scratch_root, store_event
 from tests.reliability.mutations import MutatedInstance, MutatedSeries, mutated_instances, mutated_series, seeds
 
-STORE_CASES = 7_500
-LOADING_CASES = 2_500
+STORE_CASES = 8_500
+LOADING_CASES = 1_500
 CASE_SECONDS = 20.0
 FAILURE_STATUSES = {int(status) for status in StoreStatus} - {StoreStatus.SUCCESS, StoreStatus.PROCESSING_FAILURE}
 
