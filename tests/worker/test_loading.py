@@ -10,7 +10,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from pydicom.uid import RLELossless
+from pydicom.uid import JPEGLSLossless, RLELossless
 
 from neuroseg.dicom_out.mr_series import StudyIdentity, build_mr_series
 from neuroseg.worker.contracts import SequenceRole, SeriesManifest, StudyManifest
@@ -97,10 +97,11 @@ def test_patient_position_does_not_change_geometry(position):
     np.testing.assert_allclose(series_to_volume(datasets).affine, affine, atol=1e-4)
 
 
-def test_compressed_transfer_syntax_is_decoded():
+@pytest.mark.parametrize("syntax", [RLELossless, JPEGLSLossless], ids=["rle", "jpeg-ls"])
+def test_compressed_transfer_syntax_is_decoded(syntax):
     volume, affine, datasets = make_series()
     for ds in datasets:
-        ds.compress(RLELossless)
+        ds.compress(syntax)
     np.testing.assert_array_equal(series_to_volume(datasets).array, volume)
 
 
