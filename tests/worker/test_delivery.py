@@ -68,3 +68,12 @@ def test_delivery_to_a_real_pacs_and_a_second_attempt_skips_it(job, orthanc, mon
     assert by_destination[orthanc.destination].status == "delivered"
     assert by_destination[orthanc.destination].attempts == 1  # not sent again
     assert by_destination[down].attempts == 2 and by_destination[down].status == "retrying"
+
+
+@pytest.mark.integration
+def test_send_command_stores_a_folder_in_a_real_pacs(orthanc, tmp_path):
+    from neuroseg.worker.cli import main
+
+    build_study(tmp_path / "send", "send-command", roles=("FLAIR",))
+    assert main(["send", str(tmp_path / "send"), "--to", orthanc.destination]) == 0
+    assert len(orthanc.get("/instances")) == 12
