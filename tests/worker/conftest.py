@@ -24,3 +24,73 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     save_checkpoint(path, build_network(config), config,
                     {"name": "tiny-random-test-network", "version": "0.0.test"})
     return path
+
+
+class PostgresServer:
+    """A private PostgreSQL on a free loopback port (skips the tests when PostgreSQL is not installed)."""
+
+    def __init__(self, folder: Path) -> None:
+        import shutil
+
+        from tests.services import free_port
+
+        self.folder, self.port = folder, free_port()
+        self.binaries = {name: shutil.which(name) for name in ("initdb", "pg_ctl")}
+        self._databases = 0
+
+    def _run(self, *command: str) -> None:
+        import os
+        import subprocess
+
+        prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        subprocess.run([*prefix, *command], check=True, capture_output=True, timeout=120)
+
+    def start(self) -> "PostgresServer":
+        import os
+        import shutil
+
+        if not all(self.binaries.values()):
+            pytest.skip("PostgreSQL (initdb, pg_ctl) is not installed")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+            shutil.chown(self.folder.parent, "postgres")
+            shutil.chown(self.folder, "postgres")
+        self._run(self.binaries["initdb"], "-D", str(self.folder / "data"), "-A", "trust", "-U", "neuroseg")
+        self._run(self.binaries["pg_ctl"], "-D", str(self.folder / "data"), "-l", str(self.folder / "log"), "-w",
+                  "-o", f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1", "start")
+        return self
+
+    def stop(self) -> None:
+        self._run(self.binaries["pg_ctl"], "-D", str(self.folder / "data"), "-m", "fast", "-w", "stop")
+
+    def shared_database(self) -> str:
+        """One database shared by the tests that empty it themselves; its SQLAlchemy URL."""
+        if getattr(self, "_shared", None) is None:
+            self._shared = self.new_database()
+        return self._shared
+
+    def new_database(self) -> str:
+        """A fresh, empty database; its SQLAlchemy URL."""
+        import sqlalchemy
+
+        self._databases += 1
+        name = f"neuroseg_test_{self._databases}"
+        admin = sqlalchemy.create_engine(f"postgresql+psycopg://neuroseg@127.0.0.1:{self.port}/postgres",
+                                         isolation_level="AUTOCOMMIT")
+        with admin.connect() as connection:
+            connection.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
+        admin.dispose()
+        return f"postgresql+psycopg://neuroseg@127.0.0.1:{self.port}/{name}"
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A private PostgreSQL for the job store tests (in a folder the postgres user can reach)."""
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="neuroseg-postgres-"))
+    server = PostgresServer(folder / "server").start()
+    yield server
+    server.stop()
+    shutil.rmtree(folder, ignore_errors=True)

@@ -31,9 +31,20 @@ def make_manifest(study: str = "1.2.3", counts: tuple[int, ...] = (20, 20), role
     return StudyManifest(study_instance_uid=study, series=series, patient_id="P1", patient_name="Doe^Jane")
 
 
-@pytest.fixture
-def store(make_settings) -> JobStore:
-    return JobStore.from_settings(make_settings(job_stale_seconds=60))
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
+def store(request, make_settings) -> JobStore:
+    """The job store on SQLite (the embedded default) and on a real PostgreSQL."""
+    url = request.getfixturevalue("postgres").shared_database() if request.param == "postgresql" else None
+    store = JobStore.from_settings(make_settings(job_stale_seconds=60, database_url=url))
+    if url is not None:
+        from sqlalchemy import text
+
+        from neuroseg.worker.jobschema import Base
+
+        tables = ", ".join(table.name for table in Base.metadata.sorted_tables if table.name != "schema_version")
+        with store.engine.begin() as connection:
+            connection.execute(text(f"TRUNCATE {tables} CASCADE"))
+    return store
 
 
 def test_schema_is_created_at_the_current_version(store):
