@@ -10,7 +10,8 @@ The recipe:
   gamma, bias field, noise, thick-slice simulation and random sequence
   dropout (a dropped sequence becomes zeros with its presence flag off, as at
   inference; at least one of FLAIR/T1ce always stays);
-* loss: MONAI ``DiceCELoss`` on the four classes; cases with only a
+* loss: MONAI ``DiceCELoss`` on the four classes (optionally with the Dice
+  term on the three tumour classes only); cases with only a
   whole-tumour label get a Dice + binary cross-entropy loss on
   p(WT) = 1 - p(background);
 * AdamW with linear warm-up then cosine decay; mixed precision on CUDA;
@@ -73,6 +74,7 @@ class TrainConfig:
     val_every: int = 100
     checkpoint_every: int = 50
     wt_only_weight: float = 1.0
+    background_dice: bool = True
     seed: int = 0
     device: str = "auto"
     threads: int | None = None
@@ -318,7 +320,8 @@ def train(config: TrainConfig, out: Path, work_dir: Path | None = None, *, resum
         optimiser, lambda s: lr_factor(s, config.warmup_steps, config.steps))
     use_amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    dice_ce = DiceCELoss(softmax=True, include_background=True, batch=True)
+    # without the background class in the Dice term, the small tumour classes weigh more
+    dice_ce = DiceCELoss(softmax=True, include_background=config.background_dice, batch=True)
     state_path = work_dir / "state.pt"
     rows: list[dict] = []
     validations: list[dict] = []

@@ -68,6 +68,8 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
                        help="write a resumable checkpoint every N steps (default 50)")
     train.add_argument("--wt-only-weight", type=float, default=1.0,
                        help="loss weight of cases with a whole-tumour-only label (default 1)")
+    train.add_argument("--no-background-dice", action="store_true",
+                       help="leave the background class out of the Dice term (helps small tumour classes)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     train.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
@@ -144,7 +146,8 @@ def run_train(args: argparse.Namespace) -> int:
             weight_decay=args.weight_decay, warmup_steps=args.warmup, tumour_fraction=args.tumour_fraction,
             sequence_dropout=args.dropout_sequences, val_fraction=args.val_fraction,
             val_every=args.val_every, checkpoint_every=args.checkpoint_every,
-            wt_only_weight=args.wt_only_weight, seed=args.seed, device=args.device,
+            wt_only_weight=args.wt_only_weight, background_dice=not args.no_background_dice,
+            seed=args.seed, device=args.device,
             threads=args.threads, name=args.name, version=args.model_version,
         )
         result = train(config, out=args.out, work_dir=args.work_dir, resume=args.resume,
