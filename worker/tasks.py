@@ -9,7 +9,9 @@ the world from the job store, and maps errors:
 - :class:`~neuroseg.worker.errors.TransientError` -> ``retrying``, retried with
   exponential backoff (``settings.delivery_max_retries`` times, over hours),
   then ``failed``;
-- soft time limit -> ``failed`` saying so;
+- soft time limit -> ``failed`` saying so; the hard limit kills the process and
+  :func:`record_hard_time_limit` (called by Celery in the worker's main
+  process) fails the job, so it is not run again in a loop;
 - a cancel request -> ``cancelled``;
 - anything else -> ``failed`` naming the stage and the error (logged with its
   traceback once); the worker goes on with the next job.
@@ -22,7 +24,7 @@ import threading
 from typing import TYPE_CHECKING
 
 from neuroseg.worker.errors import InputError, TransientError
-from neuroseg.worker.jobstore import ClaimOutcome, JobState, JobStore, worker_identity
+from neuroseg.worker.jobstore import RUNNING_STATES, ClaimOutcome, JobState, JobStore, worker_identity
 from neuroseg.worker.settings import get_settings
 
 if TYPE_CHECKING:
@@ -112,6 +114,17 @@ def process_study(task: "Task", job_id: str) -> str:
     return state
 
 
+def record_hard_time_limit(job_id: str) -> None:
+    """Fail a job whose process was killed at the hard time limit (else it would be retried in a loop)."""
+    settings = get_settings()
+    store = JobStore.from_settings(settings)
+    if store.job_state(job_id) in {state.value for state in RUNNING_STATES}:
+        reason = (f"killed: the job ran longer than the hard time limit of {settings.task_time_limit} s "
+                  "(NEUROSEG_TASK_TIME_LIMIT)")
+        log.error("job %s %s", job_id, reason)
+        store.finish(job_id, JobState.FAILED, error=reason)
+
+
 def register(app: "Celery") -> None:
     """Register ``neuroseg.process_study`` on ``app``.
 
@@ -119,9 +132,20 @@ def register(app: "Celery") -> None:
     the body already turns it into a recorded ``retrying`` state and a
     retry with backoff.
     """
+    from celery import Task
+
     from neuroseg.worker.queue import RETRY_BACKOFF_MAX_S, TASK_NAME
 
-    @app.task(name=TASK_NAME, bind=True, shared=False, acks_late=True, reject_on_worker_lost=True,
+    class JobTask(Task):
+        """Records a job killed by the hard time limit (Celery calls this in the worker's main process)."""
+
+        def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:  # noqa: ANN001
+            from celery.exceptions import TimeLimitExceeded
+
+            if isinstance(exc, TimeLimitExceeded) and args:
+                record_hard_time_limit(str(args[0]))
+
+    @app.task(name=TASK_NAME, base=JobTask, bind=True, shared=False, acks_late=True, reject_on_worker_lost=True,
               autoretry_for=(TransientError,), retry_backoff=30, retry_backoff_max=int(RETRY_BACKOFF_MAX_S),
               max_retries=None)
     def process_study_task(self: "Task", job_id: str) -> str:

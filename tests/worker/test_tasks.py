@@ -95,3 +95,13 @@ def test_a_finished_job_is_not_run_again(setup, monkeypatch):
     assert tasks.process_study(FakeTask(), job_id) == "done"
     monkeypatch.setattr(pipeline, "run_job", lambda *a: pytest.fail("ran a finished job"))
     assert tasks.process_study(FakeTask(), job_id) == "done"
+
+
+def test_hard_time_limit_fails_the_job_instead_of_looping(setup):
+    _, store, job_id = setup
+    store.claim(job_id, worker="w:1")
+    store.enter_stage(job_id, "preprocessing")
+    store.enter_stage(job_id, "inference")
+    tasks.record_hard_time_limit(job_id)
+    detail = store.get_job(job_id)
+    assert detail.state == "failed" and "hard time limit of 3900 s" in detail.error

@@ -80,3 +80,20 @@ def test_a_broken_optional_series_gives_partial_and_the_next_study_is_done(tiny_
         assert wait_for_state(store, good_id, 240, worker=worker) == "done"
     finally:
         worker.stop()
+
+
+@pytest.mark.slow
+def test_a_job_over_the_soft_time_limit_fails_saying_so(tiny_checkpoint, tmp_path, make_settings):
+    data_dir = tmp_path / "data"
+    settings = make_settings(data_dir=data_dir)
+    env = worker_env(data_dir, NEUROSEG_MODEL_PATH=str(tiny_checkpoint), NEUROSEG_TASK_SOFT_TIME_LIMIT="1",
+                     NEUROSEG_TASK_TIME_LIMIT="120", NEUROSEG_MC_SAMPLES="50")
+    worker = WorkerProcess(env, tmp_path / "worker.log").start()
+    try:
+        store = JobStore.from_settings(settings)
+        study = build_study(tmp_path / "spool", "soft-limit", roles=("T1ce", "FLAIR"))
+        job_id = queue.enqueue_study(settings, study.manifest())
+        assert wait_for_state(store, job_id, 120, worker=worker) == "failed"
+        assert "soft time limit of 1 s (NEUROSEG_TASK_SOFT_TIME_LIMIT)" in store.get_job(job_id).error
+    finally:
+        worker.stop()
