@@ -49,6 +49,7 @@ from neuroseg.worker.settings import Settings
 log = logging.getLogger(__name__)
 
 TUMOUR_CLASSES = ("ncr", "ed", "et")
+PROGRESS_INTERVAL_S = 0.5
 
 
 class JobCancelled(NeurosegError):
@@ -70,9 +71,14 @@ class JobContext:
     partial_reasons: list[str] = field(default_factory=list)
     device: str = ""
     model_metadata: dict[str, Any] = field(default_factory=dict)
+    _last_report: float = field(default=0.0, repr=False)
 
     def progress(self, percent: float, message: str | None = None) -> None:
-        """Record progress of the current stage; stop the job if an admin cancelled it."""
+        """Record progress of the current stage (at most twice a second); stop the job if an admin cancelled it."""
+        now = time.monotonic()
+        if now - self._last_report < PROGRESS_INTERVAL_S and 0.0 < percent < 100.0:
+            return
+        self._last_report = now
         if self.store.report_progress(self.job_id, percent, message):
             raise JobCancelled("cancelled by an admin while running")
 
