@@ -306,7 +306,12 @@ def run_serve(args: argparse.Namespace) -> int:
     stack = ServeStack(settings, device=args.device, admin=not args.no_admin,
                        shutdown_timeout=args.shutdown_timeout)
     try:
-        stack.start()
+        try:
+            stack.start()
+        except OSError as exc:
+            print(f"neuroseg serve: cannot start the DICOM listener on port {settings.port}: {exc} "
+                  "(is another neuroseg or PACS using it? set NEUROSEG_PORT)", file=sys.stderr)
+            return 2
         destinations = ", ".join(str(item) for item in settings.destinations) or f"outbox {settings.outbox_dir}"
         print(f"neuroseg is running: DICOM AE {settings.ae_title} on port {settings.port}; results to "
               f"{destinations}" + (f"; admin app {stack.admin_url}" if stack.admin_url else ""), flush=True)
