@@ -54,6 +54,9 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     model.add_argument("--device", default=None, help="default NEUROSEG_DEVICE")
     model.add_argument("--model", type=Path, default=None, metavar="PATH",
                        help="checkpoint (default: NEUROSEG_MODEL_PATH, else the shipped weights, else a random network)")
+    model.add_argument("--random", action="store_true",
+                       help="benchmark a randomly initialised network of the default architecture instead")
+    model.add_argument("--threads", type=int, default=None, metavar="N", help="torch CPU threads (default: torch's)")
     model.add_argument("--skip-auroc", action="store_true", help="skip the phantom uncertainty AUROC")
     model.add_argument("--skip-segment", action="store_true", help="skip the whole-study peak-RSS run")
     model.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the report as JSON")
@@ -121,12 +124,16 @@ def run_bench_model(args: argparse.Namespace) -> int:
     """Handler of ``neuroseg bench model``."""
     from neuroseg.model.benchmark import format_report, run_benchmark
 
+    import torch
+
     settings = get_settings()
+    if args.threads is not None:
+        torch.set_num_threads(max(1, args.threads))
     try:
         report = run_benchmark(
             shape=tuple(args.shape), mc_samples=args.mc_samples, naive_passes=args.naive_passes,
             device=args.device or settings.device, model_path=args.model or settings.model_path,
-            auroc=not args.skip_auroc, whole_study=not args.skip_segment,
+            measure_auroc=not args.skip_auroc, measure_whole_study=not args.skip_segment, random_weights=args.random,
         )
     except (FileNotFoundError, ValueError) as exc:
         print(f"neuroseg bench model: {exc}", file=sys.stderr)

@@ -1,0 +1,383 @@
+"""``neuroseg bench model``: what MC dropout and Grad-CAM cost against one plain pass, measured in one run.
+
+Measured on a random volume covering the given field of view (``shape`` in
+1 mm voxels, e.g. BraTS 240x240x155) at the model's own voxel size, fed
+straight to the network (no head cropping: the worst case), with
+Gaussian-blended sliding windows of the model's patch size:
+
+- ``one_pass``: one deterministic pass of the whole network (the baseline).
+- ``mc_naive``: N passes of the whole network with dropout on; ``naive_passes``
+  of them are run and the cost is extrapolated linearly to N (marked so).
+- ``mc_ours``: the trunk once plus N head samples (:func:`neuroseg.model.inference.mc_head`).
+- ``gradcam_naive``: per class, a forward and a full backward through the whole
+  network (parameter gradients included, as generic Grad-CAM tools do); one
+  class is measured and the cost multiplied by 3.
+- ``gradcam_ours``: the trunk once, then one head forward and one backward per
+  class to the target layer (:func:`neuroseg.model.inference.grad_cam`).
+- ``cpu_variants``: one window (at most 32 voxels a side) through the network
+  with the default thread count, with 1 thread and under bfloat16 autocast, with the fraction of voxels
+  whose label matches the float32 result.
+- ``whole_study``: a complete :func:`~neuroseg.model.inference.segment` call
+  (preprocessing to results on the input grid) in a fresh process, with its
+  step timings and peak resident memory.
+- ``uncertainty_auroc``: with trained weights and the phantom generator, the
+  AUROC of voxel-wise error against entropy and against the summed class
+  variance, for head-only and for full-network MC dropout.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import multiprocessing
+import resource
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from neuroseg.model.checkpoint import SHIPPED_WEIGHTS
+from neuroseg.model.inference import (
+    LoadedModel,
+    grad_cam,
+    load_model,
+    mc_head,
+    random_model,
+    resolve_device,
+    segment,
+    sliding_window,
+    window_size,
+)
+from neuroseg.model.network import set_dropout
+
+log = logging.getLogger(__name__)
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _timed(fn, device: torch.device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    started = time.perf_counter()
+    value = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return value, time.perf_counter() - started
+
+
+def _window_starts(size: int, window: int, overlap: float) -> list[int]:
+    if size <= window:
+        return [0]
+    interval = max(1, int(window * (1 - overlap)))
+    starts = list(range(0, size - window + 1, interval))
+    if starts[-1] != size - window:
+        starts.append(size - window)
+    return starts
+
+
+def naive_gradcam_class(model: LoadedModel, inputs: torch.Tensor, cls: int, overlap: float = 0.25) -> float:
+    """Seconds for generic Grad-CAM of one class: per window a forward and a full backward (all parameters)."""
+    network = model.network
+    network.eval()
+    for parameter in network.parameters():
+        parameter.requires_grad_(True)
+    captured: dict[str, torch.Tensor] = {}
+
+    def keep(_module, _inputs, output):
+        output.retain_grad()
+        captured["activation"] = output
+
+    handle = network.trunk.output.register_forward_hook(keep)
+    roi = window_size(model.config, tuple(inputs.shape[2:]))
+    padded = inputs
+    pads = [max(0, r - s) for r, s in zip(roi, inputs.shape[2:])]
+    if any(pads):
+        padded = torch.nn.functional.pad(inputs, [p for pad in reversed(pads) for p in (0, pad)])
+    shape = padded.shape[2:]
+    started = time.perf_counter()
+    try:
+        for x0 in _window_starts(shape[0], roi[0], overlap):
+            for y0 in _window_starts(shape[1], roi[1], overlap):
+                for z0 in _window_starts(shape[2], roi[2], overlap):
+                    window = padded[:, :, x0:x0 + roi[0], y0:y0 + roi[1], z0:z0 + roi[2]]
+                    network.zero_grad(set_to_none=True)
+                    with torch.enable_grad():
+                        logits = network(window)
+                        chosen = (logits.argmax(dim=1) == cls).to(logits.dtype)
+                        score = (logits[:, cls] * chosen).sum()
+                        score.backward()
+                    activation = captured["activation"]
+                    weights = activation.grad.mean(dim=(2, 3, 4), keepdim=True)
+                    _ = (weights * activation).sum(dim=1).clamp_min(0).detach()
+    finally:
+        handle.remove()
+        network.zero_grad(set_to_none=True)
+        for parameter in network.parameters():
+            parameter.requires_grad_(False)
+    if inputs.device.type == "cuda":
+        torch.cuda.synchronize(inputs.device)
+    return time.perf_counter() - started
+
+
+def _synthetic_head(shape: tuple[int, int, int], seed: int = 0) -> dict[str, np.ndarray]:
+    """An ellipsoidal head with a bright ring lesion and brighter edema, on a zero background."""
+    rng = np.random.default_rng(seed)
+    axes = [np.linspace(-1, 1, n, dtype=np.float32) for n in shape]
+    x, y, z = np.meshgrid(*axes, indexing="ij", sparse=True)
+    radius = np.sqrt((x / 0.85) ** 2 + (y / 0.9) ** 2 + (z / 0.8) ** 2)
+    lesion = np.sqrt((x - 0.3) ** 2 + (y + 0.2) ** 2 + (z - 0.1) ** 2)
+    images = {}
+    for index, key in enumerate(("t1", "t1ce", "t2", "flair")):
+        volume = np.where(radius < 1.0, 100.0, 0.0).astype(np.float32)
+        volume += np.where(lesion < 0.25, 60.0 + 20 * index, 0.0).astype(np.float32)
+        volume += (rng.normal(0, 4, shape).astype(np.float32)) * (radius < 1.0)
+        images[key] = volume
+    return images
+
+
+def _whole_study_child(shape: tuple[int, int, int], mc_samples: int, model_path: str | None, device: str,
+                       threads: int, queue: Any) -> None:
+    try:
+        model = load_model(model_path, device) if model_path else random_model(device=device)
+        torch.set_num_threads(threads)
+        images = _synthetic_head(shape)
+        affine = np.eye(4)
+        before = _peak_rss_mb()
+        result = segment(images, affine, model, mc_samples=mc_samples, gradcam=True)
+        queue.put({"timings_s": result.timings, "peak_rss_mb": round(_peak_rss_mb(), 1),
+                   "peak_rss_before_segment_mb": round(before, 1), "input_shape": list(shape),
+                   "input": "synthetic 4-sequence head with a lesion, 1 mm"})
+    except Exception as exc:  # reported in the table instead of killing the benchmark
+        queue.put({"error": f"{type(exc).__name__}: {exc}"})
+
+
+def whole_study(shape: tuple[int, int, int], mc_samples: int, model_path: str | None, device: str) -> dict[str, Any]:
+    """Run one complete ``segment`` call in a fresh process; its timings and peak RSS."""
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(target=_whole_study_child,
+                              args=(shape, mc_samples, model_path, device, torch.get_num_threads(), queue))
+    process.start()
+    try:
+        report = queue.get(timeout=3600)
+    finally:
+        process.join(timeout=60)
+    return report
+
+
+def auroc(scores: np.ndarray, positives: np.ndarray) -> float:
+    """Area under the ROC curve of ``scores`` for the boolean ``positives`` (ties counted half)."""
+    from scipy.stats import rankdata
+
+    positives = positives.astype(bool).ravel()
+    n_pos, n_neg = int(positives.sum()), int((~positives).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = rankdata(scores.ravel())
+    return float((ranks[positives].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def uncertainty_auroc(model: LoadedModel, mc_samples: int, seed: int = 4242) -> dict[str, Any]:
+    """AUROC of voxel-wise error vs entropy / variance on a fresh phantom, head-only vs full-network MC."""
+    from neuroseg.model.phantom import PhantomConfig, make_phantom
+
+    phantom = make_phantom(seed, PhantomConfig(output_spacing_mm=1.0, skull_probability=0.0))
+    truth = phantom.label
+    brain = np.zeros(truth.shape, bool)
+    for image in phantom.images.values():
+        brain |= image > 0
+    report: dict[str, Any] = {"phantom_seed": seed, "voxels": int(brain.sum()), "mc_samples": mc_samples}
+    for scheme in ("head", "full"):
+        started = time.perf_counter()
+        result = segment(phantom.images, phantom.affine, model, mc_samples=mc_samples, gradcam=False,
+                         mc_scheme=scheme)
+        error = (result.labels != truth)[brain]
+        variance = sum(result.variance.values())[brain]
+        report[scheme] = {
+            "seconds": round(time.perf_counter() - started, 2),
+            "error_rate": round(float(error.mean()), 5),
+            "auroc_entropy": round(auroc(result.entropy[brain], error), 4),
+            "auroc_variance": round(auroc(variance, error), 4),
+            "auroc_mutual_information": round(auroc(result.mutual_information[brain], error), 4),
+        }
+    return report
+
+
+def cpu_variants(model: LoadedModel) -> dict[str, Any]:
+    """One window through the network: default threads vs 1 thread vs bf16 autocast; label agreement."""
+    network = model.network.eval()
+    generator = torch.Generator().manual_seed(0)
+    window = tuple(min(p, 32) for p in model.config.patch_size)
+    x = torch.randn(1, model.config.in_channels, *window, generator=generator)
+    x[:, model.config.in_channels // 2:] = 1.0
+    threads = torch.get_num_threads()
+    rows: dict[str, Any] = {}
+    with torch.inference_mode():
+        network(x)  # warm-up
+        reference, seconds = _timed(lambda: network(x), torch.device("cpu"))
+        labels = reference.argmax(dim=1)
+        rows[f"fp32_{threads}_threads"] = {"seconds": round(seconds, 3), "label_agreement": 1.0}
+        if threads > 1:
+            torch.set_num_threads(1)
+            try:
+                out, seconds = _timed(lambda: network(x), torch.device("cpu"))
+            finally:
+                torch.set_num_threads(threads)
+            rows["fp32_1_thread"] = {"seconds": round(seconds, 3),
+                                     "label_agreement": round(float((out.argmax(1) == labels).float().mean()), 5)}
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out, seconds = _timed(lambda: network(x), torch.device("cpu"))
+        rows["bf16_autocast"] = {"seconds": round(seconds, 3),
+                                 "label_agreement": round(float((out.float().argmax(1) == labels).float().mean()), 5)}
+    base = rows[f"fp32_{threads}_threads"]["seconds"]
+    for row in rows.values():
+        row["ratio"] = round(row["seconds"] / base, 3)
+    for name in ("onnxruntime", "openvino"):
+        rows[name] = {"available": importlib.util.find_spec(name) is not None,
+                      "note": "not installed; not measured" if importlib.util.find_spec(name) is None
+                      else "installed but not wired in; not measured"}
+    return {"window": list(window), **rows}
+
+
+def run_benchmark(shape: tuple[int, int, int] = (240, 240, 155), mc_samples: int = 20, naive_passes: int = 2,
+                  device: str = "auto", model_path: Path | None = None, measure_auroc: bool = True,
+                  measure_whole_study: bool = True, random_weights: bool = False) -> dict[str, Any]:
+    """Run every measurement; returns the report (see the module docstring)."""
+    if len(shape) != 3 or min(shape) < 8:
+        raise ValueError(f"--shape {shape}: need three sizes of at least 8 voxels")
+    if mc_samples < 2 or naive_passes < 1:
+        raise ValueError("--mc-samples must be at least 2 and --naive-passes at least 1")
+    target = resolve_device(device)
+    if random_weights:
+        model, weights = random_model(device=str(target)), "random (default architecture)"
+    elif model_path is not None:
+        model, weights = load_model(model_path, target), str(model_path)
+    elif SHIPPED_WEIGHTS.is_file():
+        model, weights = load_model(None, target), "shipped"
+    else:
+        model, weights = random_model(device=str(target)), "random (no weights yet)"
+    import monai.inferers  # noqa: F401  (import cost out of the timings)
+
+    naive_passes = min(naive_passes, mc_samples)
+    field_of_view = tuple(int(n) for n in shape)
+    shape = tuple(max(8, int(round(n / model.config.spacing_mm))) for n in field_of_view)
+    report: dict[str, Any] = {
+        "device": str(target), "torch_threads": torch.get_num_threads(), "shape": list(shape),
+        "field_of_view_mm": list(field_of_view), "spacing_mm": model.config.spacing_mm,
+        "mc_samples": mc_samples, "model": {"name": model.name, "version": model.version, "weights": weights,
+                                            "config": model.config.to_dict()},
+        "window": list(window_size(model.config, shape)),
+    }
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.randn(1, model.config.in_channels, *shape, generator=generator)
+    inputs[:, model.config.in_channels // 2:] = 1.0
+    inputs = inputs.to(target)
+    network = model.network.eval()
+    for parameter in network.parameters():
+        parameter.requires_grad_(False)
+    times: dict[str, dict[str, Any]] = {}
+    with torch.inference_mode():  # warm-up: first-call kernel selection stays out of the timings
+        small = inputs[:, :, :model.config.divisor * 2, :model.config.divisor * 2, :model.config.divisor * 2]
+        network(small)
+        mc_head(model, network.trunk(small)[0].flatten(1), mc_samples, seed=0)
+
+    logits, seconds = _timed(lambda: sliding_window(network, inputs, model), target)
+    labels = logits[0].argmax(dim=0).flatten()
+    del logits
+    times["one_pass"] = {"seconds": seconds}
+    log.info("one pass: %.1f s", seconds)
+
+    set_dropout(network, head=True)
+    _, seconds = _timed(lambda: [sliding_window(network, inputs, model) for _ in range(naive_passes)], target)
+    set_dropout(network, head=False)
+    times["mc_naive"] = {"seconds": seconds * mc_samples / naive_passes, "measured_passes": naive_passes,
+                         "extrapolated": naive_passes < mc_samples}
+
+    features, trunk_seconds = _timed(lambda: sliding_window(network.trunk, inputs, model)[0].flatten(1), target)
+    stats, head_seconds = _timed(lambda: mc_head(model, features, mc_samples, seed=0), target)
+    times["mc_ours"] = {"seconds": trunk_seconds + head_seconds, "trunk_s": trunk_seconds, "head_samples_s": head_seconds}
+    mc_labels = stats[0].argmax(dim=0)
+    _, cam_seconds = _timed(lambda: grad_cam(model, features, mc_labels), target)
+    times["gradcam_ours"] = {"seconds": trunk_seconds + cam_seconds, "trunk_s": trunk_seconds, "head_backward_s": cam_seconds}
+    times["mc_and_gradcam_ours"] = {"seconds": trunk_seconds + head_seconds + cam_seconds,
+                                    "note": "what segment() does: one trunk pass shared by both"}
+    del features, stats
+    present = [c for c in (3, 2, 1) if bool((labels == c).any())] or [3]
+    one_class = naive_gradcam_class(model, inputs, present[0])
+    times["gradcam_naive"] = {"seconds": 3 * one_class, "measured_classes": 1, "extrapolated": True}
+    base = times["one_pass"]["seconds"]
+    for row in times.values():
+        row["ratio"] = round(row["seconds"] / base, 3)
+        row["seconds"] = round(row["seconds"], 3)
+    report["timings"] = times
+    report["targets"] = {"mc_ours_max_ratio": 1.5, "gradcam_ours_max_ratio": 2.0,
+                         "mc_ours_ok": times["mc_ours"]["ratio"] <= 1.5,
+                         "gradcam_ours_ok": times["gradcam_ours"]["ratio"] <= 2.0}
+    del inputs
+    if target.type == "cpu":
+        report["cpu_variants"] = cpu_variants(model)
+    report["peak_rss_mb_bench_process"] = round(_peak_rss_mb(), 1)
+    if measure_whole_study:
+        report["whole_study"] = whole_study(field_of_view, mc_samples, str(model_path) if model_path else (
+            None if weights.startswith("random") else str(SHIPPED_WEIGHTS)), str(target))
+    if measure_auroc:
+        if weights.startswith("random"):
+            report["uncertainty_auroc"] = {"skipped": "needs trained weights"}
+        elif importlib.util.find_spec("neuroseg.model.phantom") is None:
+            report["uncertainty_auroc"] = {"skipped": "phantom generator not available"}
+        else:
+            report["uncertainty_auroc"] = uncertainty_auroc(model, mc_samples)
+    return report
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The report as a plain-text table."""
+    lines = [f"neuroseg bench model: {report['model']['name']} {report['model']['version']} "
+             f"({report['model']['weights']}) on {report['device']}, {report['torch_threads']} threads, "
+             f"field of view {'x'.join(map(str, report['field_of_view_mm']))} mm -> network input "
+             f"{'x'.join(map(str, report['shape']))} at {report['spacing_mm']} mm, "
+             f"window {'x'.join(map(str, report['window']))}, N={report['mc_samples']}",
+             f"{'measurement':<22}{'seconds':>10}{'x one pass':>12}  note"]
+    for name, row in report["timings"].items():
+        note = ""
+        if row.get("extrapolated"):
+            note = (f"extrapolated from {row.get('measured_passes', row.get('measured_classes'))} "
+                    f"{'passes' if 'measured_passes' in row else 'class'}")
+        lines.append(f"{name:<22}{row['seconds']:>10.2f}{row['ratio']:>12.2f}  {note or row.get('note', '')}")
+    targets = report["targets"]
+    lines.append(f"targets: MC <= {targets['mc_ours_max_ratio']}x: {'met' if targets['mc_ours_ok'] else 'MISSED'}; "
+                 f"Grad-CAM <= {targets['gradcam_ours_max_ratio']}x: {'met' if targets['gradcam_ours_ok'] else 'MISSED'}")
+    if "cpu_variants" in report:
+        lines.append(f"CPU variants on one {'x'.join(map(str, report['cpu_variants']['window']))} window:")
+        for name, row in report["cpu_variants"].items():
+            if name == "window":
+                continue
+            if "seconds" in row:
+                lines.append(f"  {name:<20}{row['seconds']:>10.2f}{row['ratio']:>12.2f}  "
+                             f"labels equal on {100 * row['label_agreement']:.3f} % of voxels")
+            else:
+                lines.append(f"  {name:<20}  {row['note']}")
+    lines.append(f"peak RSS of this benchmark process: {report['peak_rss_mb_bench_process']:.0f} MB")
+    study = report.get("whole_study")
+    if study:
+        if "error" in study:
+            lines.append(f"whole study: failed: {study['error']}")
+        else:
+            steps = ", ".join(f"{k} {v:.1f}" for k, v in study["timings_s"].items())
+            lines.append(f"whole study ({study['input']}, {'x'.join(map(str, study['input_shape']))}): "
+                         f"peak RSS {study['peak_rss_mb']:.0f} MB; seconds: {steps}")
+    auc = report.get("uncertainty_auroc")
+    if auc:
+        if "skipped" in auc:
+            lines.append(f"uncertainty AUROC: skipped ({auc['skipped']})")
+        else:
+            for scheme in ("head", "full"):
+                row = auc[scheme]
+                lines.append(f"uncertainty AUROC, {scheme:>4}-MC: entropy {row['auroc_entropy']:.3f}, variance "
+                             f"{row['auroc_variance']:.3f}, MI {row['auroc_mutual_information']:.3f} "
+                             f"(error rate {row['error_rate']:.4f}, {row['seconds']:.0f} s)")
+    return "\n".join(lines)
