@@ -19,8 +19,8 @@ How one call of :func:`segment` works
    through the head only): for class c the score is the sum of the class-c
    logits over the voxels predicted as c; the channel weights are the
    gradients of that score with respect to ``trunk.output``, averaged over the
-   whole volume; the map is ``ReLU(sum_k weight_k * feature_k)``, divided by its
-   maximum, so it lies in [0, 1] and brighter means more important. A class that
+   whole volume; the map is ``ReLU(sum_k weight_k * feature_k)`` inside the
+   head mask (dilated by 2 voxels; zero outside), divided by its maximum, so it lies in [0, 1] and brighter means more important. A class that
    is predicted nowhere gets an all-zero map. (MONAI's ``GradCAM`` default
    normaliser maps (min, max) to (1, 0), i.e. it *inverts* the scale; we do not
    use it.)
@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from neuroseg.model.checkpoint import SHIPPED_WEIGHTS, load_checkpoint
 from neuroseg.model.network import (
@@ -315,7 +316,8 @@ def mc_head(model: LoadedModel, features: torch.Tensor, mc_samples: int, seed: i
     return mean, variance, entropy, mutual
 
 
-def grad_cam(model: LoadedModel, features: torch.Tensor, predicted: torch.Tensor) -> torch.Tensor:
+def grad_cam(model: LoadedModel, features: torch.Tensor, predicted: torch.Tensor,
+             mask: torch.Tensor | None = None) -> torch.Tensor:
     """Segmentation Grad-CAM at the trunk output for the tumour classes (see the module docstring).
 
     Parameters
@@ -324,6 +326,9 @@ def grad_cam(model: LoadedModel, features: torch.Tensor, predicted: torch.Tensor
         (C, V) activations of the target layer ``trunk.output``.
     predicted: torch.Tensor
         (V,) predicted class index per voxel (0..3).
+    mask: torch.Tensor, optional
+        (V,) bool: voxels that may carry an explanation (the head); the map is
+        zero elsewhere and normalised over the rest.
 
     Returns
     -------
@@ -355,6 +360,8 @@ def grad_cam(model: LoadedModel, features: torch.Tensor, predicted: torch.Tensor
     with torch.inference_mode():
         for start, stop in _chunks(total, chunk):
             maps[:, start:stop] = (weights @ features[:, start:stop].float()).clamp_min_(0)
+        if mask is not None:
+            maps[:, ~mask] = 0
         for row, cls in enumerate(classes):
             peak = maps[row].max()
             if not bool((predicted == cls).any()) or peak <= 0:
@@ -429,7 +436,8 @@ def infer_model_grid(case: PreprocessedCase, model: LoadedModel, *, mc_samples: 
     if gradcam:
         started = time.perf_counter()
         report("explaining", 0.0)
-        cams = grad_cam(model, features, mean.argmax(dim=0))
+        head = torch.from_numpy(ndimage.binary_dilation(case.mask, iterations=2).ravel()).to(features.device)
+        cams = grad_cam(model, features, mean.argmax(dim=0), head)
         cams = cams.reshape(-1, *shape).cpu().numpy()
         timings["gradcam"] = time.perf_counter() - started
     del features
