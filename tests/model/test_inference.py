@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from neuroseg.model.inference import SegmentationResult, grad_cam, load_model, segment
-from neuroseg.model.network import build_network, with_presence
+from neuroseg.model.network import build_network
 from neuroseg.model.preprocess import preprocess, to_model_grid
 from tests.model.model_helpers import TINY, head_volume, lps_affine, rotation, tiny_model
 
