@@ -425,3 +425,45 @@ def embed_model_card(checkpoint: Path, card_path: Path) -> None:
     metadata.pop("input_spec", None)
     metadata["model_card"] = card
     save_checkpoint(checkpoint, network, config, metadata)
+
+
+def export_state(work_dir: Path, out: Path, command: str = "") -> TrainResult:
+    """Write a checkpoint from the last saved state of an interrupted run (``work_dir/state.pt``).
+
+    The weights are those the run had after its last ``--checkpoint-every``
+    step; the metadata records that the run stopped before its schedule ended.
+    """
+    import torch
+
+    from neuroseg.model.checkpoint import save_checkpoint
+    from neuroseg.model.network import NetworkConfig, build_network
+
+    state_path = Path(work_dir) / "state.pt"
+    if not state_path.is_file():
+        raise ValueError(f"no saved training state {state_path}")
+    state = torch.load(state_path, map_location="cpu", weights_only=False)
+    config = TrainConfig(**state["config"])
+    net_config = NetworkConfig(
+        channels=config.channels, head_channels=config.head_channels, dropout=config.dropout,
+        trunk_dropout=config.trunk_dropout, patch_size=(config.patch_size,) * 3, spacing_mm=config.spacing_mm,
+    )
+    network = build_network(net_config)
+    network.load_state_dict(state["model"])
+    rows, validations = state["rows"], state["validations"]
+    final_loss = float(np.mean([r["loss"] for r in rows[-20:]])) if rows else float("nan")
+    last_validation = validations[-1] if validations else {"mean": {}}
+    metadata = {
+        "name": config.name,
+        "version": config.version,
+        "training": {
+            "command": command,
+            "config": config.to_dict(),
+            "stopped_at_step": int(state["step"]),
+            "final_loss": final_loss,
+            "validation": last_validation.get("mean", {}),
+            "seconds": round(sum(r["seconds"] for r in rows), 1),
+        },
+    }
+    save_checkpoint(out, network, net_config, metadata)
+    return TrainResult(checkpoint=Path(out), steps=int(state["step"]), final_loss=final_loss,
+                       validation=last_validation, seconds=0.0)

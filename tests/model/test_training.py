@@ -146,3 +146,15 @@ def test_train_command_reports_a_missing_data_folder(tmp_path, capsys):
     code = main(["train", "--data", str(tmp_path / "nothing"), "--out", str(tmp_path / "x.pt")])
     assert code == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_export_state_writes_the_weights_of_an_interrupted_run(tiny_phantoms, tmp_path):
+    config = TrainConfig(data_dirs=(tiny_phantoms,), steps=6, seed=5, **{**TINY, "checkpoint_every": 2})
+    train(config, out=tmp_path / "x.pt", work_dir=tmp_path / "w", stop_after=4, progress=False)
+    code = main(["train", "--export-state", str(tmp_path / "w"), "--out", str(tmp_path / "x.pt")])
+    assert code == 0
+    network, _, metadata = load_checkpoint(tmp_path / "x.pt")
+    assert metadata["training"]["stopped_at_step"] == 4
+    state = torch.load(tmp_path / "w" / "state.pt", weights_only=False)
+    for key, value in network.state_dict().items():
+        torch.testing.assert_close(value, state["model"][key])

@@ -79,6 +79,8 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     train.add_argument("--model-version", default="0.1.0", help="model version recorded in the checkpoint")
     train.add_argument("--embed-card", type=Path, metavar="JSON",
                        help="do not train: put this model card JSON into the metadata of --out (weights unchanged)")
+    train.add_argument("--export-state", type=Path, metavar="WORK_DIR",
+                       help="do not train: write --out from the last saved state of an interrupted run")
     train.set_defaults(handler=run_train)
 
     evaluate = commands.add_parser(
@@ -125,7 +127,7 @@ def run_phantom(args: argparse.Namespace) -> int:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from neuroseg.model.train import TrainConfig, embed_model_card, train
+    from neuroseg.model.train import TrainConfig, embed_model_card, export_state, train
 
     if args.embed_card is not None:
         try:
@@ -134,6 +136,14 @@ def run_train(args: argparse.Namespace) -> int:
             print(f"neuroseg train: {exc}", file=sys.stderr)
             return 2
         print(f"embedded {args.embed_card} in {args.out}")
+        return 0
+    if args.export_state is not None:
+        try:
+            result = export_state(args.export_state, args.out, command=" ".join(["neuroseg", *sys.argv[1:]]))
+        except ValueError as exc:
+            print(f"neuroseg train: {exc}", file=sys.stderr)
+            return 2
+        print(f"wrote {args.out} from the state at step {result.steps}: {result.summary()}")
         return 0
     if not args.data:
         print("neuroseg train: give at least one --data DIR", file=sys.stderr)
