@@ -31,6 +31,7 @@ import shutil
 import socket
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -159,8 +160,21 @@ def _storescu(folder: Path, port: int, called_ae: str) -> float:
     return elapsed
 
 
+def find_dcmtk_tool(name: str) -> str | None:
+    """The DCMTK program ``name`` on PATH, skipping this Python environment's own bin folder.
+
+    pynetdicom installs console scripts with the same names as DCMTK's
+    (``storescu``, ``echoscu``, ...) whose options differ, so a plain PATH
+    lookup inside an activated virtual environment finds the wrong program.
+    """
+    own_bins = {Path(sys.prefix, "bin").resolve(), Path(sys.executable).parent.resolve()}
+    folders = [folder for folder in os.environ.get("PATH", os.defpath).split(os.pathsep)
+               if folder and Path(folder).resolve() not in own_bins]
+    return shutil.which(name, path=os.pathsep.join(folders))
+
+
 def _require(name: str) -> str:
-    path = shutil.which(name)
+    path = find_dcmtk_tool(name)
     if path is None:
         raise RuntimeError(f"{name} is not installed; install DCMTK (Debian package dcmtk)")
     return path

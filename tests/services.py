@@ -9,7 +9,6 @@ the Debian packages that ``.ci/run`` installs: ``redis-server``, ``orthanc``,
 from __future__ import annotations
 
 import json
-import shutil
 import socket
 import subprocess
 import time
@@ -53,7 +52,10 @@ def wait_for_port(port: int, timeout: float = 30.0, host: str = "127.0.0.1") -> 
 
 
 def require_binary(name: str) -> str:
-    path = shutil.which(name)
+    """A system program (DCMTK, Redis, Orthanc, ...), never a same-named script of this venv."""
+    from neuroseg.listener.bench import find_dcmtk_tool
+
+    path = find_dcmtk_tool(name)
     if path is None:
         raise RuntimeError(f"{name} is not installed; .ci/run installs it (see README)")
     return path
