@@ -33,6 +33,9 @@ NOT_FOR_DIAGNOSTIC_USE = "Research use only - not for diagnostic use"
 LOCAL_SCHEME = "99NEUROSEG"
 PREDICTIVE_ENTROPY = CodedConcept("PRED-ENTROPY", LOCAL_SCHEME, "Predictive entropy")
 MC_DROPOUT = CodedConcept("MC-DROPOUT", LOCAL_SCHEME, "Monte Carlo dropout")
+# standard codes used by more than one object
+NO_UNITS = CodedConcept("1", "UCUM", "no units")
+STANDARD_DEVIATION = CodedConcept("113061", "DCM", "Standard Deviation")
 
 MANUFACTURER = "neuroseg"
 

@@ -297,7 +297,7 @@ def build_mr_series(
     protocol: MrProtocol | None = None,
     series_instance_uid: str | None = None,
     series_datetime: dt.datetime | None = None,
-) -> list[Path]:
+) -> list[Dataset]:
     """Build ``volume`` as a single-frame MR Image Storage series in memory.
 
     Parameters

@@ -48,6 +48,8 @@ from neuroseg.dicom_out.common import (
     MANUFACTURER,
     PREDICTIVE_ENTROPY,
     SERIES_NUMBERS,
+    NO_UNITS,
+    STANDARD_DEVIATION,
     EncodedObject,
     EncodeRequest,
     content_description,
@@ -59,8 +61,6 @@ from neuroseg.dicom_out.uids import output_uid
 
 log = logging.getLogger(__name__)
 
-NO_UNITS = CodedConcept("1", "UCUM", "no units")
-STANDARD_DEVIATION = CodedConcept("113061", "DCM", "Standard Deviation")
 FRACTIONAL_PROBABILISTIC_SEGMENTATION = CodedConcept("110854", "DCM", "Fractional Probabilistic Segmentation")
 GRADIENT_WEIGHTED_CLASS_ACTIVATION = CodedConcept("130403", "DCM", "Gradient-weighted class activation")
 _SHORT = {TumorClass.NCR: "NCR", TumorClass.ED: "ED", TumorClass.ET: "ET"}

@@ -50,6 +50,8 @@ from neuroseg.dicom_out.common import (
     PREDICTIVE_ENTROPY,
     SEGMENT_NUMBERS,
     SERIES_NUMBERS,
+    NO_UNITS,
+    STANDARD_DEVIATION,
     EncodedObject,
     EncodeRequest,
     class_code,
@@ -62,10 +64,8 @@ from neuroseg.dicom_out.uids import output_uid
 log = logging.getLogger(__name__)
 
 MILLILITER = CodedConcept("ml", "UCUM", "milliliter")
-NO_UNITS = CodedConcept("1", "UCUM", "no units")
 VOLUME = CodedConcept("118565006", "SCT", "Volume")
 MEAN = CodedConcept("373098007", "SCT", "Mean")
-STANDARD_DEVIATION = CodedConcept("113061", "DCM", "Standard Deviation")
 BRAIN = CodedConcept("12738006", "SCT", "Brain")
 BRAIN_MRI = CodedConcept("24590-2", "LN", "Brain MRI")
 REGION_FINDINGS = {
