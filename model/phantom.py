@@ -49,6 +49,13 @@ TISSUE_INTENSITY: dict[str, dict[str, float]] = {
     "scalp":   {"t1": 1.05, "t1ce": 1.20, "t2": 0.80, "flair": 0.85},
 }
 
+# Scalp soft tissue, same scale. Fat is bright on T1 and, with fast spin echo,
+# on T2 and FLAIR too; muscle is darker than white matter everywhere.
+HEAD_SOFT_TISSUE_INTENSITY: dict[str, dict[str, float]] = {
+    "fat":     {"t1": 1.45, "t1ce": 1.45, "t2": 1.05, "flair": 1.30},
+    "muscle":  {"t1": 0.62, "t1ce": 0.72, "t2": 0.42, "flair": 0.52},
+}
+
 PAD_MM = 18.0
 
 
@@ -337,14 +344,23 @@ def _tumour_labels(rng: np.random.Generator, tumours: list[_Tumour], brain: np.n
 
 
 def _head_layers(rng: np.random.Generator, distance_mm: np.ndarray) -> dict[str, np.ndarray]:
-    """Fuzzy membership of CSF rim, skull tables, marrow and scalp outside the brain."""
+    """Fuzzy membership of the layers outside the brain, inside out.
+
+    CSF rim, inner table, marrow, outer table, then the soft tissue of the
+    scalp: muscle (galea, temporalis), subcutaneous fat and skin. Fat matters
+    most: it is bright on every sequence, FLAIR included, so without it a
+    network learns "bright on FLAIR = edema" and marks the scalp of real heads.
+    """
     wobble = 1.0 + 0.12 * _smooth_noise(rng, distance_mm.shape, 10.0)
     d = distance_mm / np.clip(wobble, 0.5, None)
-    inner_csf = float(rng.uniform(1.5, 3.5))
-    table = float(rng.uniform(1.2, 2.2))
-    marrow = float(rng.uniform(1.5, 4.0))
-    scalp = float(rng.uniform(4.0, 9.0))
-    edges = np.cumsum([0.0, inner_csf, table, marrow, table, scalp])
+    # thicknesses in mm; together at most about PAD_MM, the room left around the brain
+    inner_csf = float(rng.uniform(1.5, 3.0))
+    table = float(rng.uniform(1.0, 2.0))
+    marrow = float(rng.uniform(1.5, 3.0))
+    muscle = float(rng.uniform(0.5, 2.5))
+    fat = float(rng.uniform(2.0, 4.5))
+    skin = float(rng.uniform(1.0, 2.0))
+    edges = np.cumsum([0.0, inner_csf, table, marrow, table, muscle, fat, skin])
 
     def band(lo: float, hi: float) -> np.ndarray:
         return np.clip(d - lo + 0.5, 0, 1) * np.clip(hi - d + 0.5, 0, 1) * (distance_mm > 0)
@@ -353,8 +369,16 @@ def _head_layers(rng: np.random.Generator, distance_mm: np.ndarray) -> dict[str,
         "csf": band(edges[0], edges[1]),
         "bone": band(edges[1], edges[2]) + band(edges[3], edges[4]),
         "marrow": band(edges[2], edges[3]),
-        "scalp": band(edges[4], edges[5]),
+        "muscle": band(edges[4], edges[5]),
+        "fat": band(edges[5], edges[6]),
+        "scalp": band(edges[6], edges[7]),
     }
+
+
+def _head_intensities(rng: np.random.Generator) -> dict[str, dict[str, float]]:
+    """Per-case jitter of the scalp soft tissues (drawn only for phantoms with a head)."""
+    return {tissue: {seq: v * float(rng.uniform(0.85, 1.15)) for seq, v in values.items()}
+            for tissue, values in HEAD_SOFT_TISSUE_INTENSITY.items()}
 
 
 def _tissue_intensities(rng: np.random.Generator) -> dict[str, dict[str, float]]:
@@ -469,6 +493,7 @@ def make_phantom(seed: int, config: PhantomConfig | None = None) -> Phantom:
     label, non_enhancing = _tumour_labels(rng, tumours, brain, wm, spacing)
     skull = bool(rng.random() < config.skull_probability)
     head = _head_layers(rng, maps["head"]) if skull else None
+    head_table = _head_intensities(rng) if skull else {}
     table = _tissue_intensities(rng)
     texture = 1.0 + 0.04 * _smooth_noise(rng, wm.shape, 2.0 / spacing)
     heterogeneity = 1.0 + 0.10 * _smooth_noise(rng, wm.shape, 3.0 / spacing)
@@ -486,7 +511,9 @@ def make_phantom(seed: int, config: PhantomConfig | None = None) -> Phantom:
         if head is not None:
             outside = ~brain
             image += outside * (head["csf"] * table["csf"][seq] + head["bone"] * table["bone"][seq]
-                                + head["marrow"] * table["marrow"][seq] + head["scalp"] * table["scalp"][seq])
+                                + head["marrow"] * table["marrow"][seq] + head["scalp"] * table["scalp"][seq]
+                                + head["fat"] * head_table["fat"][seq]
+                                + head["muscle"] * head_table["muscle"][seq])
         images[seq] = (image * texture).astype(np.float32)
     extent = brain | (maps["head"] < 25.0) if skull else brain
     out_affine, out_shape, thickness, grid_info = _acquisition_grid(rng, anatomy, extent, config)

@@ -28,6 +28,7 @@ Outputs in the work folder: ``metrics.csv`` (one row per step),
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
 import math
@@ -311,8 +312,14 @@ def train(config: TrainConfig, out: Path, work_dir: Path | None = None, *, resum
     network = build_network(net_config)
     if init is not None:
         loaded, init_config, _ = load_checkpoint(init)
-        if init_config != net_config:
+        # window and spacing are not part of the layers: weights trained at 3 mm can be fine-tuned at 2 mm
+        same_layers = dataclasses.replace(init_config, patch_size=net_config.patch_size,
+                                          spacing_mm=net_config.spacing_mm, dropout=net_config.dropout,
+                                          trunk_dropout=net_config.trunk_dropout)
+        if same_layers != net_config:
             raise ValueError(f"--init {init}: its architecture {init_config.to_dict()} differs from this run's")
+        if init_config.spacing_mm != net_config.spacing_mm:
+            log.info("fine-tuning weights trained at %g mm at %g mm", init_config.spacing_mm, net_config.spacing_mm)
         network.load_state_dict(loaded.state_dict())
     network.to(device).train()
     optimiser = torch.optim.AdamW(network.parameters(), lr=config.lr, weight_decay=config.weight_decay)

@@ -95,6 +95,18 @@ def test_skull_option_controls_signal_outside_the_brain():
     assert (with_skull.images["t1"] > 0).sum() > 1.3 * (stripped.images["t1"] > 0).sum()
 
 
+def test_scalp_fat_is_bright_on_t1_and_flair_and_never_labelled():
+    # what real heads look like and what a network must learn not to call edema
+    config = PhantomConfig(anatomy_spacing_mm=2.0, output_spacing_mm=2.0, multifocal_probability=0.0,
+                           skull_probability=1.0, noise_fraction=(0.01, 0.01), bias_amplitude=(0.0, 0.0))
+    phantom = make_phantom(4, config)
+    t1, flair = phantom.images["t1"], phantom.images["flair"]
+    head = t1 > 0.25 * np.percentile(t1, 99)  # not the noisy air around the head
+    brightest_t1 = head & (t1 >= np.percentile(t1[head], 99))
+    assert not np.any(phantom.label[brightest_t1])
+    assert np.median(flair[brightest_t1]) > 1.4 * np.median(flair[head])
+
+
 def test_clinical_grid_has_thick_slices_and_an_oblique_affine():
     config = PhantomConfig(anatomy_spacing_mm=4.0, clinical_grid_probability=1.0,
                            inplane_spacing_mm=(3.0, 3.0), slice_thickness_mm=(5.0, 6.0))

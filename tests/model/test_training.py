@@ -73,6 +73,21 @@ def test_resume_refuses_another_configuration(tiny_phantoms, tmp_path):
         train(other, out=tmp_path / "c.pt", work_dir=tmp_path / "c", resume=True, progress=False)
 
 
+def test_init_fine_tunes_at_another_spacing_but_refuses_other_layers(tiny_phantoms, tmp_path):
+    base = TrainConfig(data_dirs=(tiny_phantoms,), steps=2, seed=5, **TINY)
+    first = train(base, out=tmp_path / "base.pt", work_dir=tmp_path / "base", progress=False)
+    finer = TrainConfig(data_dirs=(tiny_phantoms,), steps=2, seed=5, **{**TINY, "spacing_mm": 3.0,
+                                                                        "patch_size": 24})
+    tuned = train(finer, out=tmp_path / "finer.pt", work_dir=tmp_path / "finer", init=first.checkpoint,
+                  progress=False)
+    _, tuned_config, _ = load_checkpoint(tuned.checkpoint)
+    assert tuned_config.spacing_mm == 3.0 and tuned_config.patch_size == (24, 24, 24)
+    wider = TrainConfig(data_dirs=(tiny_phantoms,), steps=2, seed=5, **{**TINY, "channels": (8, 16)})
+    with pytest.raises(ValueError, match="architecture"):
+        train(wider, out=tmp_path / "wider.pt", work_dir=tmp_path / "wider", init=first.checkpoint,
+              progress=False)
+
+
 def test_whole_tumour_only_cases_train_with_their_own_loss(tmp_path):
     case = tmp_path / "wt" / "case_0"
     case.mkdir(parents=True)

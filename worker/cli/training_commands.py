@@ -74,7 +74,8 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     train.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     train.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     train.add_argument("--resume", action="store_true", help="continue from the work folder's last state")
-    train.add_argument("--init", type=Path, metavar="CKPT", help="start from these weights (fine-tuning)")
+    train.add_argument("--init", type=Path, metavar="CKPT",
+                       help="start from these weights (fine-tuning; same layers, window and spacing may differ)")
     train.add_argument("--name", default="neuroseg-unet", help="model name recorded in the checkpoint")
     train.add_argument("--model-version", default="0.1.0", help="model version recorded in the checkpoint")
     train.add_argument("--embed-card", type=Path, metavar="JSON",
