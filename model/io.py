@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from neuroseg.model.preprocess import resample_grid
+from neuroseg.model.registration import register_rigid, resample_onto
 
 log = logging.getLogger(__name__)
 
@@ -142,13 +142,21 @@ def same_grid(shape_a: tuple[int, ...], affine_a: np.ndarray, shape_b: tuple[int
     return tuple(shape_a) == tuple(shape_b) and np.allclose(affine_a, affine_b, atol=_GRID_TOLERANCE_MM)
 
 
-def load_inputs(paths: Mapping[str, str | os.PathLike[str]]) -> tuple[dict[str, np.ndarray], np.ndarray, str]:
+def load_inputs(paths: Mapping[str, str | os.PathLike[str]], *, coregister: bool = True,
+                notes: list[str] | None = None) -> tuple[dict[str, np.ndarray], np.ndarray, str]:
     """Read the given sequences and bring them onto the reference grid.
 
     Parameters
     ----------
     paths: Mapping[str, path]
         Sequence key ("t1", "t1ce", "t2", "flair") to a NIfTI file or DICOM folder.
+    coregister: bool
+        Rigidly register each sequence to the reference first
+        (:mod:`neuroseg.model.registration`), undoing patient motion between
+        series; off, the scanner geometry alone places them.
+    notes: list, optional
+        Receives one line per co-registered sequence (what moved, or why the
+        scanner geometry was kept).
 
     Returns
     -------
@@ -173,12 +181,19 @@ def load_inputs(paths: Mapping[str, str | os.PathLike[str]]) -> tuple[dict[str, 
     ref_array, ref_affine = volumes[reference]
     images: dict[str, np.ndarray] = {}
     for key, (array, affine) in volumes.items():
-        if same_grid(array.shape, affine, ref_array.shape, ref_affine):
+        transform = None
+        if coregister and key != reference:
+            outcome = register_rigid(array, affine, ref_array, ref_affine, same_frame=True)
+            note = f"{key} co-registered to {reference}: {outcome.reason}"
+            log.info("%s", note)
+            if notes is not None:
+                notes.append(note)
+            transform = outcome.transform
+        if transform is None and same_grid(array.shape, affine, ref_array.shape, ref_affine):
             images[key] = array
             continue
         log.info("resampling %s %s onto the %s grid %s", key, array.shape, reference, ref_array.shape)
-        index_map = np.linalg.solve(affine, ref_affine)
-        images[key] = resample_grid(array, index_map, ref_array.shape, order=1, cval=0.0).astype(np.float32)
+        images[key] = resample_onto(array, affine, ref_array.shape, ref_affine, transform)
     return images, ref_affine, reference
 
 
@@ -210,7 +225,8 @@ def _write_json(data: dict[str, Any], path: Path) -> None:
     os.replace(temp_name, path)
 
 
-def build_report(result: Any, shape: tuple[int, ...], affine: np.ndarray, model_metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def build_report(result: Any, shape: tuple[int, ...], affine: np.ndarray, model_metadata: Mapping[str, Any] | None = None,
+                 notes: list[str] | None = None) -> dict[str, Any]:
     """The ``report.json`` content for a :class:`~neuroseg.model.inference.SegmentationResult`."""
     report: dict[str, Any] = {
         "report_version": REPORT_VERSION,
@@ -225,6 +241,8 @@ def build_report(result: Any, shape: tuple[int, ...], affine: np.ndarray, model_
         "gradcam_target_layer": "trunk.output (last decoder stage, full resolution)",
         "statement": NOT_FOR_DIAGNOSIS,
     }
+    if notes:
+        report["notes"] = list(notes)
     if model_metadata:
         card = model_metadata.get("model_card")
         if card is not None:
@@ -234,7 +252,8 @@ def build_report(result: Any, shape: tuple[int, ...], affine: np.ndarray, model_
 
 def write_result_folder(result: Any, images: Mapping[str, np.ndarray], affine: np.ndarray,
                         out_dir: str | os.PathLike[str], *,
-                        model_metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                        model_metadata: Mapping[str, Any] | None = None,
+                        notes: list[str] | None = None) -> dict[str, Any]:
     """Write a segmentation result and its inputs as NIfTI files plus ``report.json``.
 
     Parameters
@@ -249,6 +268,8 @@ def write_result_folder(result: Any, images: Mapping[str, np.ndarray], affine: n
         Created if needed; existing result files are replaced.
     model_metadata: Mapping, optional
         Checkpoint metadata; its ``model_card`` is copied into the report.
+    notes: list, optional
+        Lines about how the inputs were prepared (co-registration), kept in ``report.json``.
 
     Returns
     -------
@@ -278,7 +299,7 @@ def write_result_folder(result: Any, images: Mapping[str, np.ndarray], affine: n
     for key in SEQUENCE_KEYS:
         if key in images:
             save(f"image_{key}", np.asarray(images[key], dtype=np.float32))
-    report = build_report(result, shape, affine, model_metadata)
+    report = build_report(result, shape, affine, model_metadata, notes)
     report["files"] = files
     _write_json(report, out / "report.json")
     log.info("wrote result folder %s (%d files)", out, len(files) + 1)

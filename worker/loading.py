@@ -38,6 +38,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 
+from neuroseg.model.registration import register_rigid, resample_onto
 from neuroseg.worker.contracts import SequenceRole, SeriesManifest, StudyManifest
 from neuroseg.worker.errors import InputError
 from neuroseg.worker.settings import FrameOfReferencePolicy, Settings
@@ -352,70 +353,36 @@ def load_series(series: SeriesManifest) -> SeriesVolume:
                          f"attribute is missing or malformed ({type(exc).__name__}: {exc})") from exc
 
 
-# --- SimpleITK bridge -------------------------------------------------------------------------
+# --- co-registration ---------------------------------------------------------------------------
 
 
-def to_sitk(array: np.ndarray, affine: np.ndarray):  # noqa: ANN201 - SimpleITK imported lazily
-    """A SimpleITK image (physical space = LPS mm) from an array ``(k, r, c)`` and its affine."""
-    import SimpleITK as sitk
+def register_to_reference(volume: SeriesVolume, reference: SeriesVolume, role: SequenceRole,
+                          reference_role: SequenceRole, settings: Settings) -> tuple[object, str | None]:
+    """The transform that puts ``volume`` on ``reference`` (``None``: scanner geometry) and a note for the job.
 
-    image = sitk.GetImageFromArray(np.ascontiguousarray(array, dtype=np.float32))
-    spacing = np.linalg.norm(affine[:3, :3], axis=0)
-    # SimpleITK index (i, j, k) = array (column, row, slice)
-    direction = np.stack([affine[:3, 2] / spacing[2], affine[:3, 1] / spacing[1], affine[:3, 0] / spacing[0]], axis=1)
-    image.SetSpacing([float(spacing[2]), float(spacing[1]), float(spacing[0])])
-    image.SetDirection([float(v) for v in direction.ravel()])
-    image.SetOrigin([float(v) for v in affine[:3, 3]])
-    return image
-
-
-def resample_to_reference(volume: SeriesVolume, reference: SeriesVolume, transform=None) -> np.ndarray:  # noqa: ANN001
-    """Resample ``volume`` onto the voxel grid of ``reference`` (linear, zero outside).
-
-    ``transform`` (a SimpleITK transform from reference to moving physical
-    space) is used when the frames of reference differ and were registered.
+    Another frame of reference is registered (or refused, per
+    ``frame_of_reference_policy``); within one frame the sequence is
+    co-registered when ``settings.coregister`` is on, to undo patient motion
+    between series.
     """
-    import SimpleITK as sitk
-
-    if transform is None and np.allclose(volume.affine, reference.affine, atol=1e-4) \
-            and volume.array.shape == reference.array.shape:
-        return volume.array.astype(np.float32, copy=False)
-    moving = to_sitk(volume.array, volume.affine)
-    fixed = to_sitk(np.zeros(reference.array.shape, np.float32), reference.affine)
-    result = sitk.Resample(moving, fixed, transform or sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-    return sitk.GetArrayFromImage(result)
-
-
-def register_rigid(moving: SeriesVolume, reference: SeriesVolume):  # noqa: ANN201
-    """Rigid (Euler 3D) registration of ``moving`` to ``reference`` by Mattes mutual information.
-
-    Used when sequences have different frames of reference and
-    ``frame_of_reference_policy`` is ``register``.
-    """
-    import SimpleITK as sitk
-
-    fixed = to_sitk(reference.array, reference.affine)
-    moving_image = to_sitk(moving.array, moving.affine)
-    initial = sitk.CenteredTransformInitializer(fixed, moving_image, sitk.Euler3DTransform(),
-                                                sitk.CenteredTransformInitializerFilter.GEOMETRY)
-    method = sitk.ImageRegistrationMethod()
-    method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
-    method.SetMetricSamplingStrategy(method.RANDOM)
-    method.SetMetricSamplingPercentage(0.1, seed=7)
-    method.SetInterpolator(sitk.sitkLinear)
-    method.SetOptimizerAsRegularStepGradientDescent(learningRate=2.0, minStep=1e-3, numberOfIterations=150)
-    method.SetOptimizerScalesFromPhysicalShift()
-    method.SetShrinkFactorsPerLevel([4, 2, 1])
-    method.SetSmoothingSigmasPerLevel([2, 1, 0])
-    method.SetInitialTransform(initial, inPlace=False)
+    same_frame = volume.frame_of_reference_uid == reference.frame_of_reference_uid
+    if not same_frame and settings.frame_of_reference_policy is FrameOfReferencePolicy.REFUSE:
+        raise InputError(
+            f"{_name(volume.series_instance_uid, volume.series_description)} ({role.value}) is in frame of "
+            f"reference {volume.frame_of_reference_uid}, the reference {reference_role.value} in "
+            f"{reference.frame_of_reference_uid}; NEUROSEG_FRAME_OF_REFERENCE_POLICY=refuse")
+    if same_frame and not settings.coregister:
+        return None, None
     try:
-        transform = method.Execute(fixed, moving_image)
+        outcome = register_rigid(volume.array, volume.affine, reference.array, reference.affine,
+                                 same_frame=same_frame)
     except RuntimeError as exc:
-        raise InputError(f"{_name(moving.series_instance_uid, moving.series_description)}: rigid registration "
+        raise InputError(f"{_name(volume.series_instance_uid, volume.series_description)}: rigid registration "
                          f"to the reference failed: {exc}") from exc
-    log.info("registered %s to %s: metric %.4f after %d iterations", moving.series_instance_uid,
-             reference.series_instance_uid, method.GetMetricValue(), method.GetOptimizerIteration())
-    return transform
+    why = "" if same_frame else " (different frame of reference)"
+    note = f"{role.value} co-registered to {reference_role.value}{why}: {outcome.reason}"
+    log.info("%s", note)
+    return outcome.transform, note
 
 
 # --- the study ---------------------------------------------------------------------------------
@@ -450,7 +417,8 @@ def load_study(manifest: StudyManifest, settings: Settings,
     encoded on single-frame source images. A sequence that cannot be loaded is skipped and named in
     ``skipped`` (the job ends ``partial``), unless nothing usable is left.
     Sequences in another frame of reference are registered rigidly to the
-    reference or refused, per ``settings.frame_of_reference_policy``.
+    reference or refused, per ``settings.frame_of_reference_policy``; within
+    one frame they are co-registered when ``settings.coregister`` is on.
 
     Raises
     ------
@@ -483,15 +451,12 @@ def load_study(manifest: StudyManifest, settings: Settings,
     images: dict[str, np.ndarray] = {}
     for role, volume in volumes.items():
         transform = None
-        if volume.frame_of_reference_uid != reference.frame_of_reference_uid:
-            if settings.frame_of_reference_policy is FrameOfReferencePolicy.REFUSE:
-                raise InputError(
-                    f"{_name(volume.series_instance_uid, volume.series_description)} ({role.value}) is in frame of "
-                    f"reference {volume.frame_of_reference_uid}, the reference {reference_role.value} in "
-                    f"{reference.frame_of_reference_uid}; NEUROSEG_FRAME_OF_REFERENCE_POLICY=refuse")
-            transform = register_rigid(volume, reference)
-            notes.append(f"{role.value} registered rigidly to {reference_role.value} (different frame of reference)")
-        images[MODEL_KEYS[role]] = resample_to_reference(volume, reference, transform)
+        if role is not reference_role:
+            transform, note = register_to_reference(volume, reference, role, reference_role, settings)
+            if note:
+                notes.append(note)
+        images[MODEL_KEYS[role]] = resample_onto(volume.array, volume.affine, reference.array.shape,
+                                                 reference.affine, transform)
     if progress:
         progress(100.0, f"{len(images)} sequence(s) on the {reference_role.value} grid "
                  f"{'x'.join(str(n) for n in reference.array.shape)}")

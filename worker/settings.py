@@ -187,6 +187,9 @@ class Settings(BaseSettings):
     frame_of_reference_policy: FrameOfReferencePolicy = Field(
         FrameOfReferencePolicy.REGISTER, description="sequences in different frames of reference"
     )
+    coregister: bool = Field(
+        True, description="rigidly co-register every sequence to the reference, undoing patient motion between series"
+    )
     retention_days: float = Field(7.0, ge=0, description="days to keep spool data after successful delivery")
     retry_on_cpu: bool = Field(True, description="retry a job on the CPU after a CUDA out-of-memory error")
     job_stale_seconds: float = Field(

@@ -64,6 +64,27 @@ def test_inputs_on_other_grids_are_resampled_onto_t1ce(tmp_path: Path) -> None:
     assert images["flair"].shape == images["t1ce"].shape == SHAPE
 
 
+@pytest.mark.parametrize("coregister", [True, False])
+def test_a_moved_sequence_is_co_registered_and_the_move_noted(tmp_path: Path, coregister: bool) -> None:
+    shape = (40, 40, 32)
+    volume = head_volume(shape)
+    affine = lps_affine(spacing=(2.0, 2.0, 2.0))
+    moved = affine.copy()
+    moved[:3, 3] += [5.0, -4.0, 3.0]  # the head moved before the FLAIR; the scanner geometry does not know
+    write_nifti(volume, affine, tmp_path / "t1ce.nii.gz")
+    write_nifti(volume, moved, tmp_path / "flair.nii.gz")
+    notes: list[str] = []
+    images, _, _ = load_inputs({"flair": tmp_path / "flair.nii.gz", "t1ce": tmp_path / "t1ce.nii.gz"},
+                               coregister=coregister, notes=notes)
+    inner = tuple(slice(6, -6) for _ in shape)
+    error = np.abs(images["flair"] - images["t1ce"])[inner].mean() / np.abs(images["t1ce"][inner]).mean()
+    if coregister:
+        assert len(notes) == 1 and notes[0].startswith("flair co-registered to t1ce: moved by"), notes
+        assert error < 0.05
+    else:
+        assert notes == [] and error > 0.1
+
+
 @pytest.mark.parametrize("series", ["siemens-prisma-t1-sagittal-prone", "ge-mr750-t1-mprage-axial"])
 def test_dicom_folder_matches_dcm2niix(tmp_path: Path, shared_data: Path, series: str) -> None:
     if shutil.which("dcm2niix") is None:

@@ -255,7 +255,36 @@ def test_other_frame_of_reference_is_registered_rigidly(tmp_path, make_settings)
     manifest = manifest_for(t1ce[0].StudyInstanceUID, [("T1ce", t1ce, write_series(t1ce, tmp_path / "a")),
                                                        ("FLAIR", flair, write_series(flair, tmp_path / "b"))])
     study = load_study(manifest, make_settings())
-    assert "FLAIR registered rigidly to T1ce" in " ".join(study.notes)
+    assert "FLAIR co-registered to T1ce (different frame of reference): moved by" in " ".join(study.notes)
     inner = (slice(4, -4), slice(8, -8), slice(8, -8))
     error = np.abs(study.images["flair"] - study.images["t1ce"])[inner].mean()
     assert error < 0.05 * np.abs(study.images["t1ce"][inner]).mean()
+
+
+@pytest.mark.parametrize("coregister", [True, False])
+def test_patient_motion_within_one_frame_of_reference_is_undone_when_coregistering(tmp_path, make_settings,
+                                                                                   coregister):
+    from tests.worker.helpers import axial_affine, blob_volume
+
+    volume = blob_volume((24, 48, 48), 1, "FLAIR")
+    affine = axial_affine(spacing=(2.0, 2.0, 2.0), origin=(-48, -48, -24))
+    moved = affine.copy()
+    moved[:3, 3] += [6.0, -4.0, 4.0]  # the head moved between the series; the frame of reference is the same
+    identity = StudyIdentity(uid_seed="motion")
+    t1ce = [copy.deepcopy(ds) for ds in build_mr_series(volume, affine, study=identity, series_number=2,
+                                                         role="T1ce")]
+    flair = [copy.deepcopy(ds) for ds in build_mr_series(volume, moved, study=identity, series_number=3,
+                                                          role="FLAIR")]
+    assert t1ce[0].FrameOfReferenceUID == flair[0].FrameOfReferenceUID
+    manifest = manifest_for(t1ce[0].StudyInstanceUID, [("T1ce", t1ce, write_series(t1ce, tmp_path / "a")),
+                                                       ("FLAIR", flair, write_series(flair, tmp_path / "b"))])
+    study = load_study(manifest, make_settings(coregister=coregister))
+    inner = (slice(4, -4), slice(8, -8), slice(8, -8))
+    error = np.abs(study.images["flair"] - study.images["t1ce"])[inner].mean()
+    scale = np.abs(study.images["t1ce"][inner]).mean()
+    if coregister:
+        assert "FLAIR co-registered to T1ce: moved by" in " ".join(study.notes)
+        assert error < 0.05 * scale
+    else:
+        assert not any("co-registered" in note for note in study.notes)
+        assert error > 0.15 * scale

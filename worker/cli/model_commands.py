@@ -35,6 +35,9 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
                          help="checkpoint (default NEUROSEG_MODEL_PATH, else the shipped demo weights)")
     predict.add_argument("--seed", type=int, default=0, help="seed of the dropout masks (default 0)")
     predict.add_argument("--no-gradcam", action="store_true", help="skip Grad-CAM")
+    predict.add_argument("--no-coregister", action="store_true",
+                         help="trust the scanner geometry instead of co-registering the sequences "
+                              "(default NEUROSEG_COREGISTER)")
     predict.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
     predict.set_defaults(handler=run_predict)
 
@@ -98,7 +101,9 @@ def run_predict(args: argparse.Namespace) -> int:
               "NEUROSEG_MODEL_PATH", file=sys.stderr)
         return 2
     try:
-        images, affine, reference = load_inputs(paths)
+        notes: list[str] = []
+        images, affine, reference = load_inputs(paths, coregister=settings.coregister and not args.no_coregister,
+                                                notes=notes)
         model = load_model(model_path, device)
         bar, update = _progress_bar()
         try:
@@ -109,10 +114,12 @@ def run_predict(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError, TypeError) as exc:
         print(f"neuroseg predict: {exc}", file=sys.stderr)
         return 2
-    report = write_result_folder(result, images, affine, args.out, model_metadata=model.metadata)
+    report = write_result_folder(result, images, affine, args.out, model_metadata=model.metadata, notes=notes)
     if not args.no_figures:
         write_figures(result, images, affine, args.out)
     print(f"model        {result.model_name} {result.model_version} on {model.device}")
+    for note in notes:
+        print(f"input        {note}")
     print(f"reference    {reference} grid {list(result.labels.shape)}; sequences used: {', '.join(result.sequences_used)}")
     print("volumes (mL) " + "  ".join(f"{k.upper()} {v:.1f}" for k, v in report["volumes_ml"].items()))
     print("timings (s)  " + "  ".join(f"{k} {v:.1f}" for k, v in report["timings_s"].items()))
