@@ -99,7 +99,7 @@ def resample_onto(array: np.ndarray, affine: np.ndarray, shape: tuple[int, ...],
 def register_rigid(moving: np.ndarray, moving_affine: np.ndarray, fixed: np.ndarray, fixed_affine: np.ndarray, *,
                    same_frame: bool = True, max_rotation_deg: float = MAX_ROTATION_DEG,
                    max_translation_mm: float = MAX_TRANSLATION_MM, seed: int = 7) -> Registration:
-    """Rigidly register ``moving`` to ``fixed`` (Euler 3D, Mattes MI, three resolution levels).
+    """Rigidly register ``moving`` to ``fixed`` (Euler 3D, Mattes MI, two resolution levels).
 
     Raises
     ------
@@ -126,8 +126,10 @@ def register_rigid(moving: np.ndarray, moving_affine: np.ndarray, fixed: np.ndar
     method.SetInterpolator(sitk.sitkLinear)
     method.SetOptimizerAsRegularStepGradientDescent(learningRate=2.0, minStep=1e-3, numberOfIterations=150)
     method.SetOptimizerScalesFromPhysicalShift()
-    method.SetShrinkFactorsPerLevel([4, 2, 1])
-    method.SetSmoothingSigmasPerLevel([2, 1, 0])
+    # no full-resolution level: half the voxel size is precise enough for a network working at 3 mm,
+    # and the full-resolution level took two thirds of the time on 1 mm volumes
+    method.SetShrinkFactorsPerLevel([4, 2])
+    method.SetSmoothingSigmasPerLevel([2, 1])
     method.SetInitialTransform(initial, inPlace=False)
     try:
         before = float(method.MetricEvaluate(fixed_image, moving_image))
