@@ -11,9 +11,10 @@ every sequence for that reason, and so do we.
 Two cases:
 
 * **same frame of reference**: start from the scanner geometry (identity) and
-  accept the result only when it improves the metric and stays a plausible
-  head movement (``max_rotation_deg``, ``max_translation_mm``); otherwise the
-  scanner geometry is kept and the reason returned;
+  accept the result only when it improves the metric, stays a plausible
+  head movement (``max_rotation_deg``, ``max_translation_mm``) and is larger
+  than the registration's own precision; otherwise the scanner geometry is
+  kept and the reason returned;
 * **different frames of reference** (another session or scanner): there is no
   shared geometry to trust, so start from aligned image centres and accept
   whatever the optimiser finds.
@@ -34,6 +35,9 @@ log = logging.getLogger(__name__)
 
 MAX_ROTATION_DEG = 20.0
 MAX_TRANSLATION_MM = 30.0
+MIN_ROTATION_DEG = 1.0
+MIN_TRANSLATION_MM = 1.0
+"""Smaller movements are within the registration's own precision: resampling for them only blurs."""
 
 
 @dataclass(frozen=True)
@@ -150,6 +154,9 @@ def register_rigid(moving: np.ndarray, moving_affine: np.ndarray, fixed: np.ndar
     if same_frame and (rotation > max_rotation_deg or translation > max_translation_mm):
         return Registration(None, 0.0, 0.0, before, after, False,
                             f"implausible movement ({summary}); scanner geometry kept")
+    if same_frame and rotation < MIN_ROTATION_DEG and translation < MIN_TRANSLATION_MM:
+        return Registration(None, 0.0, 0.0, before, after, False, f"already aligned ({summary}); "
+                            "scanner geometry kept")
     return Registration(euler, rotation, translation, before, after, True, f"moved by {summary}")
 
 
