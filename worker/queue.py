@@ -162,6 +162,8 @@ def create_celery_app(settings: Settings) -> "Celery":
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
+        # a new pool process imports torch, MONAI and highdicom before it reports ready (tasks.warm_up)
+        worker_proc_alive_timeout=120.0,
         task_soft_time_limit=settings.task_soft_time_limit,
         task_time_limit=settings.task_time_limit,
         worker_hijack_root_logger=False,

@@ -1,8 +1,8 @@
 """The Celery task: a thin wrapper that claims a job and runs the pipeline.
 
-It loads nothing heavy at import (the pipeline, and through it torch, is
-imported when the first job runs), so :mod:`neuroseg.worker.queue` can
-register it without importing torch. The task receives a job id, re-reads
+It loads nothing heavy at import, so :mod:`neuroseg.worker.queue` can
+register it without importing torch; each worker process imports the
+pipeline's libraries when it starts (:func:`warm_up`). The task receives a job id, re-reads
 the world from the job store, and maps errors:
 
 - :class:`~neuroseg.worker.errors.InputError` -> ``failed`` with the reason, no retry;
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import TYPE_CHECKING
 
 from neuroseg.worker.errors import InputError, TransientError
@@ -114,6 +115,30 @@ def process_study(task: "Task", job_id: str) -> str:
     return state
 
 
+WARM_UP_MODULES = ("neuroseg.model.inference", "monai.inferers", "neuroseg.model.registration", "SimpleITK",
+                   "neuroseg.model.io", "neuroseg.dicom_out", "neuroseg.worker.delivery")
+"""What the first job would otherwise import, in each worker process before its first job."""
+
+
+def warm_up(**_: object) -> None:
+    """Import the pipeline's heavy libraries (torch, MONAI, SimpleITK, highdicom) in a new worker process.
+
+    Two reasons: the first job should not pay seconds of imports, and an
+    import must not run inside a job, where MONAI's optional imports (which
+    catch ``Exception``) could swallow Celery's soft-time-limit exception and
+    let an over-long job run on.
+    """
+    import importlib
+
+    started = time.perf_counter()
+    for name in WARM_UP_MODULES:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:  # the job will report it with context
+            log.warning("warm-up: cannot import %s: %s", name, exc)
+    log.info("worker process warmed up in %.1f s", time.perf_counter() - started)
+
+
 def record_hard_time_limit(job_id: str) -> None:
     """Fail a job whose process was killed at the hard time limit (else it would be retried in a loop)."""
     settings = get_settings()
@@ -133,8 +158,12 @@ def register(app: "Celery") -> None:
     retry with backoff.
     """
     from celery import Task
+    from celery.signals import worker_process_init
 
     from neuroseg.worker.queue import RETRY_BACKOFF_MAX_S, TASK_NAME
+
+    # prefork children only: importing torch before the fork could leave its thread pools unusable in the children
+    worker_process_init.connect(warm_up, weak=False)
 
     class JobTask(Task):
         """Records a job killed by the hard time limit (Celery calls this in the worker's main process)."""

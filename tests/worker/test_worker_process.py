@@ -87,11 +87,12 @@ def test_a_job_over_the_soft_time_limit_fails_saying_so(tiny_checkpoint, tmp_pat
     data_dir = tmp_path / "data"
     settings = make_settings(data_dir=data_dir)
     env = worker_env(data_dir, NEUROSEG_MODEL_PATH=str(tiny_checkpoint), NEUROSEG_TASK_SOFT_TIME_LIMIT="1",
-                     NEUROSEG_TASK_TIME_LIMIT="120", NEUROSEG_MC_SAMPLES="50")
+                     NEUROSEG_TASK_TIME_LIMIT="120", NEUROSEG_MC_SAMPLES="200")
     worker = WorkerProcess(env, tmp_path / "worker.log").start()
     try:
         store = JobStore.from_settings(settings)
-        study = build_study(tmp_path / "spool", "soft-limit", roles=("T1ce", "FLAIR"))
+        # big enough that loading, co-registration, inference and encoding take well over 1 s on an idle machine
+        study = build_study(tmp_path / "spool", "soft-limit", roles=("T1ce", "FLAIR"), shape=(40, 96, 96))
         job_id = queue.enqueue_study(settings, study.manifest())
         assert wait_for_state(store, job_id, 120, worker=worker) == "failed"
         assert "soft time limit of 1 s (NEUROSEG_TASK_SOFT_TIME_LIMIT)" in store.get_job(job_id).error
