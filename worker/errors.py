@@ -17,3 +17,10 @@ class InputError(NeurosegError):
 
 class TransientError(NeurosegError):
     """A temporary failure; the same job may succeed on retry."""
+
+
+
+# Celery's soft time limit, raised inside a job by a signal (billiard comes with Celery).
+# A broad ``except Exception`` that turns parse failures into InputError must re-raise it:
+# the job's time ran out, the file is not at fault.
+from billiard.exceptions import SoftTimeLimitExceeded as JobInterrupted  # noqa: E402

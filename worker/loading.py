@@ -40,7 +40,7 @@ from pydicom.dataset import Dataset
 
 from neuroseg.model.registration import register_rigid, resample_onto
 from neuroseg.worker.contracts import SequenceRole, SeriesManifest, StudyManifest
-from neuroseg.worker.errors import InputError
+from neuroseg.worker.errors import InputError, JobInterrupted
 from neuroseg.worker.settings import FrameOfReferencePolicy, Settings
 
 log = logging.getLogger(__name__)
@@ -125,6 +125,8 @@ def read_series_datasets(folder: Path, series_uid: str = "") -> list[Dataset]:
     for path in files:
         try:
             ds = pydicom.dcmread(path)
+        except JobInterrupted:
+            raise
         except Exception as exc:  # noqa: BLE001 - any parse failure is bad input
             raise InputError(f"{_name(series_uid)}: file {path.name} is not readable DICOM: {exc}") from exc
         if "PixelData" not in ds and "FloatPixelData" not in ds:
@@ -216,6 +218,8 @@ def _planes(datasets: Sequence[Dataset], where: str) -> list[_Plane]:
 def _pixels(ds: Dataset, where: str) -> np.ndarray:
     try:
         array = ds.pixel_array
+    except JobInterrupted:
+        raise
     except Exception as exc:  # noqa: BLE001 - a decoder failure is bad input
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         syntax_name = getattr(syntax, "name", syntax)
@@ -343,7 +347,7 @@ def load_series(series: SeriesManifest) -> SeriesVolume:
     datasets = read_series_datasets(Path(series.folder), series.series_instance_uid)
     try:
         return series_to_volume(datasets, series_instance_uid=series.series_instance_uid, role=series.role)
-    except InputError:
+    except (InputError, JobInterrupted):
         raise
     except Exception as exc:  # noqa: BLE001 - pydicom decodes lazily: any header access may raise
         # a header the checks above did not foresee (found by tests/reliability fuzzing: a

@@ -167,6 +167,21 @@ def test_corrupt_pixel_data_is_refused(tmp_path):
         series_to_volume(read_series_datasets(tmp_path, "1.2.3"))
 
 
+def test_running_out_of_job_time_while_reading_is_not_blamed_on_the_file(tmp_path, monkeypatch):
+    from neuroseg.worker import loading
+    from neuroseg.worker.errors import JobInterrupted
+
+    _, _, datasets = make_series()
+    write_series(datasets, tmp_path)
+
+    def interrupted(*args, **kwargs):
+        raise JobInterrupted("soft time limit")  # what Celery's signal handler raises mid-read
+
+    monkeypatch.setattr(loading.pydicom, "dcmread", interrupted)
+    with pytest.raises(JobInterrupted):
+        read_series_datasets(tmp_path, "1.2.3")
+
+
 def write_series(datasets, folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for ds in datasets:
