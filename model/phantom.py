@@ -360,9 +360,17 @@ def _head_layers(rng: np.random.Generator, distance_mm: np.ndarray) -> dict[str,
     muscle = float(rng.uniform(0.5, 2.5))
     fat = float(rng.uniform(2.0, 4.5))
     skin = float(rng.uniform(1.0, 2.0))
-    edges = np.cumsum([0.0, inner_csf, table, marrow, table, muscle, fat, skin])
+    # the temporalis: a thick muscle with fat around it over the lower sides of the head,
+    # where real scalp is thickest (axes of the template grid: 0 left-right, 2 foot-head)
+    x = np.abs(np.linspace(-1.0, 1.0, distance_mm.shape[0]))[:, None, None]
+    z = np.linspace(0.0, 1.0, distance_mm.shape[2])[None, None, :]
+    temporal = np.clip((x - 0.55) / 0.3, 0, 1) * np.clip((0.7 - z) / 0.25, 0, 1)
+    muscle = muscle + float(rng.uniform(2.0, 8.0)) * temporal
+    fat = fat + float(rng.uniform(0.0, 4.0)) * temporal
+    edges = [0.0, inner_csf, table, marrow, table, muscle, fat, skin]
+    edges = [sum(edges[:n + 1]) for n in range(len(edges))]
 
-    def band(lo: float, hi: float) -> np.ndarray:
+    def band(lo, hi) -> np.ndarray:  # noqa: ANN001 - mm, scalars or maps
         return np.clip(d - lo + 0.5, 0, 1) * np.clip(hi - d + 0.5, 0, 1) * (distance_mm > 0)
 
     return {

@@ -8,7 +8,7 @@ from neuroseg.model.checkpoint import SHIPPED_WEIGHTS, read_checkpoint
 from neuroseg.model.evaluate import dice_hd95, region_mask
 from neuroseg.model.phantom import PhantomConfig, make_phantom
 
-# a seed far from the training (1000-1089) and held-out evaluation (5000-5007) phantoms
+# a seed far from the training (1000-1119) and held-out evaluation (5000-5007) phantoms
 FRESH_SEED = 777_001
 
 
