@@ -98,6 +98,15 @@ class TrainConfig:
             if not 0.0 <= value < 1.0 and not (name != "val_fraction" and value == 1.0):
                 raise ValueError(f"{name}={value} must be in [0, 1)")
 
+    def network_config(self):  # noqa: ANN201 - NetworkConfig, imported lazily with torch
+        """The architecture this run trains."""
+        from neuroseg.model.network import NetworkConfig
+
+        return NetworkConfig(
+            channels=self.channels, head_channels=self.head_channels, dropout=self.dropout,
+            trunk_dropout=self.trunk_dropout, patch_size=(self.patch_size,) * 3, spacing_mm=self.spacing_mm,
+        )
+
     def to_dict(self) -> dict:
         data = asdict(self)
         data["data_dirs"] = [str(p) for p in self.data_dirs]
@@ -148,6 +157,12 @@ def segmentation_loss(logits, labels, whole_tumour_only, dice_ce, wt_weight: flo
         weights.append(float(whole_tumour_only.sum()))
     total = sum(w * loss for w, loss in zip(weights, losses)) / sum(weights)
     return total
+
+
+def _run_summary(rows: list[dict], validations: list[dict]) -> tuple[float, dict]:
+    """Mean loss of the last 20 steps and the last validation of a run."""
+    final_loss = float(np.mean([r["loss"] for r in rows[-20:]])) if rows else float("nan")
+    return final_loss, (validations[-1] if validations else {"mean": {}})
 
 
 def lr_factor(step: int, warmup: int, total: int) -> float:
@@ -288,7 +303,7 @@ def train(config: TrainConfig, out: Path, work_dir: Path | None = None, *, resum
     from tqdm import tqdm
 
     from neuroseg.model.checkpoint import load_checkpoint, save_checkpoint
-    from neuroseg.model.network import NetworkConfig, build_network, with_presence
+    from neuroseg.model.network import build_network, with_presence
 
     started = time.perf_counter()
     out = Path(out)
@@ -298,10 +313,7 @@ def train(config: TrainConfig, out: Path, work_dir: Path | None = None, *, resum
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
-    net_config = NetworkConfig(
-        channels=config.channels, head_channels=config.head_channels, dropout=config.dropout,
-        trunk_dropout=config.trunk_dropout, patch_size=(config.patch_size,) * 3, spacing_mm=config.spacing_mm,
-    )
+    net_config = config.network_config()
     sequences = net_config.in_sequences
     if tuple(sequences) != SEQUENCES:
         raise ValueError(f"the network's sequences {sequences} differ from the data's {SEQUENCES}")
@@ -385,8 +397,7 @@ def train(config: TrainConfig, out: Path, work_dir: Path | None = None, *, resum
             save_state()
             _write_metrics(work_dir, rows, validations, config)
     bar.close()
-    final_loss = float(np.mean([r["loss"] for r in rows[-20:]])) if rows else float("nan")
-    last_validation = validations[-1] if validations else {"mean": {}}
+    final_loss, last_validation = _run_summary(rows, validations)
     if step >= config.steps:
         metadata = {
             "name": config.name,
@@ -443,22 +454,18 @@ def export_state(work_dir: Path, out: Path, command: str = "") -> TrainResult:
     import torch
 
     from neuroseg.model.checkpoint import save_checkpoint
-    from neuroseg.model.network import NetworkConfig, build_network
+    from neuroseg.model.network import build_network
 
     state_path = Path(work_dir) / "state.pt"
     if not state_path.is_file():
         raise ValueError(f"no saved training state {state_path}")
     state = torch.load(state_path, map_location="cpu", weights_only=False)
     config = TrainConfig(**state["config"])
-    net_config = NetworkConfig(
-        channels=config.channels, head_channels=config.head_channels, dropout=config.dropout,
-        trunk_dropout=config.trunk_dropout, patch_size=(config.patch_size,) * 3, spacing_mm=config.spacing_mm,
-    )
+    net_config = config.network_config()
     network = build_network(net_config)
     network.load_state_dict(state["model"])
     rows, validations = state["rows"], state["validations"]
-    final_loss = float(np.mean([r["loss"] for r in rows[-20:]])) if rows else float("nan")
-    last_validation = validations[-1] if validations else {"mean": {}}
+    final_loss, last_validation = _run_summary(rows, validations)
     metadata = {
         "name": config.name,
         "version": config.version,
