@@ -3,7 +3,7 @@
 Each helper starts a private server (its own port and folder) so tests can
 stop and restart it without touching anything else on the machine. They need
 the Debian packages that ``.ci/run`` installs: ``redis-server``, ``orthanc``,
-``dcmtk``.
+``dcmtk`` (and ``orthanc-dicomweb`` for DICOMweb).
 """
 
 from __future__ import annotations
@@ -95,6 +95,18 @@ class RedisServer:
         self.start()
 
 
+DICOMWEB_PLUGIN_FOLDERS = (Path("/usr/share/orthanc/plugins"), Path("/usr/lib/orthanc"))
+
+
+def dicomweb_plugin() -> str:
+    """Orthanc's DICOMweb plugin library (Debian package ``orthanc-dicomweb``)."""
+    for folder in DICOMWEB_PLUGIN_FOLDERS:
+        found = sorted(folder.glob("libOrthancDicomWeb.so*"))
+        if found:
+            return str(found[0])
+    raise RuntimeError("Orthanc's DICOMweb plugin is not installed; .ci/run installs orthanc-dicomweb")
+
+
 @dataclass
 class OrthancServer:
     """A private Orthanc PACS on free loopback ports with its own storage folder.
@@ -108,11 +120,19 @@ class OrthancServer:
     dicom_port: int = field(default_factory=free_port)
     http_port: int = field(default_factory=free_port)
     modalities: dict[str, tuple[str, str, int]] = field(default_factory=dict)
+    dicomweb: bool = False
     process: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def dicomweb_url(self) -> str:
+        """The DICOMweb (QIDO/WADO/STOW-RS) base URL; needs ``dicomweb=True``."""
+        if not self.dicomweb:
+            raise RuntimeError("this Orthanc was started without its DICOMweb plugin (dicomweb=True)")
+        return f"{self.url}/dicom-web"
 
     @property
     def destination(self) -> str:
@@ -136,7 +156,8 @@ class OrthancServer:
             "DicomAlwaysAllowEcho": True,
             "UnknownSopClassAccepted": True,
             "StorageCompression": False,
-            "Plugins": [],
+            "Plugins": [dicomweb_plugin()] if self.dicomweb else [],
+            "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
             "DicomModalities": {name: list(value) for name, value in self.modalities.items()},
         }
         path = self.folder / "orthanc.json"
