@@ -96,3 +96,54 @@ def test_readme_lists_every_setting():
     readme = (REPO_ROOT / "README.md").read_text()
     missing = [name for name, _, _ in describe_settings() if f"`{name}`" not in readme]
     assert missing == [], f"README configuration table lacks {missing}"
+
+
+@pytest.mark.parametrize(
+    ("variable", "message"),
+    [
+        ("NEUROSEG_DESTINATION", "unknown setting NEUROSEG_DESTINATION; did you mean NEUROSEG_DESTINATIONS?"),
+        ("neuroseg_admintoken", "unknown setting NEUROSEG_ADMINTOKEN; did you mean NEUROSEG_ADMIN_TOKEN?"),
+        ("NEUROSEG_CONFG", "unknown setting NEUROSEG_CONFG; did you mean NEUROSEG_CONFIG?"),
+        ("NEUROSEG_QQQQQ", "unknown setting NEUROSEG_QQQQQ; the README's settings table lists every name"),
+    ],
+)
+def test_a_misspelt_environment_variable_stops_start_up(monkeypatch, variable, message):
+    monkeypatch.setenv(variable, "ORTHANC@127.0.0.1:4242")
+    with pytest.raises(SettingsError) as raised:
+        load_settings()
+    assert str(raised.value) == message
+
+
+def test_the_cli_names_a_misspelt_variable_in_one_line(monkeypatch, capsys):
+    monkeypatch.setenv("NEUROSEG_DESTINATION", "ORTHANC@127.0.0.1:4242")
+    assert main(["config"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "neuroseg: configuration error: unknown setting NEUROSEG_DESTINATION; did you mean NEUROSEG_DESTINATIONS?"
+    )
+
+
+def test_config_file_with_a_misspelt_key_suggests_the_setting(monkeypatch, tmp_path: Path):
+    config = tmp_path / "neuroseg.toml"
+    config.write_text('destination = "ORTHANC@127.0.0.1:4242"\n')
+    monkeypatch.setenv("NEUROSEG_CONFIG", str(config))
+    with pytest.raises(SettingsError) as raised:
+        load_settings()
+    assert str(raised.value) == f"config file {config}: unknown setting destination; did you mean destinations?"
+
+
+def test_a_misspelt_override_is_refused():
+    with pytest.raises(SettingsError, match="unknown setting stable_second; did you mean stable_seconds?"):
+        load_settings(stable_second=1)
+
+
+def test_valid_names_come_from_the_fields(monkeypatch):
+    """A setting added to the model is accepted at once: the check keeps no list of its own."""
+    from neuroseg.worker.settings import Settings
+
+    class WithNewSetting(Settings):
+        brand_new_setting: int = 1
+
+    monkeypatch.setenv("NEUROSEG_BRAND_NEW_SETTING", "7")
+    assert WithNewSetting().brand_new_setting == 7
+    with pytest.raises(SettingsError, match="NEUROSEG_BRAND_NEW_SETTING"):
+        load_settings()

@@ -14,10 +14,12 @@ down; nothing else in neuroseg reads the environment.
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 import re
 import tomllib
+from collections.abc import Callable, Iterable
 from enum import Enum
 from functools import lru_cache
 from pathlib import Path
@@ -124,13 +126,39 @@ class _ConfigFileSource(InitSettingsSource):
         data: dict[str, Any] = {}
         if path is not None:
             data = read_config_file(path)
-            unknown = sorted(set(data) - set(settings_cls.model_fields))
-            if unknown:
-                raise SettingsError(
-                    f"config file {path}: unknown setting(s) {', '.join(unknown)}; "
-                    f"allowed: {', '.join(sorted(settings_cls.model_fields))}"
-                )
+            refuse_unknown_names(data, settings_cls.model_fields, where=f"config file {path}: ")
         super().__init__(settings_cls, data)
+
+
+def refuse_unknown_names(
+    names: Iterable[str], valid: Iterable[str], where: str = "", spell: Callable[[str], str] = str
+) -> None:
+    """Raise :class:`SettingsError` naming each of ``names`` not in ``valid``, with the closest valid name.
+
+    A misspelt setting must stop start-up: silently ignoring it would, for
+    example, send every result to the outbox instead of the PACS. ``spell``
+    writes a name the way the admin typed it (``NEUROSEG_`` + upper case for
+    environment variables).
+    """
+    valid = sorted(valid)
+    unknown = sorted(set(names) - set(valid))
+    if not unknown:
+        return
+    problems = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, valid, n=1, cutoff=0.6)
+        hint = f"did you mean {spell(close[0])}?" if close else "the README's settings table lists every name"
+        problems.append(f"unknown setting {spell(name)}; {hint}")
+    raise SettingsError(where + "; ".join(problems))
+
+
+def _refuse_unknown_environment(field_names: Iterable[str]) -> None:
+    """Refuse a ``NEUROSEG_*`` environment variable that names no setting (derived from the fields)."""
+    config_name = CONFIG_FILE_VARIABLE.removeprefix(ENV_PREFIX).lower()
+    # compared without the shared prefix (it would make every name look alike), case-insensitively
+    # as pydantic-settings reads them
+    present = {name[len(ENV_PREFIX):].lower() for name in os.environ if name.upper().startswith(ENV_PREFIX)}
+    refuse_unknown_names(present, {*field_names, config_name}, spell=lambda name: ENV_PREFIX + name.upper())
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
@@ -156,7 +184,7 @@ class Settings(BaseSettings):
     """Every setting of neuroseg; the environment variable is ``NEUROSEG_`` + the upper-case name."""
 
     model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, extra="ignore", validate_default=True, frozen=True
+        env_prefix=ENV_PREFIX, extra="forbid", validate_default=True, frozen=True
     )
 
     # --- where things live -------------------------------------------------
@@ -288,6 +316,7 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
+        _refuse_unknown_environment(settings_cls.model_fields)
         config_file = os.environ.get(CONFIG_FILE_VARIABLE)
         file_source = _ConfigFileSource(settings_cls, Path(config_file) if config_file else None)
         return (init_settings, env_settings, file_source)
@@ -331,6 +360,7 @@ def load_settings(**overrides: Any) -> Settings:
 
     Keyword arguments override every other source (used by tests and the CLI).
     """
+    refuse_unknown_names(overrides, Settings.model_fields)
     try:
         return Settings(**overrides)
     except ValidationError as exc:
