@@ -36,7 +36,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from importlib.metadata import PackageNotFoundError, version
@@ -47,6 +46,7 @@ import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID
 
+from neuroseg.common.files import atomic_write
 from neuroseg.dicom_out.uids import derive_uid
 
 log = logging.getLogger(__name__)
@@ -521,16 +521,7 @@ def _series_dataset(study: StudyIdentity, protocol: MrProtocol, series_uid: str,
 
 
 def _atomic_dcmwrite(ds: Dataset, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".dcm", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            pydicom.dcmwrite(handle, ds, enforce_file_format=True)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda stream: pydicom.dcmwrite(stream, ds, enforce_file_format=True))
 
 
 def _canonical_in_plane(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

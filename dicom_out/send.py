@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ from pathlib import Path
 import pydicom
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from neuroseg.common.files import atomic_write
 from neuroseg.dicom_out.common import EncodedObject
 from neuroseg.dicom_out.enum import DeliveryStatus
 
@@ -214,16 +214,7 @@ def write_outbox(objects: Iterable[EncodedObject], folder: str | os.PathLike[str
     paths = []
     for obj in objects:
         path = folder / f"{obj.kind}.dcm"
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".dcm", dir=folder)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                pydicom.dcmwrite(handle, obj.dataset, enforce_file_format=True)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(path, lambda stream, ds=obj.dataset: pydicom.dcmwrite(stream, ds, enforce_file_format=True))
         paths.append(path)
     log.info("wrote %d objects to %s", len(paths), folder)
     return paths

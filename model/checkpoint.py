@@ -25,13 +25,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from neuroseg.common.files import atomic_write
 from neuroseg.model.network import BRATS_LABELS, CLASS_NAMES, NetworkConfig, build_network
 
 log = logging.getLogger(__name__)
@@ -109,16 +109,7 @@ def save_checkpoint(path: str | os.PathLike[str], network: nn.Module, config: Ne
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            torch.save(payload, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda stream: torch.save(payload, stream))
     log.info("saved checkpoint %s (%s %s)", path, metadata["name"], metadata["version"])
 
 

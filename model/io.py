@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from neuroseg.common.files import atomic_target, atomic_write
 from neuroseg.model.registration import register_rigid, resample_onto
 
 log = logging.getLogger(__name__)
@@ -207,22 +207,12 @@ def write_nifti(array: np.ndarray, affine: np.ndarray, path: str | os.PathLike[s
     image.set_sform(ras, code=1)
     image.set_qform(ras, code=1)
     suffix = ".nii.gz" if path.name.endswith(".nii.gz") else ".nii"
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-    os.close(handle)
-    try:
-        nib.save(image, temp_name)
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+    with atomic_target(path, suffix=suffix) as temp:  # nibabel picks the format from the suffix
+        nib.save(image, temp)
 
 
 def _write_json(data: dict[str, Any], path: Path) -> None:
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(handle, "w") as stream:
-        json.dump(data, stream, indent=2, sort_keys=False)
-        stream.write("\n")
-    os.replace(temp_name, path)
+    atomic_write(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
 def build_report(result: Any, shape: tuple[int, ...], affine: np.ndarray, model_metadata: Mapping[str, Any] | None = None,

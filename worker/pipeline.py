@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,6 +38,7 @@ from typing import Any
 import numpy as np
 import pydicom
 
+from neuroseg.common.files import atomic_write
 from neuroseg.worker.contracts import StudyManifest
 from neuroseg.worker.errors import InputError, NeurosegError, TransientError
 from neuroseg.worker.jobstore import JobState, JobStore, OutputRecord
@@ -268,34 +267,18 @@ def save_objects(ctx: JobContext, objects: list[Any]) -> None:
     listing = []
     for item in objects:
         path = folder / f"{item.kind}.dcm"
-        _atomic_write(item.dataset, path)
+        atomic_write(path, lambda stream, dataset=item.dataset: dataset.save_as(stream, enforce_file_format=True))
         listing.append({"kind": item.kind, "sop_class_uid": str(item.sop_class_uid),
                         "sop_instance_uid": str(item.sop_instance_uid),
                         "series_instance_uid": str(item.dataset.get("SeriesInstanceUID", "")),
                         "path": path.name})
-    index = folder / "objects.json"
-    tmp = index.with_suffix(".tmp")
-    tmp.write_text(json.dumps(listing, indent=1))
-    os.replace(tmp, index)
+    atomic_write(folder / "objects.json", json.dumps(listing, indent=1))
     ctx.store.record_outputs(ctx.job_id, [
         OutputRecord(kind=item["kind"], sop_instance_uid=item["sop_instance_uid"],
                      series_instance_uid=item["series_instance_uid"], sop_class_uid=item["sop_class_uid"],
                      path=str(folder / item["path"]))
         for item in listing])
     ctx.store.set_resume_stage(ctx.job_id, JobState.DELIVERING)
-
-
-def _atomic_write(dataset: pydicom.Dataset, path: Path) -> None:
-    handle, name = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".dcm")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            dataset.save_as(stream, enforce_file_format=True)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(name, path)
-    except BaseException:
-        Path(name).unlink(missing_ok=True)
-        raise
 
 
 def load_saved_objects(ctx: JobContext) -> list[Any]:

@@ -95,17 +95,14 @@ def _atomic_filesystem_transport() -> type:
     from kombu.transport import filesystem
     from kombu.utils.json import dumps
 
+    from neuroseg.common.files import atomic_write
+
     class AtomicChannel(filesystem.Channel):
         def _put(self, queue, payload, **kwargs):  # noqa: ANN001, ANN202 - kombu's signature
             name = f"{int(round(monotonic() * 1000))}_{uuid.uuid4()}.{queue}.msg"
             final = os.path.join(self.data_folder_out, name)
-            temp = os.path.join(self.data_folder_out, f".{name}.tmp")
             try:
-                with open(temp, "wb") as handle:
-                    handle.write(dumps(payload).encode())
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                os.replace(temp, final)
+                atomic_write(final, dumps(payload).encode())  # the temporary name does not end in .msg
             except OSError as exc:
                 raise filesystem.ChannelError(f"Cannot add file {final!r} to directory") from exc
 

@@ -33,15 +33,15 @@ import hashlib
 import json
 import logging
 import math
-import os
 import re
-import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from neuroseg.common.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -154,9 +154,7 @@ def _write_atomically(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file; a failure only logs (the cache is optional)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, suffix=".tmp") as handle:
-            handle.write(data)
-        os.replace(handle.name, path)
+        atomic_write(path, data, fsync=False)  # a cache: rebuilt when lost
     except OSError as exc:
         log.warning("cannot cache viewer data in %s: %s", path.parent, exc)
 

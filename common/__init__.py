@@ -1,0 +1,1 @@
+"""Small helpers every stage may use; this package imports no stage of neuroseg."""
