@@ -26,7 +26,14 @@ from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoin
 from starlette.responses import Response
 
 from neuroseg.worker.settings import Settings
-from neuroseg.worker.web.auth import Authenticator, LoginRequired
+from neuroseg.worker.web.auth import (
+    Authenticator,
+    FailedAttemptThrottle,
+    LoginRequired,
+    client_address,
+    credentials_rejected,
+    is_credential_attempt,
+)
 from neuroseg.worker.web.monitor import QueueMonitor
 from neuroseg.worker.web.viewer_data import ResultFolder, ResultNotFound, job_result_folder
 
@@ -58,6 +65,34 @@ class SecurityHeaders(BaseHTTPMiddleware):
         headers["Permissions-Policy"] = "camera=(), microphone=(), geolocation=()"
         if not request.url.path.startswith("/static/"):
             headers.setdefault("Cache-Control", "no-store")
+        return response
+
+
+class ThrottleFailedAuthentication(BaseHTTPMiddleware):
+    """Logs and counts wrong tokens per client address; answers 429 while an address has too many."""
+
+    def __init__(self, app, throttle: FailedAttemptThrottle) -> None:  # noqa: ANN001 - any ASGI app
+        super().__init__(app)
+        self.throttle = throttle
+
+    async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
+        if not is_credential_attempt(request):
+            return await call_next(request)
+        client = client_address(request)
+        wait = self.throttle.retry_after(client)
+        if wait:
+            log.warning("admin authentication from %s refused for %d s: too many failures", client, wait)
+            from fastapi.responses import JSONResponse
+
+            return JSONResponse(
+                {"detail": f"too many failed logins from {client}; try again in {wait} s"},
+                status_code=429, headers={"Retry-After": str(wait)},
+            )
+        response = await call_next(request)
+        if credentials_rejected(request, response.status_code):
+            failures = self.throttle.record_failure(client)
+            log.warning("failed admin authentication from %s on %s (%d within %.0f s)", client,
+                        request.url.path, failures, self.throttle.window_seconds)
         return response
 
 
@@ -142,7 +177,12 @@ def create_app(settings: Settings) -> FastAPI:
     -------
     FastAPI
         The ASGI app. ``app.state`` holds ``settings``, ``authenticator``,
-        ``jobstore`` (a lazy provider), ``monitor``, ``results`` and ``templates``.
+        ``throttle``, ``jobstore`` (a lazy provider), ``monitor``, ``results`` and ``templates``.
+
+    Raises
+    ------
+    SettingsError
+        When the admin token is set but shorter than 16 characters.
     """
     from neuroseg.worker.web import api, pages, viewer
     from neuroseg.worker.web.metrics import register_operations
@@ -157,7 +197,8 @@ def create_app(settings: Settings) -> FastAPI:
     )
     token = settings.admin_token.get_secret_value() if settings.admin_token is not None else None
     app.state.settings = settings
-    app.state.authenticator = Authenticator(token)
+    app.state.authenticator = Authenticator(token)  # raises SettingsError for a short token
+    app.state.throttle = FailedAttemptThrottle()
     if not app.state.authenticator.enabled:
         log.warning("NEUROSEG_ADMIN_TOKEN is not set: the admin app shows no patient data until it is")
     app.state.jobstore = JobStoreProvider(settings)
@@ -169,7 +210,8 @@ def create_app(settings: Settings) -> FastAPI:
     templates.globals["version"] = app.version
     app.state.templates = templates
 
-    app.add_middleware(SecurityHeaders)
+    app.add_middleware(ThrottleFailedAuthentication, throttle=app.state.throttle)
+    app.add_middleware(SecurityHeaders)  # added last: outermost, so 429 answers carry the headers too
 
     @app.exception_handler(LoginRequired)
     async def _to_login(request: Request, exc: LoginRequired) -> RedirectResponse:

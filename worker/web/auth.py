@@ -1,9 +1,17 @@
 """Login, signed session cookies and CSRF protection for the admin app.
 
-There is one secret, ``NEUROSEG_ADMIN_TOKEN``. A browser logs in by typing it
-once; the app then sets a session cookie signed with HMAC-SHA256 under a key
-derived from the token (so changing the token logs everybody out). Scripts send
-the token itself as ``Authorization: Bearer <token>``.
+There is one secret, ``NEUROSEG_ADMIN_TOKEN``, at least
+:data:`MIN_TOKEN_LENGTH` characters long (the app refuses to start with a
+shorter one). A browser logs in by typing it once; the app then sets a session
+cookie signed by ``itsdangerous`` (HMAC-SHA256, key derived from the token, so
+changing the token logs everybody out). Scripts send the token itself as
+``Authorization: Bearer <token>``.
+
+Failed logins and failed bearer tokens are logged and counted per client
+address by :class:`FailedAttemptThrottle`; an address with too many recent
+failures gets ``429 Too Many Requests`` for its credentialed requests until the
+window has passed. The count lives in the process (each admin process keeps its
+own). ``/health`` and ``/metrics`` are never throttled.
 
 CSRF: the cookie is ``SameSite=Strict`` and ``HttpOnly``; every state-changing
 request made with the cookie must also carry the session's CSRF token in the
@@ -18,17 +26,22 @@ the login page says how to set the token.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
-import json
 import logging
+import math
 import secrets
+import threading
 import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
+from itsdangerous import BadData, URLSafeTimedSerializer
+
+from neuroseg.worker.settings import SettingsError
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +49,16 @@ SESSION_COOKIE = "neuroseg_session"
 LOGIN_CSRF_COOKIE = "neuroseg_login_csrf"
 CSRF_HEADER = "X-CSRF-Token"
 SESSION_MAX_AGE_SECONDS = 12 * 3600
+MIN_TOKEN_LENGTH = 16
+GENERATE_TOKEN_COMMAND = 'python -c "import secrets; print(secrets.token_urlsafe(32))"'
 TOKEN_NOT_SET_MESSAGE = (
     "The admin login is disabled because no admin token is configured. Set the environment "
-    "variable NEUROSEG_ADMIN_TOKEN (for example to the output of "
-    "`python -c \"import secrets; print(secrets.token_urlsafe(32))\"`) and restart `neuroseg admin`."
+    f"variable NEUROSEG_ADMIN_TOKEN (for example to the output of `{GENERATE_TOKEN_COMMAND}`) "
+    "and restart `neuroseg admin`."
 )
-_KEY_LABEL = b"neuroseg admin session v1"
+_SESSION_SALT = "neuroseg admin session v1"
+# Paths that answer without credentials and are never throttled (load balancers, Prometheus).
+OPEN_PATHS = frozenset({"/health", "/metrics"})
 
 
 @dataclass(frozen=True)
@@ -62,14 +79,6 @@ class Principal:
     session: Session | None = None
 
 
-def _b64encode(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def _b64decode(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
 class Authenticator:
     """Checks the admin token and signs/verifies session cookies.
 
@@ -77,16 +86,26 @@ class Authenticator:
     ----------
     admin_token: str or None
         The configured secret; ``None`` (or empty) disables login entirely.
+        A shorter one than :data:`MIN_TOKEN_LENGTH` raises :class:`SettingsError`.
     max_age_seconds: float
         Lifetime of a session cookie.
     """
 
     def __init__(self, admin_token: str | None, max_age_seconds: float = SESSION_MAX_AGE_SECONDS) -> None:
         self._token = (admin_token or "").encode("utf-8")
+        if self._token and len(admin_token or "") < MIN_TOKEN_LENGTH:
+            raise SettingsError(
+                f"NEUROSEG_ADMIN_TOKEN has {len(admin_token or '')} characters; the admin app needs at least "
+                f"{MIN_TOKEN_LENGTH}: generate one with {GENERATE_TOKEN_COMMAND}"
+            )
         self.max_age_seconds = max_age_seconds
-        self._key = hmac.new(self._token, _KEY_LABEL, hashlib.sha256).digest() if self._token else b""
-        if self._token and len(self._token) < 16:
-            log.warning("NEUROSEG_ADMIN_TOKEN is shorter than 16 characters; use a long random token")
+        self._serializer = (
+            URLSafeTimedSerializer(
+                self._token, salt=_SESSION_SALT, signer_kwargs={"digest_method": hashlib.sha256}
+            )
+            if self._token
+            else None
+        )
 
     @property
     def enabled(self) -> bool:
@@ -103,37 +122,95 @@ class Authenticator:
         return Session(user=user, csrf_token=secrets.token_urlsafe(32), issued_at=time.time())
 
     def dumps(self, session: Session) -> str:
-        """The cookie value for ``session``: base64 payload, a dot, base64 HMAC."""
-        if not self.enabled:
+        """The signed, timestamped cookie value for ``session``."""
+        if self._serializer is None:
             raise RuntimeError("cannot sign a session without an admin token")
-        payload = json.dumps(
-            {"u": session.user, "c": session.csrf_token, "t": session.issued_at}, separators=(",", ":")
-        ).encode("utf-8")
-        signature = hmac.new(self._key, payload, hashlib.sha256).digest()
-        return f"{_b64encode(payload)}.{_b64encode(signature)}"
+        return self._serializer.dumps({"u": session.user, "c": session.csrf_token})
 
     def loads(self, value: str | None, now: float | None = None) -> Session | None:
-        """The session in a cookie value, or ``None`` if it is missing, forged or expired."""
-        if not value or not self.enabled or "." not in value:
-            return None
-        payload_text, _, signature_text = value.partition(".")
-        try:
-            payload = _b64decode(payload_text)
-            signature = _b64decode(signature_text)
-        except (ValueError, TypeError):
-            return None
-        expected = hmac.new(self._key, payload, hashlib.sha256).digest()
-        if not hmac.compare_digest(signature, expected):
+        """The session in a cookie value, or ``None`` if it is missing, forged or expired.
+
+        ``issued_at`` is the signing time the cookie carries (whole seconds).
+        """
+        if not value or self._serializer is None:
             return None
         try:
-            data = json.loads(payload)
-            session = Session(user=str(data["u"]), csrf_token=str(data["c"]), issued_at=float(data["t"]))
-        except (ValueError, KeyError, TypeError):
+            data, signed_at = self._serializer.loads(value, return_timestamp=True)
+            session = Session(user=str(data["u"]), csrf_token=str(data["c"]), issued_at=signed_at.timestamp())
+        except (BadData, KeyError, TypeError):
             return None
         now = time.time() if now is None else now
-        if not (0 <= now - session.issued_at <= self.max_age_seconds):
+        if not (-1 <= now - session.issued_at <= self.max_age_seconds):  # -1: the stamp is whole seconds
             return None
         return session
+
+
+class FailedAttemptThrottle:
+    """Failed logins and bearer tokens per client address, in this process.
+
+    After ``max_failures`` failures within ``window_seconds`` an address must
+    wait until its oldest counted failure leaves the window. The count is kept
+    in memory, so each admin process counts on its own and a restart forgets.
+    """
+
+    def __init__(
+        self, max_failures: int = 10, window_seconds: float = 300.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.max_failures = max_failures
+        self.window_seconds = window_seconds
+        self._clock = clock
+        self._failures: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def _recent(self, client: str, now: float) -> deque[float]:
+        failures = self._failures.get(client, deque())
+        while failures and now - failures[0] >= self.window_seconds:
+            failures.popleft()
+        if not failures:
+            self._failures.pop(client, None)
+        return failures
+
+    def retry_after(self, client: str) -> int:
+        """Whole seconds ``client`` must wait before its next attempt; 0 when it may try now."""
+        with self._lock:
+            now = self._clock()
+            failures = self._recent(client, now)
+            if len(failures) < self.max_failures:
+                return 0
+            return max(1, math.ceil(failures[-self.max_failures] + self.window_seconds - now))
+
+    def record_failure(self, client: str) -> int:
+        """Count a failure of ``client``; returns its failures within the window."""
+        with self._lock:
+            now = self._clock()
+            failures = self._recent(client, now)
+            failures.append(now)
+            self._failures[client] = failures
+            if len(self._failures) > 10_000:  # forget addresses whose failures are all old
+                for address in list(self._failures):
+                    self._recent(address, now)
+            return len(failures)
+
+
+def client_address(request: Request) -> str:
+    """The peer's address (the proxy's ``X-Forwarded-For`` when uvicorn runs with ``--proxy-headers``)."""
+    return request.client.host if request.client else "unknown"
+
+
+def is_credential_attempt(request: Request) -> bool:
+    """Whether ``request`` tries credentials: the login form or an ``Authorization`` header."""
+    if request.url.path in OPEN_PATHS:
+        return False
+    if request.method == "POST" and request.url.path == "/login":
+        return True
+    return "authorization" in request.headers
+
+
+def credentials_rejected(request: Request, status_code: int) -> bool:
+    """Whether the answer to ``request`` refused its credentials (a wrong token in the form or header)."""
+    if request.method == "POST" and request.url.path == "/login":
+        return status_code == status.HTTP_401_UNAUTHORIZED
+    return bool(getattr(request.state, "credentials_rejected", False))
 
 
 def get_authenticator(request: Request) -> Authenticator:
@@ -167,7 +244,7 @@ def _principal(request: Request) -> Principal | None:
     if token is not None:
         if authenticator.check_token(token):
             return Principal(user="token", method="bearer")
-        log.warning("rejected bearer token from %s", request.client.host if request.client else "?")
+        request.state.credentials_rejected = True  # counted by the throttle (see app.py)
         return None
     session = session_from_request(request)
     if session is not None:
