@@ -27,9 +27,13 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Sequence
+import ssl
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pydicom
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -37,6 +41,9 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from neuroseg.common.files import atomic_write
 from neuroseg.dicom_out.common import EncodedObject
 from neuroseg.dicom_out.enum import DeliveryStatus
+
+if TYPE_CHECKING:
+    from pynetdicom.association import Association
 
 log = logging.getLogger(__name__)
 
@@ -83,13 +90,101 @@ class DeliveryResult:
         }
 
 
-def _transfer_syntaxes(obj: EncodedObject) -> list[str]:
+#: pynetdicom's Verification SOP class (C-ECHO).
+VERIFICATION = "1.2.840.10008.1.1"
+UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+
+
+def _own_transfer_syntax(obj: EncodedObject) -> str:
     meta = getattr(obj.dataset, "file_meta", None)
-    own = str(getattr(meta, "TransferSyntaxUID", "") or ExplicitVRLittleEndian)
-    syntaxes = [own]
-    if own in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
-        syntaxes += [ts for ts in (ExplicitVRLittleEndian, ImplicitVRLittleEndian) if ts != own]
-    return syntaxes
+    return str(getattr(meta, "TransferSyntaxUID", "") or ExplicitVRLittleEndian)
+
+
+def _contexts(objects: Sequence[EncodedObject]) -> dict[tuple[str, str], list[str]]:
+    """One presentation context per (SOP class, transfer syntax) among the objects.
+
+    Each proposes the object's own transfer syntax (so compressed files go as
+    they are) and, for uncompressed ones, both little-endian syntaxes.
+    """
+    contexts: dict[tuple[str, str], list[str]] = {}
+    for obj in objects:
+        own = _own_transfer_syntax(obj)
+        syntaxes = [own] + ([ts for ts in UNCOMPRESSED if ts != own] if own in UNCOMPRESSED else [])
+        contexts.setdefault((obj.sop_class_uid, own), syntaxes)
+    return contexts
+
+
+@contextmanager
+def association(
+    contexts: Iterable[tuple[str, Sequence[str]]],
+    *,
+    ae_title: str,
+    host: str,
+    port: int,
+    calling_ae_title: str = "NEUROSEG",
+    timeout: float = 60.0,
+    tls: ssl.SSLContext | None = None,
+    tls_server_name: str | None = None,
+) -> Iterator[Association]:
+    """An established association to ``ae_title@host:port`` proposing ``contexts``, released on exit.
+
+    ``contexts`` pairs an abstract syntax (SOP class UID) with its transfer
+    syntaxes. ``tls`` (a client :class:`ssl.SSLContext`) turns on DICOM TLS;
+    the server's name is checked against ``tls_server_name`` (default ``host``).
+
+    Raises
+    ------
+    DeliveryUnavailable
+        When the peer cannot be reached, rejects or aborts the association.
+    """
+    from pynetdicom import AE
+
+    destination = f"{ae_title}@{host}:{port}"
+    ae = AE(ae_title=calling_ae_title)
+    ae.connection_timeout = ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    for abstract_syntax, syntaxes in contexts:
+        ae.add_requested_context(abstract_syntax, list(syntaxes))
+    tls_args = (tls, tls_server_name or host) if tls is not None else None
+    try:
+        assoc = ae.associate(host, int(port), ae_title=ae_title, tls_args=tls_args)
+    except (OSError, RuntimeError, ssl.SSLError) as exc:
+        raise DeliveryUnavailable(f"cannot reach {destination}: {exc}") from exc
+    if not assoc.is_established:
+        why = "association rejected" if assoc.is_rejected else "association aborted" if assoc.is_aborted \
+            else "no association (connection refused or timed out)"
+        raise DeliveryUnavailable(f"cannot deliver to {destination}: {why}")
+    try:
+        yield assoc
+    finally:
+        if assoc.is_established:
+            assoc.release()
+
+
+def echo(*, ae_title: str, host: str, port: int, calling_ae_title: str = "NEUROSEG", timeout: float = 10.0,
+         tls: ssl.SSLContext | None = None, tls_server_name: str | None = None) -> float | None:
+    """C-ECHO ``ae_title@host:port``: the seconds from connecting to the answer, or None when it did not succeed."""
+    started = time.monotonic()
+    try:
+        with association([(VERIFICATION, UNCOMPRESSED)], ae_title=ae_title, host=host, port=port,
+                         calling_ae_title=calling_ae_title, timeout=timeout, tls=tls,
+                         tls_server_name=tls_server_name) as assoc:
+            status = assoc.send_c_echo()
+    except DeliveryUnavailable as exc:
+        log.debug("C-ECHO: %s", exc)
+        return None
+    if getattr(status, "Status", None) != 0x0000:
+        return None
+    return time.monotonic() - started
+
+
+def client_tls_context(ca_file: str | os.PathLike[str] | None = None,
+                       cert_file: str | os.PathLike[str] | None = None,
+                       key_file: str | os.PathLike[str] | None = None) -> ssl.SSLContext:
+    """A client TLS context that trusts ``ca_file`` (default: the system's) and presents ``cert_file`` if given."""
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca_file) if ca_file else None)
+    if cert_file is not None:
+        context.load_cert_chain(certfile=str(cert_file), keyfile=str(key_file) if key_file else None)
+    return context
 
 
 def deliver(
@@ -100,13 +195,16 @@ def deliver(
     port: int,
     calling_ae_title: str = "NEUROSEG",
     timeout: float = 60.0,
+    tls: ssl.SSLContext | None = None,
+    tls_server_name: str | None = None,
+    on_result: Callable[[DeliveryResult], object] | None = None,
 ) -> list[DeliveryResult]:
     """Send ``objects`` to one DICOM destination with C-STORE.
 
     Parameters
     ----------
     objects: Sequence[EncodedObject]
-        What to send, in order.
+        What to send, in order (:func:`load_objects` makes them from files).
     ae_title, host, port:
         The destination (called AE title, host name or address, TCP port).
     calling_ae_title: str, optional
@@ -114,6 +212,11 @@ def deliver(
     timeout: float, optional
         Seconds for connecting, association negotiation and each C-STORE
         response.
+    tls, tls_server_name: optional
+        A client TLS context (see :func:`client_tls_context`) and the name
+        the server's certificate must carry (default ``host``).
+    on_result: callable, optional
+        Called with each result as it comes (progress bars, acknowledgements).
 
     Returns
     -------
@@ -126,57 +229,44 @@ def deliver(
     DeliveryUnavailable
         When no association can be established, or it is lost mid-way.
     """
-    from pynetdicom import AE
-
     destination = f"{ae_title}@{host}:{port}"
     if not objects:
         return []
-    contexts: dict[str, list[str]] = {}
-    for obj in objects:
-        contexts.setdefault(obj.sop_class_uid, _transfer_syntaxes(obj))
+    contexts = _contexts(objects)
     if len(contexts) > MAX_CONTEXTS:
-        raise ValueError(f"{len(contexts)} SOP classes in one delivery; at most {MAX_CONTEXTS} fit one association")
-    ae = AE(ae_title=calling_ae_title)
-    ae.connection_timeout = timeout
-    ae.acse_timeout = timeout
-    ae.dimse_timeout = timeout
-    ae.network_timeout = timeout
-    for sop_class_uid, syntaxes in contexts.items():
-        ae.add_requested_context(sop_class_uid, syntaxes)
-    try:
-        assoc = ae.associate(host, int(port), ae_title=ae_title)
-    except (OSError, RuntimeError) as exc:
-        raise DeliveryUnavailable(f"cannot reach {destination}: {exc}") from exc
-    if not assoc.is_established:
-        why = "association rejected" if assoc.is_rejected else "association aborted" if assoc.is_aborted \
-            else "no association (connection refused or timed out)"
-        raise DeliveryUnavailable(f"cannot deliver to {destination}: {why}")
-    accepted = {context.abstract_syntax for context in assoc.accepted_contexts}
+        raise ValueError(f"{len(contexts)} SOP class/transfer syntax pairs in one delivery; at most {MAX_CONTEXTS} "
+                         "fit one association (send fewer kinds of objects at once)")
     results: list[DeliveryResult] = []
-    try:
+
+    def record(result: DeliveryResult) -> None:
+        results.append(result)
+        if on_result is not None:
+            on_result(result)
+
+    with association([(sop, syntaxes) for (sop, _), syntaxes in contexts.items()], ae_title=ae_title, host=host,
+                     port=port, calling_ae_title=calling_ae_title, timeout=timeout, tls=tls,
+                     tls_server_name=tls_server_name) as assoc:
+        accepted_classes = {context.abstract_syntax for context in assoc.accepted_contexts}
         for obj in objects:
             if not assoc.is_established:
                 raise DeliveryUnavailable(f"association with {destination} was lost after "
                                           f"{len(results)} of {len(objects)} objects", results)
-            if obj.sop_class_uid not in accepted:
+            if obj.sop_class_uid not in accepted_classes:
                 message = f"{destination} did not accept SOP class {obj.sop_class_uid} at association time"
                 log.warning("not sent %s (%s): %s", obj.kind, obj.sop_instance_uid, message)
-                results.append(DeliveryResult(obj.kind, obj.sop_class_uid, obj.sop_instance_uid, destination,
-                                              DeliveryStatus.FAILURE, None, message))
+                record(DeliveryResult(obj.kind, obj.sop_class_uid, obj.sop_instance_uid, destination,
+                                      DeliveryStatus.FAILURE, None, message))
                 continue
             try:
                 response = assoc.send_c_store(obj.dataset)
             except (ValueError, AttributeError) as exc:  # the dataset cannot be encoded in the context
-                results.append(DeliveryResult(obj.kind, obj.sop_class_uid, obj.sop_instance_uid, destination,
-                                              DeliveryStatus.FAILURE, None, f"could not send: {exc}"))
+                record(DeliveryResult(obj.kind, obj.sop_class_uid, obj.sop_instance_uid, destination,
+                                      DeliveryStatus.FAILURE, None, f"could not send: {exc}"))
                 continue
             if "Status" not in response:
                 raise DeliveryUnavailable(f"no C-STORE response from {destination} for {obj.kind} "
                                           "(timeout or connection lost)", results)
-            results.append(_result(obj, destination, int(response.Status), response))
-    finally:
-        if assoc.is_established:
-            assoc.release()
+            record(_result(obj, destination, int(response.Status), response))
     stored = sum(result.ok for result in results)
     log.info("delivered %d of %d objects to %s", stored, len(results), destination)
     return results
@@ -231,7 +321,8 @@ def load_objects(paths: Iterable[str | os.PathLike[str]]) -> list[EncodedObject]
         root = Path(root)
         if not root.exists():
             raise FileNotFoundError(f"{root} does not exist")
-        files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+        files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")) \
+            if root.is_dir() else [root]
         for path in files:
             try:
                 ds = pydicom.dcmread(path)

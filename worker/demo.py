@@ -29,24 +29,12 @@ DEMO_STABLE_SECONDS = 3.0
 
 def echo(settings: Settings, host: str = "127.0.0.1", timeout: float = 3.0) -> bool:
     """Whether a DICOM service answers C-ECHO as ``settings.ae_title`` on ``settings.port``."""
-    from pynetdicom import AE
+    from neuroseg.dicom_out.send import echo as c_echo
 
     if _port_free(settings.port, host):
         return False  # nothing listens: no need to ask (and no connection errors in the log)
-    ae = AE(ae_title=_calling_ae(settings))
-    ae.acse_timeout = ae.network_timeout = ae.dimse_timeout = timeout
-    ae.add_requested_context("1.2.840.10008.1.1")
-    try:
-        assoc = ae.associate(host, settings.port, ae_title=settings.ae_title)
-    except (OSError, RuntimeError):
-        return False
-    if not assoc.is_established:
-        return False
-    try:
-        status = assoc.send_c_echo()
-        return getattr(status, "Status", None) == 0x0000
-    finally:
-        assoc.release()
+    return c_echo(ae_title=settings.ae_title, host=host, port=settings.port, calling_ae_title=_calling_ae(settings),
+                  timeout=timeout) is not None
 
 
 def _calling_ae(settings: Settings) -> str:

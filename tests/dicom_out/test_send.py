@@ -12,7 +12,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from neuroseg.dicom_out import DeliveryUnavailable, EncodeOptions, deliver, encode_study, write_outbox
 from neuroseg.dicom_out.enum import DeliveryStatus
-from neuroseg.dicom_out.send import load_objects
+from neuroseg.dicom_out.send import VERIFICATION, echo, load_objects
 from tests.dicom_out.synthetic import synthetic_study
 from tests.services import free_port
 
@@ -37,6 +37,7 @@ class RecordingPacs:
         self.ae.require_called_aet = require_called_ae
         for uid in sop_classes:
             self.ae.add_supported_context(uid, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+        self.ae.add_supported_context(VERIFICATION)
         self.server = self.ae.start_server(("127.0.0.1", 0), block=False,
                                            evt_handlers=[(evt.EVT_C_STORE, self.handle_store)])
         self.port = self.server.server_address[1]
@@ -113,6 +114,25 @@ def test_a_rejected_association_raises_delivery_unavailable(objects, pacs_factor
     pacs = pacs_factory(sop_classes={obj.sop_class_uid for obj in objects}, require_called_ae=True)
     with pytest.raises(DeliveryUnavailable, match="association rejected"):
         deliver(objects, ae_title="WRONGAE", host="127.0.0.1", port=pacs.port, timeout=5)
+
+
+def test_echo_times_an_answering_peer_and_gives_none_for_a_silent_one(pacs_factory) -> None:
+    pacs = pacs_factory(sop_classes=set(), require_called_ae=True)
+    assert 0 < echo(ae_title="TESTPACS", host="127.0.0.1", port=pacs.port, timeout=5) < 5
+    assert echo(ae_title="WRONGAE", host="127.0.0.1", port=pacs.port, timeout=5) is None
+    assert echo(ae_title="TESTPACS", host="127.0.0.1", port=free_port(), timeout=2) is None
+
+
+def test_each_result_is_reported_as_it_comes_and_hidden_files_are_not_sent(objects, pacs_factory, tmp_path) -> None:
+    folder = tmp_path / "files"
+    write_outbox(objects[:3], folder)
+    (folder / ".partial.dcm").write_bytes((folder / f"{objects[0].kind}.dcm").read_bytes())
+    loaded = load_objects([folder])
+    assert sorted(obj.kind for obj in loaded) == sorted(obj.kind for obj in objects[:3])
+    pacs = pacs_factory(sop_classes={obj.sop_class_uid for obj in loaded})
+    seen = []
+    results = deliver(loaded, ae_title="TESTPACS", host="127.0.0.1", port=pacs.port, timeout=10, on_result=seen.append)
+    assert seen == results and all(result.ok for result in results) and len(pacs.received) == 3
 
 
 def test_delivering_nothing_opens_no_association() -> None:

@@ -203,46 +203,27 @@ def build_studies(root: Path, count: int) -> dict[str, list[Path]]:
 
 def send_one_association(port: int, called_ae: str, paths: list[Path], on_ack) -> bool:  # noqa: ANN001
     """Send ``paths`` in one association; True when every one got Success."""
-    from pynetdicom import AE
-    from pynetdicom.sop_class import MRImageStorage
+    from neuroseg.dicom_out.send import DeliveryUnavailable, deliver, load_objects
 
-    ae = AE(ae_title="BENCHSCU")
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 20
-    ae.add_requested_context(MRImageStorage)
-    assoc = ae.associate("127.0.0.1", port, ae_title=called_ae)
-    if not assoc.is_established:
-        return False
-    ok = True
+    objects = load_objects(paths)
+    by_uid = dict(zip((obj.sop_instance_uid for obj in objects), paths, strict=True))
+
+    def acknowledge(result) -> None:  # noqa: ANN001
+        if result.status == 0x0000:
+            on_ack(by_uid[result.sop_instance_uid])
+
     try:
-        for path in paths:
-            response = assoc.send_c_store(path)
-            if "Status" in response and response.Status == 0:
-                on_ack(path)
-            else:
-                ok = False
-    except (RuntimeError, OSError):
-        ok = False
-    finally:
-        if assoc.is_established:
-            assoc.release()
-    return ok
+        results = deliver(objects, ae_title=called_ae, host="127.0.0.1", port=port, calling_ae_title="BENCHSCU",
+                          timeout=20, on_result=acknowledge)
+    except (DeliveryUnavailable, RuntimeError, OSError):
+        return False
+    return all(result.status == 0x0000 for result in results)
 
 
 def echo_seconds(port: int, called_ae: str) -> float | None:
-    from pynetdicom import AE
-    from pynetdicom.sop_class import Verification
+    from neuroseg.dicom_out.send import echo
 
-    ae = AE(ae_title="BENCHPROBE")
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
-    ae.add_requested_context(Verification)
-    started = time.monotonic()
-    assoc = ae.associate("127.0.0.1", port, ae_title=called_ae)
-    if not assoc.is_established:
-        return None
-    status = assoc.send_c_echo()
-    elapsed = time.monotonic() - started
-    assoc.release()
-    return elapsed if status and status.Status == 0 else None
+    return echo(ae_title=called_ae, host="127.0.0.1", port=port, calling_ae_title="BENCHPROBE", timeout=10)
 
 
 class _Probe:

@@ -24,7 +24,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from neuroseg.worker.settings import DicomDestination, Settings, get_settings
@@ -327,63 +327,32 @@ def run_serve(args: argparse.Namespace) -> int:
 # --- send ---------------------------------------------------------------------------------------------
 
 
-def _dicom_files(paths: Iterable[Path]) -> list[Path]:
-    files: list[Path] = []
-    for path in paths:
-        if path.is_dir():
-            files.extend(sorted(item for item in path.rglob("*") if item.is_file() and not item.name.startswith(".")))
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise FileNotFoundError(f"{path} does not exist")
-    return files
-
-
 def send_files(paths: Sequence[Path], destination: DicomDestination, calling_ae_title: str,
                progress: bool = False) -> tuple[int, list[str]]:
-    """C-STORE DICOM files to ``destination``; return (stored count, error lines).
+    """C-STORE DICOM files (or every file under folders) to ``destination``; return (stored count, error lines).
 
-    One association per SOP class/transfer syntax mix is negotiated from the
-    files themselves, so compressed files are sent as they are.
+    The presentation contexts come from the files themselves, so compressed
+    files are sent as they are (``dicom_out.send.deliver``).
     """
-    import pydicom
-    from pynetdicom import AE
+    from neuroseg.dicom_out.send import DeliveryUnavailable, deliver, load_objects
 
-    files = _dicom_files(paths)
-    headers = []
-    for path in files:
-        try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
-            headers.append((path, str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)))
-        except Exception as exc:  # noqa: BLE001 - skip what is not DICOM
-            log.warning("%s is not a DICOM file: %s", path, exc)
-    ae = AE(ae_title=calling_ae_title)
-    contexts = sorted({(sop, syntax) for _, sop, syntax in headers})
-    if len(contexts) > 120:
-        raise ValueError(f"{len(contexts)} SOP class/transfer syntax pairs; send fewer kinds of files at once")
-    for sop, syntax in contexts:
-        ae.add_requested_context(sop, [syntax, "1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
-    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
-    if not assoc.is_established:
-        return 0, [f"association with {destination} was not accepted (is it running, and does it accept AE "
-                   f"{calling_ae_title}?)"]
-    stored, errors = 0, []
+    objects = load_objects(paths)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(objects), desc=f"C-STORE to {destination}", unit="file")
     try:
-        iterator = headers
-        if progress:
-            from tqdm import tqdm
-
-            iterator = tqdm(headers, desc=f"C-STORE to {destination}", unit="file")
-        for path, _, _ in iterator:
-            status = assoc.send_c_store(pydicom.dcmread(path))
-            code = getattr(status, "Status", None)
-            if code is not None and code in (0x0000, 0xB000, 0xB006, 0xB007):
-                stored += 1
-            else:
-                errors.append(f"{path.name}: status {f'0x{code:04X}' if code is not None else 'none (connection lost)'}")
+        results = deliver(objects, ae_title=destination.ae_title, host=destination.host, port=destination.port,
+                          calling_ae_title=calling_ae_title, on_result=(lambda _: bar.update()) if bar else None)
+    except DeliveryUnavailable as exc:
+        stored = sum(item.ok for item in exc.results)
+        return stored, [f"{exc} (is it running, and does it accept AE {calling_ae_title}?)"]
     finally:
-        assoc.release()
-    return stored, errors
+        if bar is not None:
+            bar.close()
+    errors = [f"{item.kind}: {item.message}" for item in results if not item.ok]
+    return len(results) - len(errors), errors
 
 
 def run_send(args: argparse.Namespace) -> int:
