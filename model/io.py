@@ -4,7 +4,9 @@ Geometry convention: in memory a volume is an array plus a 4x4 affine from
 array indices to **LPS** millimetres. NIfTI stores RAS, so reading and writing
 negate the first two rows of the affine; the array axis order stays as stored.
 
-A DICOM folder (one series) is read with SimpleITK's ``ImageSeriesReader``;
+A DICOM folder (one series) is read with SimpleITK's ``ImageSeriesReader``, or,
+when it holds one Enhanced (multi-frame) MR file, from the frames' functional
+groups (:mod:`neuroseg.model.enhanced`: the largest stack of the file);
 its array has shape (slices, rows, columns), ``array[k]`` being the k-th slice
 along the slice normal, and the affine's columns are the slice, row and column
 steps in LPS (SimpleITK's physical space is LPS already).
@@ -27,7 +29,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,6 +110,9 @@ def read_dicom_folder(path: str | os.PathLike[str], name: str = "volume") -> tup
         raise ValueError(f"{name}: {path} holds {len(series)} DICOM series ({', '.join(series)}); "
                          f"put one series per folder")
     files = reader.GetGDCMSeriesFileNames(str(path), series[0])
+    enhanced = _read_multiframe(files, path, name)
+    if enhanced is not None:
+        return enhanced
     reader.SetFileNames(files)
     try:
         image = reader.Execute()
@@ -122,6 +127,32 @@ def read_dicom_folder(path: str | os.PathLike[str], name: str = "volume") -> tup
     # SimpleITK index (i, j, k) = (column, row, slice); our array axes are reversed
     affine[:3, :3] = (direction * spacing)[:, ::-1]
     affine[:3, 3] = image.GetOrigin()
+    return array, affine
+
+
+def _read_multiframe(files: Sequence[str], folder: Path, name: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """An Enhanced (multi-frame) MR series: its largest stack, or None when the files are single-frame.
+
+    SimpleITK reads a multi-frame file as one slice's worth of geometry, so the
+    frames' functional groups are read here instead (:mod:`neuroseg.model.enhanced`).
+    """
+    import pydicom
+
+    from neuroseg.model.enhanced import is_multiframe, largest_stack, stack_volume
+
+    if not files or not is_multiframe(pydicom.dcmread(files[0], stop_before_pixels=True)):
+        return None
+    if len(files) > 1:
+        raise ValueError(f"{name}: the DICOM series in {folder} is {len(files)} files, the first multi-frame; "
+                         "give a folder with the one Enhanced MR file of the series")
+    ds = pydicom.dcmread(files[0])
+    stack, note = largest_stack(ds)
+    if note:
+        log.info("%s: %s", name, note)
+    try:
+        array, affine, _ = stack_volume(ds, stack)
+    except ValueError as exc:
+        raise ValueError(f"{name}: the Enhanced MR file in {folder} cannot be made a volume: {exc}") from exc
     return array, affine
 
 

@@ -38,6 +38,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 
+from neuroseg.model.enhanced import frame_attribute, is_multiframe, largest_stack
 from neuroseg.model.registration import register_rigid, resample_onto
 from neuroseg.worker.contracts import SequenceRole, SeriesManifest, StudyManifest
 from neuroseg.worker.errors import InputError, JobInterrupted
@@ -68,7 +69,10 @@ class SeriesVolume:
     datasets: list of pydicom.dataset.Dataset
         Single-frame: one dataset per slice, ``datasets[k]`` is ``array[k]``.
         Multi-frame: the one dataset, and ``frame_numbers[k]`` (1-based) is
-        the frame of ``array[k]``.
+        the frame of ``array[k]``; a file of several stacks gives the frames
+        of its largest (:func:`neuroseg.model.enhanced.largest_stack`).
+    notes: list of str
+        What was left out (the other stacks of a multi-frame file).
     """
 
     series_instance_uid: str
@@ -79,6 +83,7 @@ class SeriesVolume:
     frame_of_reference_uid: str
     series_description: str = ""
     frame_numbers: list[int] | None = None
+    notes: list[str] = field(default_factory=list)
 
     @property
     def spacing(self) -> tuple[float, float, float]:
@@ -159,38 +164,25 @@ class _Plane:
     frame_number: int | None
 
 
-def _item(sequence_owner: Dataset, keyword: str) -> Dataset | None:
-    sequence = sequence_owner.get(keyword)
-    return sequence[0] if sequence else None
-
-
-def _frame_attribute(ds: Dataset, frame: Dataset | None, group: str, attribute: str) -> object:
-    """An attribute from the per-frame functional group, else the shared one."""
-    for owner in (frame, _item(ds, "SharedFunctionalGroupsSequence")):
-        if owner is None:
-            continue
-        item = _item(owner, group)
-        if item is not None and attribute in item:
-            return item.get(attribute)
-    return None
-
-
-def _planes(datasets: Sequence[Dataset], where: str) -> list[_Plane]:
+def _planes(datasets: Sequence[Dataset], where: str, notes: list[str]) -> list[_Plane]:
     planes = []
     for index, ds in enumerate(datasets):
         frames = int(ds.get("NumberOfFrames", 1) or 1)
-        if "PerFrameFunctionalGroupsSequence" in ds or "SharedFunctionalGroupsSequence" in ds:
+        if is_multiframe(ds):
             per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
             if len(per_frame) not in (0, frames):
                 raise InputError(f"{where}: {frames} frames but {len(per_frame)} per-frame functional groups")
-            for number in range(1, frames + 1):
+            stack, note = largest_stack(ds)
+            if note:
+                notes.append(f"{where}: {note}")
+            for number in stack.frame_numbers:
                 frame = per_frame[number - 1] if per_frame else None
                 what = f"frame {number} of {ds.SOPInstanceUID}"
-                position = _frame_attribute(ds, frame, "PlanePositionSequence", "ImagePositionPatient")
-                orientation = _frame_attribute(ds, frame, "PlaneOrientationSequence", "ImageOrientationPatient")
-                spacing = _frame_attribute(ds, frame, "PixelMeasuresSequence", "PixelSpacing")
-                slope = _frame_attribute(ds, frame, "PixelValueTransformationSequence", "RescaleSlope")
-                intercept = _frame_attribute(ds, frame, "PixelValueTransformationSequence", "RescaleIntercept")
+                position = frame_attribute(ds, frame, "PlanePositionSequence", "ImagePositionPatient")
+                orientation = frame_attribute(ds, frame, "PlaneOrientationSequence", "ImageOrientationPatient")
+                spacing = frame_attribute(ds, frame, "PixelMeasuresSequence", "PixelSpacing")
+                slope = frame_attribute(ds, frame, "PixelValueTransformationSequence", "RescaleSlope")
+                intercept = frame_attribute(ds, frame, "PixelValueTransformationSequence", "RescaleIntercept")
                 planes.append(_Plane(
                     _floats(position, 3, "ImagePositionPatient", f"{where}, {what}"),
                     _floats(orientation, 6, "ImageOrientationPatient", f"{where}, {what}"),
@@ -266,7 +258,8 @@ def series_to_volume(datasets: Sequence[Dataset], *, series_instance_uid: str = 
     if rows < MIN_MATRIX or columns < MIN_MATRIX:
         raise InputError(f"{where}: images of {rows}x{columns} pixels are too small (at least {MIN_MATRIX})")
 
-    planes = _planes(datasets, where)
+    notes: list[str] = []
+    planes = _planes(datasets, where, notes)
     if len(planes) < MIN_SLICES:
         raise InputError(f"{where}: {len(planes)} slice(s); a volume needs at least {MIN_SLICES}")
     orientation = planes[0].orientation
@@ -338,7 +331,7 @@ def series_to_volume(datasets: Sequence[Dataset], *, series_instance_uid: str = 
         series_instance_uid=series_instance_uid, role=role, array=array, affine=affine,
         datasets=list(datasets) if multiframe else [datasets[plane.dataset_index] for plane in planes],
         frame_of_reference_uid=frames_of_reference.pop(), series_description=description,
-        frame_numbers=[plane.frame_number for plane in planes] if multiframe else None,
+        frame_numbers=[plane.frame_number for plane in planes] if multiframe else None, notes=notes,
     )
 
 

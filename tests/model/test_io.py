@@ -85,7 +85,8 @@ def test_a_moved_sequence_is_co_registered_and_the_move_noted(tmp_path: Path, co
         assert notes == [] and error > 0.1
 
 
-@pytest.mark.parametrize("series", ["siemens-prisma-t1-sagittal-prone", "ge-mr750-t1-mprage-axial"])
+@pytest.mark.parametrize("series", ["siemens-prisma-t1-sagittal-prone", "ge-mr750-t1-mprage-axial",
+                                    "siemens-xa30-enhanced-t1w"])
 def test_dicom_folder_matches_dcm2niix(tmp_path: Path, shared_data: Path, series: str) -> None:
     if shutil.which("dcm2niix") is None:
         pytest.skip("dcm2niix is not installed")

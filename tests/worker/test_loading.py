@@ -17,7 +17,9 @@ from neuroseg.worker.contracts import SequenceRole, SeriesManifest, StudyManifes
 from neuroseg.worker.errors import InputError
 from neuroseg.worker.loading import load_study, read_series_datasets, series_to_volume
 
-REAL_SERIES = ("ge-mr750-t1-mprage-axial", "ge-signa-pd-axial-20", "siemens-prisma-t1-sagittal-prone")
+#: the last is one Enhanced MR Image Storage file (96 frames, per-frame functional groups)
+REAL_SERIES = ("ge-mr750-t1-mprage-axial", "ge-signa-pd-axial-20", "siemens-prisma-t1-sagittal-prone",
+               "siemens-xa30-enhanced-t1w")
 
 
 def oblique_affine(spacing=(3.0, 1.2, 1.1), degrees=(12.0, -7.0, 20.0), origin=(-40.0, -35.0, 20.0)) -> np.ndarray:
