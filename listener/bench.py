@@ -2,13 +2,17 @@
 
 Both receivers get the same N instances from DCMTK ``storescu`` over loopback:
 
-- ``storescp`` writes each file without fsync (its default);
+- ``storescp`` writes each file without fsync (its default), one child
+  process per association (``--fork``) when there are several;
 - our listener checks each instance and writes it durably (temp file, fsync,
   rename, fsync of the folder) before it answers Success.
 
 The instances are copies of real MR files with fresh SOP Instance UIDs (one new
 study and series per bench run). The rounds alternate between the receivers and
-the median of each is reported, with the ratio neuroseg / storescp.
+the median of each is reported, with the ratio neuroseg / storescp. With
+``--associations K`` K storescu processes send a share each, at once, as a PACS
+that opens several associations does; ``--profile FILE`` writes a cProfile
+report of the listener's threads.
 
 The bench also times one durable write of an instance-sized file on the same
 disk: two flushes (file, then folder) per instance set a ceiling on any
@@ -23,9 +27,12 @@ baseline.
 
 from __future__ import annotations
 
+import cProfile
+import io
 import json
 import logging
 import os
+import pstats
 import secrets
 import shutil
 import socket
@@ -33,6 +40,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -127,6 +135,61 @@ def build_instances(source: Path, count: int, folder: Path, progress: Callable[[
     return total
 
 
+def split_into_folders(folder: Path, count: int) -> list[Path]:
+    """Deal the files of ``folder`` round-robin into ``count`` sub-folders (one per association)."""
+    if count == 1:
+        return [folder]
+    parts = [folder / f"association-{index + 1}" for index in range(count)]
+    for part in parts:
+        part.mkdir()
+    for index, path in enumerate(sorted(path for path in folder.iterdir() if path.is_file())):
+        path.rename(parts[index % count] / path.name)
+    return parts
+
+
+class ThreadProfiles:
+    """cProfile of every thread started while it is active (the association threads included).
+
+    ``cProfile`` profiles one thread; pynetdicom runs each association in two
+    threads of its own, so a profiler is started in each new thread through
+    :func:`threading.setprofile` and the results are merged at the end.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._profiles: list[cProfile.Profile] = []
+
+    def _start_in_thread(self, *args: object) -> None:
+        profile = cProfile.Profile()
+        with self._lock:
+            self._profiles.append(profile)
+        profile.enable()  # replaces this hook in the new thread
+
+    def __enter__(self) -> "ThreadProfiles":
+        threading.setprofile(self._start_in_thread)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        threading.setprofile(None)  # type: ignore[arg-type]
+
+    def write(self, path: Path, title: str) -> None:
+        """Write a text report (by own time and by cumulative time) to ``path`` and the raw stats beside it."""
+        with self._lock:
+            profiles = list(self._profiles)
+        if not profiles:
+            path.write_text(f"{title}\nno thread was profiled\n")
+            return
+        for profile in profiles:
+            profile.create_stats()
+        stream = io.StringIO()
+        stats = pstats.Stats(*profiles, stream=stream)
+        stats.dump_stats(str(path.with_suffix(".pstats")))
+        stream.write(f"{title}\n{len(profiles)} thread(s) profiled; raw stats in {path.with_suffix('.pstats').name}\n")
+        stats.sort_stats("tottime").print_stats(40)
+        stats.sort_stats("cumulative").print_stats(40)
+        path.write_text(stream.getvalue())
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -148,15 +211,24 @@ def _dcmtk_env() -> dict[str, str]:
     return {**os.environ, "TCP_NODELAY": "1"}
 
 
-def _storescu(folder: Path, port: int, called_ae: str) -> float:
-    """Send every file in ``folder`` with storescu; return the seconds it took."""
-    command = [_require("storescu"), "-aet", BENCH_AE_TITLE, "-aec", called_ae, "127.0.0.1", str(port),
-               "+sd", str(folder)]
+def _storescu(folders: list[Path], port: int, called_ae: str) -> float:
+    """Send every file in ``folders`` with one storescu (one association) per folder, all at once.
+
+    Returns the seconds from the first start to the last exit.
+    """
+    command = [_require("storescu"), "-aet", BENCH_AE_TITLE, "-aec", called_ae, "127.0.0.1", str(port), "+sd"]
+    logs = [tempfile.TemporaryFile(mode="w+") for _ in folders]  # a pipe could fill and stall a sender
     started = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True, env=_dcmtk_env(), check=False)
+    processes = [subprocess.Popen([*command, str(folder)], stdout=subprocess.DEVNULL, stderr=log_file,
+                                  env=_dcmtk_env()) for folder, log_file in zip(folders, logs)]
+    codes = [process.wait() for process in processes]
     elapsed = time.perf_counter() - started
-    if result.returncode != 0:
-        raise RuntimeError(f"storescu failed with exit status {result.returncode}: {result.stderr[-2000:]}")
+    for code, log_file in zip(codes, logs):
+        log_file.seek(0)
+        stderr = log_file.read()
+        log_file.close()
+        if code != 0:
+            raise RuntimeError(f"storescu failed with exit status {code}: {stderr[-2000:]}")
     return elapsed
 
 
@@ -184,18 +256,20 @@ def _count_files(folder: Path) -> int:
     return sum(1 for path in folder.rglob("*") if path.is_file() and not path.name.startswith("."))
 
 
-def run_storescp(folder: Path, work: Path) -> tuple[float, int]:
+def run_storescp(folders: list[Path], work: Path) -> tuple[float, int]:
     """One round against DCMTK storescp; returns (seconds, files received)."""
     output = work / "storescp"
     output.mkdir()
     port = _free_port()
+    # without --fork storescp serves one association at a time and the others queue
+    fork = ["--fork"] if len(folders) > 1 else []
     process = subprocess.Popen(
-        [_require("storescp"), "-aet", "STORESCP", "-od", str(output), str(port)],
+        [_require("storescp"), *fork, "-aet", "STORESCP", "-od", str(output), str(port)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_dcmtk_env(),
     )
     try:
         _wait_for_port(port)
-        seconds = _storescu(folder, port, "STORESCP")
+        seconds = _storescu(folders, port, "STORESCP")
     finally:
         process.terminate()
         process.wait(30)
@@ -204,7 +278,7 @@ def run_storescp(folder: Path, work: Path) -> tuple[float, int]:
     return seconds, received
 
 
-def run_neuroseg(folder: Path, work: Path) -> tuple[float, int]:
+def run_neuroseg(folders: list[Path], work: Path) -> tuple[float, int]:
     """One round against our listener (durability on, hand-off off); returns (seconds, instances stored)."""
     from neuroseg.listener.service import ListenerService
 
@@ -215,7 +289,7 @@ def run_neuroseg(folder: Path, work: Path) -> tuple[float, int]:
     )
     service = ListenerService(settings, enqueue=_no_hand_off).start()
     try:
-        seconds = _storescu(folder, service.port, settings.ae_title)
+        seconds = _storescu(folders, service.port, settings.ae_title)
     finally:
         service.stop(drain_seconds=10)
     received = sum(1 for _ in service.spool.instance_files())
@@ -247,23 +321,38 @@ def _no_hand_off(settings: Any, manifest: Any) -> str:
 
 
 def run_ingest_bench(source: Path, count: int, rounds: int, work_dir: Path | None = None,
-                     progress: Callable[[int], None] | None = None) -> dict[str, Any]:
-    """Build the instances, run the rounds, return the report (see the module docstring)."""
+                     progress: Callable[[int], None] | None = None, associations: int = 1,
+                     profile: Path | None = None) -> dict[str, Any]:
+    """Build the instances, run the rounds, return the report (see the module docstring).
+
+    ``associations`` storescu processes send a share of the instances each, at
+    the same time, to either receiver. With ``profile``, the listener's threads
+    are profiled with cProfile during its rounds and the report is written there
+    (profiling slows the listener: its rate in that run is not the figure to quote).
+    """
     if count < 1:
         raise ValueError(f"-n {count}: send at least 1 instance")
     if rounds < 1:
         raise ValueError(f"--rounds {rounds}: run at least 1 round")
+    if not 1 <= associations <= count:
+        raise ValueError(f"--associations {associations}: use 1 to the number of instances ({count})")
+    profiles = ThreadProfiles() if profile is not None else None
     with tempfile.TemporaryDirectory(prefix="neuroseg-bench-", dir=work_dir) as temp:
         work = Path(temp)
         folder = work / "instances"
         total_bytes = build_instances(source, count, folder, progress)
+        folders = split_into_folders(folder, associations)
         durable_write_ms = measure_durable_write(work, max(1, total_bytes // count))
         results = {"storescp": ReceiverResult("storescp"), "neuroseg": ReceiverResult("neuroseg")}
         runners = {"storescp": run_storescp, "neuroseg": run_neuroseg}
         for round_index in range(rounds):
             order = ("storescp", "neuroseg") if round_index % 2 == 0 else ("neuroseg", "storescp")
             for name in order:
-                seconds, received = runners[name](folder, work)
+                if name == "neuroseg" and profiles is not None:
+                    with profiles:
+                        seconds, received = runners[name](folders, work)
+                else:
+                    seconds, received = runners[name](folders, work)
                 log.info("round %d %s: %d instances in %.2f s", round_index + 1, name, received, seconds)
                 results[name].seconds.append(seconds)
                 results[name].received.append(received)
@@ -274,6 +363,8 @@ def run_ingest_bench(source: Path, count: int, rounds: int, work_dir: Path | Non
         "source": str(source),
         "rounds": rounds,
         "sender": "DCMTK storescu over loopback, TCP_NODELAY=1",
+        "associations": associations,
+        "profiled": profile is not None,
         "cpus": os.cpu_count(),
     }
     for name, result in results.items():
@@ -290,6 +381,10 @@ def run_ingest_bench(source: Path, count: int, rounds: int, work_dir: Path | Non
     report["durable_write_ceiling_per_s"] = round(1000.0 / durable_write_ms, 1)
     report["target_ratio"] = TARGET_RATIO
     report["meets_target"] = report["ratio"] >= TARGET_RATIO
+    if profiles is not None and profile is not None:
+        profiles.write(profile, f"neuroseg listener threads over {rounds} round(s) of {count} instances, "
+                                f"{associations} association(s)")
+        report["profile"] = str(profile)
     return report
 
 
@@ -297,7 +392,8 @@ def format_report(report: dict[str, Any]) -> str:
     """The report as a small text table."""
     lines = [
         f"ingest: {report['instances']} instances ({report['megabytes']} MB) from {report['source']}, "
-        f"{report['rounds']} round(s), median",
+        f"{report['rounds']} round(s), {report.get('associations', 1)} association(s) at once, median"
+        + (" (listener profiled: slower than unprofiled)" if report.get("profiled") else ""),
         f"{'receiver':<34}{'instances/s':>12}{'all received':>14}",
     ]
     for name, label in (("storescp", "DCMTK storescp (no fsync)"), ("neuroseg", "neuroseg listen (fsync per file)")):

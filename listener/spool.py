@@ -454,6 +454,56 @@ def fsync_directory(path: Path) -> None:
         os.close(fd)
 
 
+class _FolderFlusher:
+    """Group commit of folder flushes across association threads.
+
+    A thread that renamed a file into a folder calls :meth:`flush` and returns
+    only once an fsync of that folder has *started after* its rename and
+    finished, so its name is durable. Threads that renamed while a flush was
+    running share the next one: with several associations writing into one
+    series, one folder fsync covers all of them instead of one each. Nothing
+    is acknowledged before its own name is on disk.
+    """
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._folders: dict[Path, _FolderFlushState] = {}
+
+    def flush(self, folder: Path) -> None:
+        """Flush ``folder``, sharing the fsync with other threads (raises OSError as fsync does)."""
+        with self._condition:
+            state = self._folders.setdefault(folder, _FolderFlushState())
+            state.requested += 1
+            mine = state.requested
+            while state.flushed < mine:
+                if not state.busy:
+                    break
+                self._condition.wait()
+            else:
+                return  # a flush that began after our rename has finished
+            state.busy = True
+            covers = state.requested
+        done = False
+        try:
+            fsync_directory(folder)
+            done = True
+        finally:
+            with self._condition:
+                state.busy = False
+                if done:
+                    state.flushed = max(state.flushed, covers)
+                if state.flushed >= state.requested:
+                    self._folders.pop(folder, None)
+                self._condition.notify_all()
+
+
+@dataclass
+class _FolderFlushState:
+    requested: int = 0  # renames that asked for a flush
+    flushed: int = 0    # renames covered by a finished flush
+    busy: bool = False
+
+
 def write_atomic(path: Path, parts: Sequence[bytes | memoryview], durable: bool = True) -> None:
     """Write ``parts`` to ``path`` through a temporary file, fsync and rename.
 
@@ -525,6 +575,7 @@ class Spool:
         self._index_lock = threading.Lock()
         self._known_dirs: set[Path] = set()
         self._index: dict[str, Path] | None = None
+        self._flusher = _FolderFlusher()
 
     # --- writing ---------------------------------------------------------------
     def store(self, header: InstanceHeader, parts: Sequence[bytes | memoryview]) -> StoredInstance:
@@ -570,7 +621,7 @@ class Spool:
             _unlink_quietly(temp)
             raise
         if self.durable:
-            fsync_directory(series_dir)
+            self._flusher.flush(series_dir)
         return StoredInstance(path, created=True, new_study=new_study)
 
     def _make_dirs(self, series_dir: Path) -> bool:

@@ -291,3 +291,43 @@ def test_unknown_vr_is_not_understood():
     bad = data[:rows + 4] + b"TS" + data[rows + 6:]
     with pytest.raises(UnreadableInstanceError, match=r"\(0028,0010\) at byte \d+ has no valid VR \(b'TS'\)"):
         inspect_instance(bad, EXPLICIT)
+
+
+def test_concurrent_stores_share_folder_flushes_but_none_returns_before_its_own(tmp_path, monkeypatch):
+    """Group commit: a flush that began after a file's rename must end before its store returns."""
+    import time
+
+    flushes: list[tuple[float, float]] = []
+    renames: dict[str, float] = {}
+    real_flush, real_replace = spool_module.fsync_directory, spool_module.os.replace
+
+    def slow_flush(path):
+        started = time.monotonic()
+        time.sleep(0.02)
+        real_flush(path)
+        flushes.append((started, time.monotonic()))
+
+    def timed_replace(source, target):
+        real_replace(source, target)
+        renames[Path(target).stem] = time.monotonic()
+
+    spool = Spool(tmp_path / "spool")
+    spool.store(_header("1.2.3.4.900"), [b"x"])  # make the folders first
+    monkeypatch.setattr(spool_module, "fsync_directory", slow_flush)
+    monkeypatch.setattr(spool_module.os, "replace", timed_replace)
+    returned: dict[str, float] = {}
+
+    def store(index: int) -> None:
+        uid = f"1.2.3.4.{1000 + index}"
+        spool.store(_header(uid), [b"y" * 100])
+        returned[uid] = time.monotonic()
+
+    threads = [threading.Thread(target=store, args=(index,)) for index in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(returned) == 12
+    for uid, done in returned.items():
+        assert any(start >= renames[uid] and end <= done for start, end in flushes), uid
+    assert len(flushes) < 12  # shared

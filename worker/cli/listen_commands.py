@@ -40,6 +40,11 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
                              "else pydicom's test MR file)")
     ingest.add_argument("--rounds", type=int, default=3, help="rounds per receiver; the median is reported (default 3)")
     ingest.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the report as JSON")
+    ingest.add_argument("--associations", type=int, default=1, metavar="K",
+                        help="send over K associations at once, to each receiver (default 1; a PACS often opens 2-4)")
+    ingest.add_argument("--profile", type=Path, default=None, metavar="FILE",
+                        help="profile the listener's threads with cProfile and write the report to FILE "
+                             "(raw stats in FILE with suffix .pstats)")
     ingest.set_defaults(handler=run_bench_ingest)
 
 
@@ -111,7 +116,8 @@ def run_bench_ingest(args: argparse.Namespace) -> int:
         return 2
     with tqdm(total=args.instances, desc="building instances", unit="file") as bar:
         try:
-            report = run_ingest_bench(source, args.instances, args.rounds, progress=bar.update)
+            report = run_ingest_bench(source, args.instances, args.rounds, progress=bar.update,
+                                      associations=args.associations, profile=args.profile)
         except (ValueError, RuntimeError) as exc:
             print(f"neuroseg bench ingest: {exc}", file=sys.stderr)
             return 2
