@@ -18,9 +18,20 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from neuroseg.worker.contracts import SequenceRole
 
@@ -45,14 +56,11 @@ _REGEX_CONDITIONS = {
     "sequence_name": "sequence_name",
 }
 _RANGE_CONDITIONS = {"tr": "repetition_time", "te": "echo_time", "ti": "inversion_time"}
-_OTHER_CONDITIONS = {"acquisition", "contrast_agent"}
-CONDITION_KEYS = frozenset(_LIST_CONDITIONS) | frozenset(_REGEX_CONDITIONS) | frozenset(_RANGE_CONDITIONS) | _OTHER_CONDITIONS
 SERIES_PREFERENCES = ("acquisition_3d", "slices", "series_number", "confidence")
 # used when a rules file leaves these keys out
 DEFAULT_REQUIRED_ROLES = {"all_of": ["FLAIR"], "any_of": ["T1ce", "T1", "T2"]}
 DEFAULT_ROLE_ORDER = ["FLAIR", "T1ce", "T1", "T2", "other"]
 DEFAULT_SERIES_PREFERENCE = ["acquisition_3d", "slices", "series_number"]
-_RULE_KEYS = {"name", "roles", "score", "veto", "why", "when", "any_of"}
 _NO_AGENT = {"", "none", "no", "n/a", "na", "0"}
 
 
@@ -335,43 +343,14 @@ class RuleSet:
         """Validate rules given as a dict (the parsed YAML)."""
         if not isinstance(data, dict):
             raise RulesError(f"{source}: the rules file must hold a table with `rules`")
-        unknown = set(data) - {"version", "required_roles", "role_order", "series_preference", "patterns", "rules"}
-        if unknown:
-            raise RulesError(f"{source}: unknown top-level key(s) {', '.join(sorted(unknown))}")
-        if data.get("version", 1) != 1:
-            raise RulesError(f"{source}: version {data.get('version')!r} is not supported; use 1")
-        patterns = data.get("patterns") or {}
-        if not isinstance(patterns, dict):
-            raise RulesError(f"{source}: `patterns` must be a table of name: regex")
-        required = data.get("required_roles", DEFAULT_REQUIRED_ROLES) or {}
-        if not isinstance(required, dict) or set(required) - {"all_of", "any_of"}:
-            raise RulesError(f"{source}: `required_roles` takes `all_of` and `any_of` lists of roles")
-        required_roles = RequiredRoles(
-            all_of=tuple(_role(item, source, "required_roles.all_of") for item in required.get("all_of") or ()),
-            any_of=tuple(_role(item, source, "required_roles.any_of") for item in required.get("any_of") or ()),
-        )
-        role_order = tuple(_role(item, source, "role_order") for item in data.get("role_order", DEFAULT_ROLE_ORDER))
-        missing_roles = [role.value for role in SequenceRole if role not in role_order]
-        if missing_roles:
-            raise RulesError(f"{source}: role_order must list every role; missing {', '.join(missing_roles)}")
-        preference = tuple(data.get("series_preference", DEFAULT_SERIES_PREFERENCE) or ())
-        bad = [item for item in preference if item not in SERIES_PREFERENCES]
-        if bad:
-            raise RulesError(
-                f"{source}: series_preference {bad[0]!r} is unknown; use {', '.join(SERIES_PREFERENCES)}"
+        patterns = data.get("patterns")
+        try:
+            parsed = _RulesFile.model_validate(
+                data, context={"patterns": patterns if isinstance(patterns, dict) else {}}
             )
-        raw_rules = data.get("rules")
-        if not isinstance(raw_rules, list) or not raw_rules:
-            raise RulesError(f"{source}: `rules` must be a non-empty list")
-        rules = []
-        names = set()
-        for index, raw in enumerate(raw_rules):
-            rule = _parse_rule(raw, index, patterns, source)
-            if rule.name in names:
-                raise RulesError(f"{source}: rule name {rule.name!r} is used twice")
-            names.add(rule.name)
-            rules.append(rule)
-        return cls(tuple(rules), required_roles, role_order, preference, source)
+        except ValidationError as exc:
+            raise RulesError("; ".join(_describe_error(error, data, source) for error in exc.errors())) from None
+        return parsed.to_rule_set(data["rules"], source)
 
     # --- one series ---------------------------------------------------------------
     def classify(self, header: SeriesHeader) -> Classification:
@@ -484,90 +463,203 @@ def _series_label(result: Classification) -> str:
     return result.series_instance_uid
 
 
-def _role(value: Any, source: str, where: str) -> SequenceRole:
+# --- the rules file, validated by pydantic models ------------------------------------------------
+
+
+def _role(value: Any) -> SequenceRole:
+    return value if isinstance(value, SequenceRole) else SequenceRole.parse(str(value))
+
+
+def _non_empty_list(value: Any) -> Any:
+    if not isinstance(value, list) or not value:
+        raise ValueError("must be a non-empty list")
+    return value
+
+
+def _upper_list(value: Any) -> Any:
+    return tuple(str(item).upper() for item in _non_empty_list(value))
+
+
+def _range(value: Any) -> Any:
+    if not (isinstance(value, list) and len(value) == 2
+            and all(item is None or isinstance(item, (int, float)) for item in value)):
+        raise ValueError("must be [min, max] in ms (null for open)")
+    return tuple(value)
+
+
+def _regex(value: str, info: ValidationInfo) -> str:
+    """Check that ``value`` (with its ``{pattern}`` names expanded) compiles; keep the text."""
     try:
-        return SequenceRole.parse(str(value))
-    except ValueError as exc:
-        raise RulesError(f"{source}: {where}: {exc}") from None
+        re.compile(_expand(value, (info.context or {}).get("patterns", {})), re.IGNORECASE)
+    except re.error as exc:
+        raise ValueError(f"is not a valid regex: {exc}") from None
+    return value
 
 
-def _parse_rule(raw: Any, index: int, patterns: Mapping[str, str], source: str) -> Rule:
-    if not isinstance(raw, dict):
-        raise RulesError(f"{source}: rule #{index + 1} must be a table")
-    name = str(raw.get("name") or f"#{index + 1}")
-    where = f"{source}: rule {name!r}"
-    unknown = set(raw) - _RULE_KEYS
-    if unknown:
-        raise RulesError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(_RULE_KEYS))}")
-    if "name" not in raw:
-        raise RulesError(f"{where}: every rule needs a `name`")
-    roles = raw.get("roles")
-    if not isinstance(roles, list) or not roles:
-        raise RulesError(f"{where}: `roles` must be a non-empty list of roles")
-    parsed_roles = tuple(_role(item, source, f"rule {name!r} roles") for item in roles)
-    score = raw.get("score")
-    if not isinstance(score, (int, float)) or isinstance(score, bool) or not 0 < score <= 2:
-        raise RulesError(f"{where}: score {score!r} must be a number in (0, 2]")
-    veto = raw.get("veto", False)
-    if not isinstance(veto, bool):
-        raise RulesError(f"{where}: veto must be true or false")
-    if veto and parsed_roles != (SequenceRole.OTHER,):
-        raise RulesError(f"{where}: a veto rule must have roles [other]")
-    when = _parse_conditions(raw.get("when") or {}, patterns, f"{where} when")
-    any_of_raw = raw.get("any_of") or []
-    if not isinstance(any_of_raw, list):
-        raise RulesError(f"{where}: any_of must be a list of condition tables")
-    any_of = tuple(_parse_conditions(item, patterns, f"{where} any_of") for item in any_of_raw)
-    if not when.values and not any_of:
-        raise RulesError(f"{where}: a rule needs at least one condition")
-    return Rule(name, parsed_roles, float(score), veto, str(raw.get("why") or name), when, any_of)
+Role = Annotated[SequenceRole, BeforeValidator(_role)]
+Regex = Annotated[str, AfterValidator(_regex)]
+ValueList = Annotated[tuple[str, ...], BeforeValidator(_upper_list)]
+MillisecondRange = Annotated[tuple[float | None, float | None], BeforeValidator(_range)]
 
 
-def _parse_conditions(raw: Any, patterns: Mapping[str, str], where: str) -> _Conditions:
-    if not isinstance(raw, dict):
-        raise RulesError(f"{where}: conditions must be a table")
-    values: dict[str, Any] = {}
-    regexes: dict[str, re.Pattern[str]] = {}
-    for key, value in raw.items():
-        if key not in CONDITION_KEYS:
-            raise RulesError(f"{where}: unknown condition {key!r}; allowed: {', '.join(sorted(CONDITION_KEYS))}")
-        if key in _REGEX_CONDITIONS:
-            text = _expand(str(value), patterns, where, key)
-            try:
-                regexes[key] = re.compile(text, re.IGNORECASE)
-            except re.error as exc:
-                raise RulesError(f"{where}: {key} {value!r} is not a valid regex: {exc}") from None
-            values[key] = value
-        elif key in _LIST_CONDITIONS:
-            if not isinstance(value, list) or not value:
-                raise RulesError(f"{where}: {key} must be a non-empty list")
-            values[key] = tuple(str(item).upper() for item in value)
-        elif key in _RANGE_CONDITIONS:
-            if not (isinstance(value, list) and len(value) == 2
-                    and all(item is None or isinstance(item, (int, float)) for item in value)):
-                raise RulesError(f"{where}: {key} must be [min, max] in ms (null for open), not {value!r}")
-            values[key] = tuple(value)
-        elif key == "acquisition":
-            if str(value).upper() not in ("2D", "3D"):
-                raise RulesError(f"{where}: acquisition must be 2D or 3D, not {value!r}")
-            values[key] = str(value).upper()
-        elif key == "contrast_agent":
-            if not isinstance(value, bool):
-                raise RulesError(f"{where}: contrast_agent must be true or false")
-            values[key] = value
-    return _Conditions(values, regexes)
+class _Forbid(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _ConditionsTable(_Forbid):
+    """A rule's ``when`` or one entry of its ``any_of``: every given condition must hold."""
+
+    description: Regex = None
+    not_description: Regex = None
+    protocol: Regex = None
+    not_protocol: Regex = None
+    sequence_name: Regex = None
+    image_type_any: ValueList = None
+    image_type_none: ValueList = None
+    scanning_sequence_any: ValueList = None
+    scanning_sequence_none: ValueList = None
+    sequence_variant_any: ValueList = None
+    modality_any: ValueList = None
+    modality_none: ValueList = None
+    tr: MillisecondRange = None
+    te: MillisecondRange = None
+    ti: MillisecondRange = None
+    acquisition: Annotated[Literal["2D", "3D"], BeforeValidator(lambda value: str(value).upper())] = None
+    contrast_agent: bool = Field(None, strict=True)
+
+    def to_conditions(self, patterns: Mapping[str, str], order: Sequence[str]) -> _Conditions:
+        """The runtime conditions, checked in the order the file lists them (the reasons keep it)."""
+        keys = [key for key in order if key in self.model_fields_set]
+        values = {key: getattr(self, key) for key in keys}
+        regexes = {key: re.compile(_expand(values[key], patterns), re.IGNORECASE)
+                   for key in keys if key in _REGEX_CONDITIONS}
+        return _Conditions(values, regexes)
+
+
+class _RuleEntry(_Forbid):
+    name: Annotated[str, BeforeValidator(lambda value: value if value is None else str(value))] = Field(min_length=1)
+    roles: Annotated[tuple[Role, ...], BeforeValidator(_non_empty_list)]
+    score: float = Field(gt=0, le=2, strict=True)
+    veto: bool = Field(False, strict=True)
+    why: str | None = None
+    when: _ConditionsTable | None = None
+    any_of: list[_ConditionsTable] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> "_RuleEntry":
+        if self.veto and self.roles != (SequenceRole.OTHER,):
+            raise ValueError("a veto rule must have roles [other]")
+        if not (self.when and self.when.model_fields_set) and not self.any_of:
+            raise ValueError("a rule needs at least one condition in `when` or `any_of`")
+        return self
+
+    def to_rule(self, raw: Mapping[str, Any], patterns: Mapping[str, str]) -> Rule:
+        raw_when = raw.get("when") or {}
+        raw_any = raw.get("any_of") or []
+        when = (self.when or _ConditionsTable()).to_conditions(patterns, list(raw_when))
+        any_of = tuple(table.to_conditions(patterns, list(order)) for table, order in zip(self.any_of or [], raw_any))
+        return Rule(self.name, self.roles, float(self.score), self.veto, self.why or self.name, when, any_of)
+
+
+class _RequiredRolesTable(_Forbid):
+    all_of: tuple[Role, ...] = ()
+    any_of: tuple[Role, ...] = ()
+
+
+class _RulesFile(_Forbid):
+    version: Literal[1] = 1
+    required_roles: _RequiredRolesTable | None = _RequiredRolesTable(**DEFAULT_REQUIRED_ROLES)
+    role_order: tuple[Role, ...] = tuple(DEFAULT_ROLE_ORDER)
+    series_preference: tuple[Literal[SERIES_PREFERENCES], ...] | None = tuple(DEFAULT_SERIES_PREFERENCE)
+    patterns: dict[str, str] | None = None
+    rules: list[_RuleEntry]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _has_rules(cls, data: Any) -> Any:
+        if isinstance(data, dict) and (not isinstance(data.get("rules"), list) or not data["rules"]):
+            raise ValueError("`rules` must be a non-empty list of rule tables")
+        return data
+
+    @field_validator("role_order")
+    @classmethod
+    def _every_role(cls, value: tuple[SequenceRole, ...]) -> tuple[SequenceRole, ...]:
+        missing = [role.value for role in SequenceRole if role not in value]
+        if missing:
+            raise ValueError(f"must list every role; missing {', '.join(missing)}")
+        return value
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> "_RulesFile":
+        seen: set[str] = set()
+        for rule in self.rules:
+            if rule.name in seen:
+                raise ValueError(f"rule name {rule.name!r} is used twice")
+            seen.add(rule.name)
+        return self
+
+    def to_rule_set(self, raw_rules: Sequence[Mapping[str, Any]], source: str) -> "RuleSet":
+        """The runtime rules; ``raw_rules`` (the parsed YAML) gives the order of each rule's conditions."""
+        patterns = self.patterns or {}
+        required = self.required_roles or _RequiredRolesTable()
+        rules = tuple(entry.to_rule(raw, patterns) for entry, raw in zip(self.rules, raw_rules))
+        return RuleSet(rules, RequiredRoles(required.all_of, required.any_of), self.role_order,
+                       tuple(self.series_preference or ()), source)
+
+
+def _allowed_keys(loc: Sequence[Any]) -> list[str]:
+    """The keys the table at ``loc`` allows (walking the models along the location)."""
+    model: type[BaseModel] = _RulesFile
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        annotation = model.model_fields[part].annotation
+        candidates = [annotation, *get_args(annotation)]
+        candidates += [inner for item in candidates for inner in get_args(item)]
+        model = next(item for item in candidates if isinstance(item, type) and issubclass(item, BaseModel))
+    return sorted(model.model_fields)
+
+
+def _describe_error(error: Mapping[str, Any], data: Mapping[str, Any], source: str) -> str:
+    """One pydantic error as ``file: rule 'name': key path message (got value)``."""
+    loc = list(error.get("loc", ()))
+    where = [source]
+    if len(loc) >= 2 and loc[0] == "rules" and isinstance(loc[1], int):
+        raw = data["rules"][loc[1]] if loc[1] < len(data["rules"]) else None
+        name = raw.get("name") if isinstance(raw, dict) else None
+        where.append(f"rule {str(name)!r}" if name is not None else f"rule #{loc[1] + 1}")
+        loc = loc[2:]
+    path = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc).lstrip(".")
+    message = str(error.get("msg", "is invalid")).removeprefix("Value error, ").removeprefix("Input ")
+    value = error.get("input")
+    if error.get("type") == "extra_forbidden":
+        parent, key = path.rpartition(".")[0] or path.rpartition("[")[0], loc[-1]
+        full = list(error["loc"])[:-1]
+        kind = "condition" if full and (full[-1] == "when" or "any_of" in full) else "key"
+        where += [parent] if parent and parent != str(key) else []
+        text = f"unknown {kind} {key!r}; allowed: {', '.join(_allowed_keys(full))}"
+    elif error.get("type") == "missing":
+        text = f"{path} is required"
+    elif error.get("type") in ("model_type", "dict_type"):
+        text = f"{path} must be a table" if path else "must be a table"
+    else:
+        text = f"{path} {message}" if path else message
+    if error.get("type") != "missing" and not isinstance(value, dict):
+        shown = repr(value)
+        text += f" (got {shown if len(shown) <= 80 else shown[:77] + '...'})"
+    return ": ".join(where + [text])
 
 
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
-def _expand(text: str, patterns: Mapping[str, str], where: str, key: str) -> str:
+def _expand(text: str, patterns: Mapping[str, str]) -> str:
     """Replace each ``{name}`` with the named pattern (in a non-capturing group)."""
 
     def substitute(match: re.Match[str]) -> str:
         name = match.group(1)
         if name not in patterns:
-            raise RulesError(f"{where}: {key} uses unknown pattern {{{name}}}; known: {', '.join(sorted(patterns))}")
+            raise ValueError(f"uses unknown pattern {{{name}}}; known: {', '.join(sorted(patterns)) or 'none'}")
         return f"(?:{patterns[name]})"
 
     return _PLACEHOLDER.sub(substitute, text)

@@ -207,8 +207,17 @@ def test_shipped_rules_load(rules):
         ("rules:\n  - {name: a, roles: [T1], score: 1, when: {tr: 5}}", r"tr must be \[min, max\]"),
         ("rules:\n  - {name: a, roles: [T1], veto: true, score: 1, when: {tr: [0, 1]}}", "veto rule must have roles"),
         ("role_order: [T1]\nrules:\n  - {name: a, roles: [T1], score: 1, when: {tr: [0, 1]}}", "role_order must list"),
+        ("rules:\n  - {name: a, roles: [T1], score: 3, when: {tr: [0, 1]}}",
+         r"rule 'a': score should be less than or equal to 2 \(got 3\)"),
+        ("rules:\n  - {name: a, role: [T1], score: 1, when: {tr: [0, 1]}}", "rule 'a': unknown key 'role'; allowed: any_of, name"),
+        ("rules:\n  - {name: a, roles: [T1], score: 1, any_of: [{tr: [0, 1]}, {te: [1, 2, 3]}]}",
+         r"rule 'a': any_of\[1\]\.te must be \[min, max\] in ms \(null for open\) \(got \[1, 2, 3\]\)"),
+        ("colour: red\nrules:\n  - {name: a, roles: [T1], score: 1, when: {tr: [0, 1]}}", "unknown key 'colour'; allowed: patterns"),
+        ("rules:\n  - {name: a, roles: [T1], score: 1, when: {tr: [0, 1]}}\n  - {name: a, roles: [T2], score: 1, when: {te: [0, 1]}}",
+         "rule name 'a' is used twice"),
     ],
-    ids=["empty", "bad-role", "bad-condition", "bad-regex", "bad-pattern", "bad-range", "bad-veto", "role-order"],
+    ids=["empty", "bad-role", "bad-condition", "bad-regex", "bad-pattern", "bad-range", "bad-veto", "role-order",
+         "bad-score", "bad-rule-key", "nested-range", "bad-top-key", "duplicate-name"],
 )
 def test_invalid_rules_are_refused_naming_the_problem(tmp_path: Path, text, message):
     path = tmp_path / "rules.yaml"
@@ -217,3 +226,11 @@ def test_invalid_rules_are_refused_naming_the_problem(tmp_path: Path, text, mess
     path.write_text(text)
     with pytest.raises(RulesError, match=message):
         RuleSet.load(path)
+
+
+def test_an_error_names_the_file_the_key_path_the_value_and_what_is_allowed(tmp_path: Path):
+    path = tmp_path / "rules.yaml"
+    path.write_text("rules:\n  - {name: flair-name, roles: [FLAIR], score: 1, when: {acquisition: 4D}}\n")
+    with pytest.raises(RulesError) as raised:
+        RuleSet.load(path)
+    assert str(raised.value) == f"{path}: rule 'flair-name': when.acquisition should be '2D' or '3D' (got '4D')"
