@@ -41,7 +41,7 @@ import pydicom
 from neuroseg.common.files import atomic_write
 from neuroseg.worker.contracts import StudyManifest
 from neuroseg.worker.errors import InputError, NeurosegError, TransientError
-from neuroseg.worker.jobstore import JobState, JobStore, OutputRecord
+from neuroseg.worker.jobstore import STAGE_RANK, JobState, JobStore, OutputRecord
 from neuroseg.worker.loading import LoadedStudy, load_study
 from neuroseg.worker.settings import Settings
 
@@ -325,9 +325,6 @@ STAGES = (
     Stage(JobState.ENCODING, encode_outputs),
     Stage(JobState.DELIVERING, deliver_outputs),
 )
-STAGE_RANK = {state: rank for rank, state in enumerate(
-    (JobState.LOADING, JobState.PREPROCESSING, JobState.INFERENCE, JobState.EXPLAINING, JobState.ENCODING,
-     JobState.DELIVERING))}
 
 
 def job_folder(settings: Settings, job_id: str) -> Path:

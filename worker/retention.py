@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from neuroseg.worker.jobstore import FINAL_STATES, JobState, JobStore, utcnow
+from neuroseg.worker.jobstore import JobState, JobStore, utcnow
 from neuroseg.worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -69,36 +69,27 @@ def prune(settings: Settings, store: JobStore | None = None, *, now: datetime | 
     now = now or utcnow()
     cutoff = now - timedelta(days=settings.retention_days)
     report = RetentionReport()
-    by_study: dict[str, list] = {}
-    for job in store.list_jobs(limit=1_000_000):
-        by_study.setdefault(job.study_instance_uid, []).append(job)
-    for study_uid, jobs in by_study.items():
-        newest = max(jobs, key=lambda job: job.created_at)
-        if any(JobState(job.state) not in FINAL_STATES for job in jobs):
+    delivered_studies = []
+    for candidate in store.retention_candidates(ended_before=cutoff):
+        if candidate.state not in (JobState.DONE.value, JobState.PARTIAL.value) or not candidate.delivered:
+            report.kept_undelivered.append(candidate.study_instance_uid)
             continue
-        if newest.finished_at is None or newest.finished_at > cutoff:
-            continue
-        detail = store.get_job(newest.id)
-        delivered = detail is not None and detail.deliveries and all(
-            item.status == "delivered" for item in detail.deliveries)
-        if newest.state not in (JobState.DONE.value, JobState.PARTIAL.value) or not delivered:
-            report.kept_undelivered.append(study_uid)
-            continue
-        folder = settings.spool_dir / study_uid
+        delivered_studies.append(candidate.study_instance_uid)
+        folder = settings.spool_dir / candidate.study_instance_uid
         if folder.is_dir() and _newest_mtime(folder) <= cutoff.timestamp():
             report.bytes_freed += _size(folder)
-            report.studies_removed.append(study_uid)
+            report.studies_removed.append(candidate.study_instance_uid)
             if not dry_run:
                 shutil.rmtree(folder, ignore_errors=True)
                 store.record_event("retention", f"spool data of study removed after {settings.retention_days} days",
-                                   study_instance_uid=study_uid)
-        for job in jobs:
-            encoded = settings.results_dir / job.id / "dicom"
-            if encoded.is_dir() and (job.finished_at is None or job.finished_at <= cutoff):
-                report.bytes_freed += _size(encoded)
-                report.job_outputs_removed.append(job.id)
-                if not dry_run:
-                    shutil.rmtree(encoded, ignore_errors=True)
+                                   study_instance_uid=candidate.study_instance_uid)
+    for job_id in store.jobs_of_studies(delivered_studies, ended_before=cutoff):
+        encoded = settings.results_dir / job_id / "dicom"
+        if encoded.is_dir():
+            report.bytes_freed += _size(encoded)
+            report.job_outputs_removed.append(job_id)
+            if not dry_run:
+                shutil.rmtree(encoded, ignore_errors=True)
     processed = settings.broker_dir / "processed"
     if processed.is_dir():
         limit = time.time() - settings.retention_days * 86400

@@ -9,6 +9,9 @@ import pytest
 from neuroseg.worker.contracts import SequenceRole, SeriesManifest, StudyManifest
 from neuroseg.worker.jobstore import (
     SCHEMA_VERSION,
+    STAGE_ORDER,
+    STAGE_RANK,
+    TIMED_STEPS,
     ClaimOutcome,
     JobState,
     JobStore,
@@ -39,9 +42,9 @@ def store(request, make_settings) -> JobStore:
     if url is not None:
         from sqlalchemy import text
 
-        from neuroseg.worker.jobschema import Base
+        from neuroseg.worker.jobstore import Base
 
-        tables = ", ".join(table.name for table in Base.metadata.sorted_tables if table.name != "schema_version")
+        tables = ", ".join(table.name for table in Base.metadata.sorted_tables)
         with store.engine.begin() as connection:
             connection.execute(text(f"TRUNCATE {tables} CASCADE"))
     return store
@@ -122,7 +125,9 @@ def test_stages_are_timed_and_the_job_ends_done(store):
     assert detail.deliveries[0].status == "delivered" and detail.outputs[0].kind == "seg"
     assert detail.series[0].role == "FLAIR" and detail.series[0].reasons == ["rule FLAIR"]
     assert store.counts_by_state()["done"] == 1
-    assert {name for name, _ in store.stage_durations()} >= {"loading", "delivering"}
+    histogram = store.stage_duration_histogram([0.0, 3600.0])
+    assert set(histogram) >= {"loading", "delivering"}
+    assert histogram["loading"][0][1] == histogram["loading"][1] == 1  # one loading run, under an hour
 
 
 def test_state_machine_refuses_skipping_from_queued_to_done():
@@ -175,3 +180,57 @@ def test_unpublished_job_is_found_for_recovery(store):
     assert store.jobs_needing_publish(queued_grace_s=600) == [job_id]
     store.mark_published(job_id)
     assert store.jobs_needing_publish(queued_grace_s=600) == []
+
+
+def test_one_stage_order_gives_the_pipeline_and_the_dashboard_their_steps():
+    from neuroseg.worker import pipeline
+
+    assert [STAGE_RANK[stage.state] for stage in pipeline.STAGES] == sorted(
+        STAGE_RANK[stage.state] for stage in pipeline.STAGES)
+    assert pipeline.STAGE_RANK is STAGE_RANK
+    assert TIMED_STEPS[-len(STAGE_ORDER):] == STAGE_ORDER
+    for earlier, later in zip(STAGE_ORDER, STAGE_ORDER[1:]):
+        check_transition(earlier, later)
+    with pytest.raises(TransitionError, match="cannot go from loading to inference"):
+        check_transition(STAGE_ORDER[0], STAGE_ORDER[2])
+
+
+def test_stage_of_a_finished_job_is_where_it_stopped(store):
+    job_id, _ = store.create_job(make_manifest())
+    assert store.get_job(job_id).stage == "queued"
+    store.claim(job_id, worker="w:1")
+    store.enter_stage(job_id, "preprocessing")
+    assert store.list_jobs()[0].stage == "preprocessing"
+    store.finish(job_id, JobState.FAILED, error="bad series")
+    assert store.get_job(job_id).stage == "preprocessing" and store.list_jobs()[0].stage == "preprocessing"
+
+
+def test_delivery_failures_are_counted_per_attempt_from_the_status(store):
+    job_id, _ = store.create_job(make_manifest())
+    store.claim(job_id, worker="w:1")
+    store.record_delivery_attempt(job_id, "PACS@h:104", status="retrying", failed=1, error="refused")
+    store.record_delivery_attempt(job_id, "PACS@h:104", status="partial", sent=1, failed=1)
+    store.record_delivery_attempt(job_id, "PACS@h:104", status="delivered", sent=2)
+    store.record_delivery_attempt(job_id, "outbox:/out", status="delivered", sent=2)
+    assert store.delivery_failure_count() == 2
+    with pytest.raises(ValueError, match="unknown delivery status 'sent'"):
+        store.record_delivery_attempt(job_id, "outbox:/out", status="sent")
+
+
+def test_retention_candidates_are_studies_whose_newest_job_ended(store):
+    from neuroseg.worker.jobstore import utcnow
+
+    delivered, _ = store.create_job(make_manifest("2.1"))
+    store.claim(delivered, worker="w:1")
+    store.record_delivery_attempt(delivered, "PACS@h:104", status="delivered", sent=1)
+    store.finish(delivered, JobState.DONE)
+    failed, _ = store.create_job(make_manifest("2.2"))
+    store.claim(failed, worker="w:1")
+    store.finish(failed, JobState.FAILED, error="x")
+    store.create_job(make_manifest("2.3"))  # still queued: not a candidate
+    candidates = {item.study_instance_uid: item for item in store.retention_candidates(utcnow())}
+    assert set(candidates) == {"2.1", "2.2"}
+    assert candidates["2.1"].delivered and candidates["2.1"].job_id == delivered
+    assert not candidates["2.2"].delivered and candidates["2.2"].state == "failed"
+    assert store.jobs_of_studies(["2.1", "2.2"], ended_before=utcnow()) == [delivered, failed]
+    assert store.retention_candidates(utcnow() - timedelta(days=1)) == []

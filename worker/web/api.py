@@ -9,7 +9,6 @@ with the reason.
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -50,33 +49,6 @@ def _utc(value: datetime | None) -> datetime | None:
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
-def stage_durations(store, job_ids: list[str]) -> dict[str, dict[str, float]]:
-    """Seconds per stage of each job's latest attempt (running stages: the time so far)."""
-    from sqlalchemy import select
-
-    from neuroseg.worker.jobstore import StageRow
-
-    if not job_ids:
-        return {}
-    now = datetime.now(UTC)
-    result: dict[str, dict[str, float]] = defaultdict(dict)
-    latest: dict[str, int] = {}
-    with store.session() as session:
-        rows = session.execute(
-            select(StageRow.job_id, StageRow.name, StageRow.attempt, StageRow.started_at, StageRow.duration_s)
-            .where(StageRow.job_id.in_(job_ids))
-            .order_by(StageRow.id)
-        ).all()
-    for job_id, _name, attempt, _started, _duration in rows:
-        latest[job_id] = max(latest.get(job_id, 0), attempt)
-    for job_id, name, attempt, started, duration in rows:
-        if attempt != latest[job_id]:
-            continue
-        seconds = duration if duration is not None else (now - _utc(started)).total_seconds()
-        result[job_id][name] = round(float(seconds), 3)
-    return dict(result)
-
-
 def has_results(request: Request, job_id: str) -> bool:
     from neuroseg.worker.web.viewer_data import has_viewer_data
 
@@ -84,10 +56,7 @@ def has_results(request: Request, job_id: str) -> bool:
 
 
 def summary_dict(request: Request, summary, durations: dict[str, float]) -> dict[str, Any]:
-    data = summary.to_dict()
-    data["stage_durations"] = durations
-    data["has_results"] = has_results(request, summary.id)
-    return data
+    return {**dict(summary), "stage_durations": durations, "has_results": has_results(request, summary.id)}
 
 
 def allowed_actions(state: str, has_outputs: bool) -> dict[str, bool]:
@@ -109,42 +78,14 @@ def job_detail_dict(request: Request, store, job_id: str) -> dict[str, Any]:
     detail = store.get_job(job_id)
     if detail is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no job {job_id!r}")
-    durations = stage_durations(store, [job_id]).get(job_id, {})
+    durations = store.latest_stage_durations([job_id]).get(job_id, {})
     data = summary_dict(request, detail, durations)
     now = datetime.now(UTC)
     data.update(
-        sequences_used=list(detail.sequences_used),
-        volumes_ml=dict(detail.volumes_ml),
-        cancel_requested=detail.cancel_requested,
-        series=[
-            {
-                "series_instance_uid": item.series_instance_uid, "series_number": item.series_number,
-                "series_description": item.series_description, "modality": item.modality,
-                "instance_count": item.instance_count, "role": item.role, "classified_role": item.classified_role,
-                "confidence": item.confidence, "reasons": list(item.reasons),
-            }
-            for item in detail.series
-        ],
         stages=[
-            {
-                "name": item.name, "attempt": item.attempt, "started_at": item.started_at,
-                "finished_at": item.finished_at, "outcome": item.outcome,
-                "duration_s": item.duration_s if item.duration_s is not None
-                else (now - _utc(item.started_at)).total_seconds(),
-            }
+            item.model_copy(update={"duration_s": item.duration_s if item.duration_s is not None
+                                    else (now - item.started_at).total_seconds()})
             for item in detail.stages
-        ],
-        events=[{"at": item.at, "kind": item.kind, "message": item.message} for item in detail.events],
-        outputs=[
-            {"kind": item.kind, "sop_instance_uid": item.sop_instance_uid,
-             "series_instance_uid": item.series_instance_uid, "sop_class_uid": item.sop_class_uid}
-            for item in detail.outputs
-        ],
-        deliveries=[
-            {"destination": item.destination, "status": item.status, "attempts": item.attempts, "sent": item.sent,
-             "failed": item.failed, "last_error": item.last_error, "last_attempt_at": item.last_attempt_at,
-             "delivered_at": item.delivered_at}
-            for item in detail.deliveries
         ],
         study_jobs=[
             {"id": item.id, "state": item.state, "reason": item.reason, "created_at": item.created_at}
@@ -207,7 +148,7 @@ def list_jobs(
         )
     jobs = store.list_jobs(state=states or None, study_instance_uid=study, since=_utc(since), until=_utc(until),
                            limit=limit, offset=offset)
-    durations = stage_durations(store, [job.id for job in jobs])
+    durations = store.latest_stage_durations([job.id for job in jobs])
     return {
         "jobs": [summary_dict(request, job, durations.get(job.id, {})) for job in jobs],
         "limit": limit,
@@ -225,7 +166,7 @@ def get_study(request: Request, study_instance_uid: str, user: ApiUser, store: S
     jobs = store.list_jobs(study_instance_uid=study_instance_uid, limit=200)
     if not jobs:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no study {study_instance_uid!r}")
-    durations = stage_durations(store, [job.id for job in jobs])
+    durations = store.latest_stage_durations([job.id for job in jobs])
     first = jobs[0]
     return {
         "study_instance_uid": study_instance_uid, "patient_id": first.patient_id,

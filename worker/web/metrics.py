@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections import defaultdict
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -55,14 +54,6 @@ def disk_usage(path: Path) -> dict[str, Any]:
     return {"path": str(path), "free_bytes": usage.free, "total_bytes": usage.total}
 
 
-def _histogram(durations: list[float]) -> tuple[list[tuple[str, float]], float]:
-    buckets = []
-    for bound in STAGE_BUCKETS:
-        buckets.append((str(float(bound)), float(sum(1 for value in durations if value <= bound))))
-    buckets.append(("+Inf", float(len(durations))))
-    return buckets, float(sum(durations))
-
-
 class NeurosegCollector(Collector):
     """Reads the job store and the broker on every scrape (see the module docstring)."""
 
@@ -76,7 +67,7 @@ class NeurosegCollector(Collector):
             store = self.state.jobstore.get()
             counts = store.counts_by_state()
             studies = store.study_count()
-            durations = store.stage_durations()
+            durations = store.stage_duration_histogram(STAGE_BUCKETS)
             delivery_failures = store.delivery_failure_count()
         except Exception as exc:  # noqa: BLE001 - a scrape reports the outage instead of failing
             log.warning("metrics: job store unavailable: %s", exc)
@@ -90,15 +81,12 @@ class NeurosegCollector(Collector):
             for state, count in sorted(counts.items()):
                 jobs.add_metric([state], count)
             yield jobs
-            by_stage: dict[str, list[float]] = defaultdict(list)
-            for stage, seconds in durations:
-                by_stage[stage].append(seconds)
             histogram = HistogramMetricFamily(
                 "neuroseg_stage_duration_seconds", "Duration of finished stage runs", labels=["stage"]
             )
-            for stage in sorted(by_stage):
-                buckets, total = _histogram(by_stage[stage])
-                histogram.add_metric([stage], buckets, sum_value=total)
+            for stage, (under, count, total) in sorted(durations.items()):
+                buckets = [(str(float(bound)), float(value)) for bound, value in zip(STAGE_BUCKETS, under)]
+                histogram.add_metric([stage], [*buckets, ("+Inf", float(count))], sum_value=total)
             yield histogram
             yield CounterMetricFamily(
                 "neuroseg_delivery_failures", "Delivery attempts that did not deliver every object",

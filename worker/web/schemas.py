@@ -1,4 +1,8 @@
-"""Response and request bodies of the admin JSON API (they make its OpenAPI document)."""
+"""Response and request bodies of the admin JSON API (they make its OpenAPI document).
+
+Jobs, series, stages, events, outputs and deliveries are the job store's own
+records; the classes here add only what the API computes on top of them.
+"""
 
 from __future__ import annotations
 
@@ -8,81 +12,18 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from neuroseg.worker.contracts import SequenceRole
+from neuroseg.worker.jobstore import DeliveryRecord, EventRecord, JobSummary, OutputRecord, SeriesRecord, StageRecord
 
 
-class StageTiming(BaseModel):
-    name: str
-    attempt: int
-    started_at: datetime
-    finished_at: datetime | None
-    duration_s: float | None = Field(description="seconds; for a running stage, the time so far")
-    outcome: str = Field(description="running, ok, retry, failed, partial, cancelled or abandoned")
+class JobSummaryOut(JobSummary):
+    """One row of the jobs list: the job store's record plus what the API works out."""
 
-
-class JobSummaryOut(BaseModel):
-    """One row of the jobs list (patient identity included: the API needs a login)."""
-
-    id: str
-    study_instance_uid: str
-    patient_id: str
-    patient_name: str
-    accession_number: str
-    study_description: str
-    state: str
-    stage: str
-    percent: float
-    message: str
-    error: str
-    attempts: int
-    worker: str
-    device: str
-    model_name: str
-    model_version: str
-    reason: str
-    replaces_job_id: str | None
-    created_at: datetime
-    updated_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-    duration_s: float | None
     stage_durations: dict[str, float] = Field(description="seconds per stage of the latest attempt")
     has_results: bool = Field(description="the 3D viewer can open this job")
 
 
-class SeriesOut(BaseModel):
-    series_instance_uid: str
-    series_number: int | None
-    series_description: str
-    modality: str
-    instance_count: int
-    role: str = Field(description="the role used for processing")
-    classified_role: str = Field(description="the role the classifier gave")
-    confidence: float
-    reasons: list[str]
-
-
-class EventOut(BaseModel):
-    at: datetime
-    kind: str
-    message: str
-
-
-class OutputOut(BaseModel):
-    kind: str
-    sop_instance_uid: str
-    series_instance_uid: str
-    sop_class_uid: str
-
-
-class DeliveryOut(BaseModel):
-    destination: str
-    status: str = Field(description="pending, retrying, delivered, partial or failed")
-    attempts: int
-    sent: int
-    failed: int
-    last_error: str
-    last_attempt_at: datetime | None
-    delivered_at: datetime | None
+class StageTiming(StageRecord):
+    duration_s: float | None = Field(description="seconds; for a running stage, the time so far")
 
 
 class RelatedJob(BaseModel):
@@ -105,11 +46,11 @@ class JobDetailOut(JobSummaryOut):
     sequences_used: list[str]
     volumes_ml: dict[str, float]
     cancel_requested: bool
-    series: list[SeriesOut]
+    series: list[SeriesRecord]
     stages: list[StageTiming]
-    events: list[EventOut]
-    outputs: list[OutputOut]
-    deliveries: list[DeliveryOut]
+    events: list[EventRecord]
+    outputs: list[OutputRecord]
+    deliveries: list[DeliveryRecord]
     study_jobs: list[RelatedJob] = Field(description="every job of the same study, newest first")
     actions: AllowedActions
 

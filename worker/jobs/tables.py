@@ -1,64 +1,32 @@
-"""The job store's tables, schema versions and database engines.
+"""The job store's tables (one ORM class per table) and its UTC time helpers.
 
-:mod:`neuroseg.worker.jobstore` is the public API; this module holds the SQL
-side: one ORM class per table, :func:`migrate` with its list of
-:data:`MIGRATIONS`, and one cached engine per database URL (SQLite gets WAL
-mode and a busy timeout, so the listener, workers and admin app can share the
-file).
-
-Schema versions: ``schema_version`` holds one row; ``MIGRATIONS[i]`` upgrades
-a schema at version ``i`` to ``i + 1``. Add a migration, never edit an old one.
+The schema itself is made and upgraded by the Alembic revisions in
+``migrations/versions`` (see :mod:`neuroseg.worker.jobs.database`); a change
+here needs a new revision there.
 """
 
 from __future__ import annotations
 
-import logging
-import threading
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import (
-    JSON,
-    DateTime,
-    Float,
-    ForeignKey,
-    Integer,
-    String,
-    Text,
-    create_engine,
-    event,
-    select,
-    update,
-)
-from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-
-log = logging.getLogger(__name__)
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def _utc(value: datetime | None) -> datetime | None:
+def as_utc(value: datetime | None) -> datetime | None:
+    """``value`` as an aware UTC datetime (SQLite hands back naive ones)."""
     if value is None:
         return None
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
-# --- tables -------------------------------------------------------------------------------------
-
-
 class Base(DeclarativeBase):
     type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
-
-
-class SchemaVersionRow(Base):
-    __tablename__ = "schema_version"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    version: Mapped[int] = mapped_column(Integer)
 
 
 class StudyRow(Base):
@@ -81,7 +49,6 @@ class JobRow(Base):
     fingerprint: Mapped[str] = mapped_column(String(32))
     manifest: Mapped[dict[str, Any]] = mapped_column(JSON)
     state: Mapped[str] = mapped_column(String(16), index=True)
-    stage: Mapped[str] = mapped_column(String(16))
     percent: Mapped[float] = mapped_column(Float, default=0.0)
     message: Mapped[str] = mapped_column(Text, default="")
     error: Mapped[str] = mapped_column(Text, default="")
@@ -164,89 +131,8 @@ class DeliveryRow(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     sent: Mapped[int] = mapped_column(Integer, default=0)
     failed: Mapped[int] = mapped_column(Integer, default=0)
+    # attempts that did not deliver everything, for the delivery-failures counter
+    failed_attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str] = mapped_column(Text, default="")
     last_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-
-
-# --- schema versions --------------------------------------------------------------------------
-
-
-def _migration_1(connection: Connection) -> None:
-    """Version 1: every table above."""
-    tables = [model.__table__ for model in (StudyRow, JobRow, SeriesRow, StageRow, EventRow, OutputRow, DeliveryRow)]
-    Base.metadata.create_all(connection, tables=tables)
-
-
-#: MIGRATIONS[i] upgrades a schema at version i to version i + 1.
-MIGRATIONS: tuple[Callable[[Connection], None], ...] = (_migration_1,)
-SCHEMA_VERSION = len(MIGRATIONS)
-
-
-def schema_version(engine: Engine) -> int:
-    """The schema version of the database (0 when it is empty)."""
-    SchemaVersionRow.__table__.create(engine, checkfirst=True)
-    with engine.connect() as connection:
-        value = connection.execute(select(SchemaVersionRow.version).where(SchemaVersionRow.id == 1)).scalar()
-    return int(value or 0)
-
-
-def migrate(engine: Engine) -> int:
-    """Bring the schema up to :data:`SCHEMA_VERSION`; return the version it had before.
-
-    Safe to run from several processes at once: each step runs in one
-    transaction that also bumps the version, and a step that another process
-    finished first is skipped.
-    """
-    before = schema_version(engine)
-    if before > SCHEMA_VERSION:
-        raise RuntimeError(
-            f"the job store has schema version {before}, newer than this neuroseg ({SCHEMA_VERSION}); "
-            "upgrade neuroseg"
-        )
-    for version in range(before, SCHEMA_VERSION):
-        with engine.begin() as connection:
-            current = connection.execute(
-                select(SchemaVersionRow.version).where(SchemaVersionRow.id == 1)
-            ).scalar() or 0
-            if current > version:
-                continue
-            MIGRATIONS[version](connection)
-            if current == 0 and version == 0:
-                try:
-                    with connection.begin_nested():
-                        connection.execute(SchemaVersionRow.__table__.insert().values(id=1, version=1))
-                except IntegrityError:
-                    continue
-            else:
-                connection.execute(
-                    update(SchemaVersionRow).where(SchemaVersionRow.id == 1).values(version=version + 1)
-                )
-        log.info("job store schema upgraded to version %d", version + 1)
-    return before
-
-
-_ENGINES: dict[str, Engine] = {}
-_ENGINES_LOCK = threading.Lock()
-
-
-def engine_for(url: str) -> Engine:
-    """The engine for ``url``, created once per process, with the schema migrated."""
-    with _ENGINES_LOCK:
-        engine = _ENGINES.get(url)
-        if engine is None:
-            if url.startswith("sqlite"):
-                engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
-
-                @event.listens_for(engine, "connect")
-                def _sqlite_pragmas(dbapi_connection, _record) -> None:  # noqa: ANN001
-                    cursor = dbapi_connection.cursor()
-                    cursor.execute("PRAGMA journal_mode=WAL")
-                    cursor.execute("PRAGMA busy_timeout=60000")
-                    cursor.execute("PRAGMA foreign_keys=ON")
-                    cursor.close()
-            else:
-                engine = create_engine(url, pool_pre_ping=True)
-            migrate(engine)
-            _ENGINES[url] = engine
-        return engine
