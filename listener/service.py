@@ -32,11 +32,9 @@ def _warm_up_queue(settings: Settings) -> None:
     here: the hand-off retries it.
     """
     try:
-        from neuroseg.worker.jobstore import JobStore
-        from neuroseg.worker.queue import get_celery_app
+        from neuroseg.worker.queue import warm_up
 
-        JobStore.from_settings(settings)
-        get_celery_app(settings)
+        warm_up(settings)
     except Exception as exc:  # noqa: BLE001 - the hand-off reports and retries it
         log.warning("queue warm-up failed (%s); the first hand-off will try again", exc)
 

@@ -188,6 +188,16 @@ def get_celery_app(settings: Settings) -> "Celery":
         return app
 
 
+def warm_up(settings: Settings) -> None:
+    """Open the job store and build the Celery app now, so that the first hand-off does not pay for it.
+
+    The listener calls this before it accepts associations; it needs no other
+    worker module for it.
+    """
+    JobStore.from_settings(settings)
+    get_celery_app(settings)
+
+
 def publish_job(settings: Settings, job_id: str, countdown: float | None = None) -> bool:
     """Send the task message for ``job_id`` to the broker and record it.
 
