@@ -1,10 +1,8 @@
-"""The bench command, and that dicom_out stays independent of worker and model."""
+"""The bench command of dicom_out (its independence of worker and model: tests/test_import_contracts.py)."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 from neuroseg.worker.cli import main
@@ -26,14 +24,3 @@ def test_bench_encode_writes_timings_per_object_and_baselines(tmp_path: Path, ca
 def test_bench_encode_refuses_a_degenerate_shape(capsys) -> None:
     assert main(["bench", "encode", "--shape", "1", "40", "40"]) == 2
     assert "needs at least 2 voxels per axis" in capsys.readouterr().err
-
-
-def test_dicom_out_never_imports_worker_model_celery_or_torch() -> None:
-    code = (
-        "import sys, pkgutil, importlib, neuroseg.dicom_out as d\n"
-        "for m in pkgutil.iter_modules(d.__path__): importlib.import_module('neuroseg.dicom_out.' + m.name)\n"
-        "bad = sorted(n for n in sys.modules if n.startswith(('neuroseg.worker', 'neuroseg.model', 'celery', 'torch')))\n"
-        "print(','.join(bad))\n"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
-    assert result.stdout.strip() == ""
