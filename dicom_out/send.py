@@ -1,4 +1,4 @@
-"""Delivery: C-STORE to a PACS, or an outbox folder.
+"""Delivery: C-STORE to a PACS, STOW-RS to a DICOMweb server, or an outbox folder.
 
 :func:`deliver` opens one association with a presentation context for every
 SOP class among the objects (the pynetdicom defaults omit Parametric Map,
@@ -19,8 +19,11 @@ caller retries later with backoff; it carries the results recorded so far).
 Because every UID is deterministic, sending again replaces rather than
 duplicates.
 
-DICOMweb STOW-RS is not implemented (the dicomweb-client package is not a
-dependency); C-STORE and the outbox cover the destinations the settings name.
+:func:`deliver_stow` sends the same objects to a DICOMweb server with
+STOW-RS and gives the same results (the DICOM status of each object from the
+response's Referenced/Failed SOP Sequence); an unreachable or overloaded server
+raises :class:`DeliveryUnavailable` too. :func:`echo` and :func:`association`
+are the one C-ECHO and association of every command.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -270,6 +274,118 @@ def deliver(
     stored = sum(result.ok for result in results)
     log.info("delivered %d of %d objects to %s", stored, len(results), destination)
     return results
+
+
+#: HTTP statuses after which the same STOW-RS request may succeed later (PS3.18 10.5.3; overload, gateways).
+STOW_TRANSIENT_HTTP = frozenset({408, 429, 500, 502, 503, 504})
+#: PS3.18 Table 10.5.3-1's DICOM status for a refused instance when the server names none.
+STOW_PROCESSING_FAILURE = 0x0110
+
+
+def deliver_stow(
+    objects: Sequence[EncodedObject],
+    *,
+    url: str,
+    username: str | None = None,
+    password: str | None = None,
+    token: str | None = None,
+    ca_bundle: str | os.PathLike[str] | None = None,
+    timeout: float = 60.0,
+    on_result: Callable[[DeliveryResult], object] | None = None,
+) -> list[DeliveryResult]:
+    """Send ``objects`` to a DICOMweb server with STOW-RS (``dicomweb-client``), one request per object.
+
+    One object per request keeps the per-object status exact and, like an
+    association lost mid-way, an outage after ``k`` objects leaves ``k``
+    results. ``username``/``password`` give HTTP basic auth, ``token`` a
+    bearer token; ``ca_bundle`` verifies an https server with a private CA.
+    The client's own HTTP retries are off: the job's retries are the task's.
+
+    Returns
+    -------
+    list of DeliveryResult
+        One per object: SUCCESS (in the response's ReferencedSOPSequence),
+        WARNING (with a WarningReason), FAILURE (in FailedSOPSequence, with its
+        FailureReason as the status, or refused with an HTTP 4xx).
+
+    Raises
+    ------
+    DeliveryUnavailable
+        When the server cannot be reached, times out or answers 408, 429 or
+        5xx (overloaded or down).
+    """
+    import requests
+    from dicomweb_client import DICOMwebClient
+    from dicomweb_client.session_utils import add_certs_to_session, create_session, create_session_from_user_pass
+
+    if not objects:
+        return []
+    session = create_session_from_user_pass(username, password) if username else create_session()
+    if ca_bundle is not None:
+        session = add_certs_to_session(session, ca_bundle=str(ca_bundle))
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    client = DICOMwebClient(url, session=session, headers=headers, timeout=timeout)
+    client.set_http_retry_params(retry=False)
+    results: list[DeliveryResult] = []
+    for obj in objects:
+        try:
+            response = client.store_instances([_part10(obj.dataset)])
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            raise DeliveryUnavailable(f"cannot reach {url}: {type(exc).__name__}: {exc}", results) from exc
+        except requests.HTTPError as exc:
+            code = exc.response.status_code if exc.response is not None else 0
+            if code in STOW_TRANSIENT_HTTP:
+                raise DeliveryUnavailable(f"{url} answered HTTP {code} to STOW-RS "
+                                          f"after {len(results)} of {len(objects)} objects", results) from exc
+            result = _stow_result(obj, url, _stow_response(exc.response), f"HTTP {code}")
+        else:
+            result = _stow_result(obj, url, response, "")
+        results.append(result)
+        if on_result is not None:
+            on_result(result)
+    stored = sum(result.ok for result in results)
+    log.info("delivered %d of %d objects to %s by STOW-RS", stored, len(results), url)
+    return results
+
+
+def _part10(dataset: pydicom.Dataset) -> pydicom.Dataset:
+    """``dataset`` as read from a complete PS3.10 file (preamble, full file meta), which is what
+    dicomweb-client then writes as it is: STOW-RS bodies must be PS3.10 files."""
+    buffer = BytesIO()
+    pydicom.dcmwrite(buffer, dataset, enforce_file_format=True)
+    buffer.seek(0)
+    return pydicom.dcmread(buffer)
+
+
+def _stow_response(response) -> pydicom.Dataset:  # noqa: ANN001 - a requests.Response
+    """The STOW-RS response data set of an error answer (empty when the server sent none)."""
+    try:
+        return pydicom.Dataset.from_json(response.json())
+    except (ValueError, TypeError, AttributeError):
+        return pydicom.Dataset()
+
+
+def _stow_result(obj: EncodedObject, url: str, response: pydicom.Dataset, http: str) -> DeliveryResult:
+    def matching(keyword: str) -> pydicom.Dataset | None:
+        return next((item for item in response.get(keyword, [])
+                     if str(item.get("ReferencedSOPInstanceUID", "")) == obj.sop_instance_uid), None)
+
+    failed, stored = matching("FailedSOPSequence"), matching("ReferencedSOPSequence")
+    if failed is not None:
+        status = int(failed.get("FailureReason", STOW_PROCESSING_FAILURE))
+        outcome, message = DeliveryStatus.FAILURE, f"refused with status 0x{status:04X}"
+    elif stored is not None and "WarningReason" in stored:
+        status = int(stored.WarningReason)
+        outcome, message = DeliveryStatus.WARNING, f"stored with warning 0x{status:04X}"
+    elif stored is not None or not http:
+        status, outcome, message = 0x0000, DeliveryStatus.SUCCESS, "stored"
+    else:
+        status, outcome, message = None, DeliveryStatus.FAILURE, "refused"
+    if http and outcome is DeliveryStatus.FAILURE:
+        message += f" ({http})"
+    if outcome is DeliveryStatus.FAILURE:
+        log.warning("%s refused %s (%s): %s", url, obj.kind, obj.sop_instance_uid, message)
+    return DeliveryResult(obj.kind, obj.sop_class_uid, obj.sop_instance_uid, url, outcome, status, message)
 
 
 def _result(obj: EncodedObject, destination: str, status: int, response) -> DeliveryResult:

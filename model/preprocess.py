@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
+from neuroseg.common.errors import InputError
 from neuroseg.model.network import SEQUENCES
 
 log = logging.getLogger(__name__)
@@ -111,8 +112,8 @@ def check_inputs(images: Mapping[str, np.ndarray], affine: np.ndarray,
     ------
     TypeError
         If ``images`` is not a mapping or a value is not a numpy array.
-    ValueError
-        For an unknown sequence key, no FLAIR/T1ce, non-3D arrays, different
+    InputError
+        (a ``ValueError``) For an unknown sequence key, no FLAIR/T1ce, non-3D arrays, different
         shapes, NaN/infinite values, an all-zero or constant sequence, or a bad affine.
         The message names the offending input.
     """
@@ -121,11 +122,11 @@ def check_inputs(images: Mapping[str, np.ndarray], affine: np.ndarray,
     given = ", ".join(sorted(images)) or "none"
     unknown = sorted(set(images) - set(sequences))
     if unknown:
-        raise ValueError(
+        raise InputError(
             f"unknown sequence(s) {', '.join(map(repr, unknown))}; the model accepts {', '.join(sequences)}"
         )
     if not any(name in images for name in REQUIRED_ANY):
-        raise ValueError(
+        raise InputError(
             f"the model needs at least one of {' or '.join(REQUIRED_ANY)}; given sequences: {given}"
         )
     arrays: dict[str, np.ndarray] = {}
@@ -136,34 +137,34 @@ def check_inputs(images: Mapping[str, np.ndarray], affine: np.ndarray,
         if not isinstance(value, np.ndarray):
             raise TypeError(f"sequence {name!r} must be a numpy array, not {type(value).__name__}")
         if value.ndim != 3:
-            raise ValueError(
+            raise InputError(
                 f"sequence {name!r} has shape {value.shape} ({value.ndim}D); expected one 3D volume"
             )
         if min(value.shape) < 1:
-            raise ValueError(f"sequence {name!r} is empty (shape {value.shape})")
+            raise InputError(f"sequence {name!r} is empty (shape {value.shape})")
         if not (np.issubdtype(value.dtype, np.number) or value.dtype == np.bool_) or np.iscomplexobj(value):
             raise TypeError(f"sequence {name!r} has dtype {value.dtype}; expected real numbers")
         arrays[name] = value
     shapes = {name: array.shape for name, array in arrays.items()}
     if len(set(shapes.values())) > 1:
         listed = ", ".join(f"{name} {shape}" for name, shape in shapes.items())
-        raise ValueError(f"sequences must share one grid but have different shapes: {listed}; resample them first")
+        raise InputError(f"sequences must share one grid but have different shapes: {listed}; resample them first")
     out: dict[str, np.ndarray] = {}
     for name, array in arrays.items():
         data = np.asarray(array, dtype=np.float32)
         bad = ~np.isfinite(data)
         if bad.any():
-            raise ValueError(f"sequence {name!r} has {int(bad.sum())} NaN or infinite voxel(s); fix or mask them first")
+            raise InputError(f"sequence {name!r} has {int(bad.sum())} NaN or infinite voxel(s); fix or mask them first")
         low, high = float(data.min()), float(data.max())
         if high == low:
             what = "all zero" if high == 0 else f"constant ({high:g})"
-            raise ValueError(f"sequence {name!r} is {what}; it holds no image, leave it out instead")
+            raise InputError(f"sequence {name!r} is {what}; it holds no image, leave it out instead")
         out[name] = data
     matrix = np.asarray(affine, dtype=np.float64)
     if matrix.shape != (4, 4) or not np.isfinite(matrix).all():
-        raise ValueError(f"affine must be a finite 4x4 matrix, got shape {matrix.shape}")
+        raise InputError(f"affine must be a finite 4x4 matrix, got shape {matrix.shape}")
     if abs(np.linalg.det(matrix[:3, :3])) < 1e-9 or not np.allclose(matrix[3], [0, 0, 0, 1]):
-        raise ValueError(f"affine {matrix.tolist()} is singular or not homogeneous; check the volume geometry")
+        raise InputError(f"affine {matrix.tolist()} is singular or not homogeneous; check the volume geometry")
     return out, matrix
 
 

@@ -1,20 +1,21 @@
 """Deliver a job's DICOM objects to each destination, recording every attempt.
 
 One attempt sends the objects to every configured destination
-(``settings.destinations``) that has not yet received them all, with a short
-in-attempt retry for network blips. What happens next:
+(``settings.destinations``: C-STORE to ``AET@host:port``, STOW-RS to an
+``http(s)://.../dicom-web`` base URL) that has not yet received them all. What
+happens next:
 
 - every destination has everything -> the job goes on (``done``);
 - the PACS answered, but refused some objects -> recorded as ``partial``
   for that destination, the job ends ``partial`` naming them (the same
   objects would be refused again, so no retry);
-- a destination cannot be reached, rejects the association, or answers
-  "out of resources" -> recorded as ``retrying`` and a
-  :class:`~neuroseg.worker.errors.TransientError` is raised: the task
-  retries the job with exponential backoff (30 s doubling to 1 h, for
-  ``settings.delivery_max_retries`` retries, about 6.5 hours by default),
-  resuming at delivery with the objects kept on disk; destinations already
-  served are not sent again.
+- a destination cannot be reached, rejects the association, answers
+  "out of resources" (0xA7xx) or, over HTTP, 408, 429 or 5xx -> recorded as
+  ``retrying`` and a :class:`~neuroseg.worker.errors.TransientError` is
+  raised: the task retries the job with Celery's backoff (see
+  :mod:`neuroseg.worker.tasks`; there is no retry loop here), resuming at
+  delivery with the objects kept on disk; destinations already served are
+  not sent again.
 
 Without any destination the objects are written to
 ``settings.outbox_dir/<StudyInstanceUID>/``.
@@ -23,19 +24,17 @@ Without any destination the objects are written to
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import SecretStr
+
 from neuroseg.worker.errors import TransientError
 from neuroseg.worker.jobstore import JobStore
-from neuroseg.worker.settings import DicomDestination, Settings
+from neuroseg.worker.settings import DicomDestination, DicomWebDestination, Settings
 
 log = logging.getLogger(__name__)
-
-#: Quick retries inside one attempt (seconds to wait before each), for blips.
-IN_ATTEMPT_RETRY_DELAYS = (2.0,)
 
 
 @dataclass(frozen=True)
@@ -59,18 +58,24 @@ def outbox_destination(settings: Settings, study_instance_uid: str) -> str:
     return f"outbox:{settings.outbox_dir / study_instance_uid}"
 
 
-def send_to(objects: Sequence[Any], destination: DicomDestination, settings: Settings) -> DestinationOutcome:
-    """Send the objects to one DICOM destination with ``dicom_out.send.deliver`` and summarise.
+def send_to(objects: Sequence[Any], destination: DicomDestination | DicomWebDestination,
+            settings: Settings) -> DestinationOutcome:
+    """Send the objects to one destination (C-STORE or STOW-RS, ``dicom_out.send``) and summarise.
 
-    Unreachable, rejected or aborted associations (``DeliveryUnavailable``)
+    An unreachable, refusing or overloaded destination (``DeliveryUnavailable``)
     and "out of resources" statuses (0xA7xx) count as transient; any other
     refusal is permanent for that object.
     """
-    from neuroseg.dicom_out.send import DeliveryUnavailable, deliver
+    from neuroseg.dicom_out.send import DeliveryUnavailable, deliver, deliver_stow
 
     try:
-        results = deliver(objects, ae_title=destination.ae_title, host=destination.host, port=destination.port,
-                          calling_ae_title=settings.calling_ae_title)
+        if isinstance(destination, DicomWebDestination):
+            results = deliver_stow(objects, url=destination.url, username=settings.dicomweb_username,
+                                   password=_secret(settings.dicomweb_password), token=_secret(settings.dicomweb_token),
+                                   ca_bundle=settings.dicomweb_ca)
+        else:
+            results = deliver(objects, ae_title=destination.ae_title, host=destination.host, port=destination.port,
+                              calling_ae_title=settings.calling_ae_title)
     except DeliveryUnavailable as exc:
         stored = sum(1 for item in exc.results if item.ok)
         return DestinationOutcome(str(destination), stored, len(objects) - stored, True, str(exc))
@@ -80,6 +85,10 @@ def send_to(objects: Sequence[Any], destination: DicomDestination, settings: Set
     if len(refused) > 5:
         error += f"; and {len(refused) - 5} more"
     return DestinationOutcome(str(destination), len(results) - len(refused), len(refused), transient, error)
+
+
+def _secret(value: SecretStr | None) -> str | None:
+    return value.get_secret_value() if value is not None else None
 
 
 def write_to_outbox(objects: Sequence[Any], settings: Settings, study_instance_uid: str) -> DestinationOutcome:
@@ -107,7 +116,7 @@ def deliver_job_outputs(store: JobStore, job_id: str, settings: Settings, object
     """
     detail = store.get_job(job_id)
     done_before = {item.destination for item in (detail.deliveries if detail else []) if item.status == "delivered"}
-    targets: list[DicomDestination | None] = list(settings.destinations) or [None]
+    targets: list[DicomDestination | DicomWebDestination | None] = list(settings.destinations) or [None]
     problems: list[str] = []
     transient: list[str] = []
     for n, target in enumerate(targets):
@@ -116,15 +125,8 @@ def deliver_job_outputs(store: JobStore, job_id: str, settings: Settings, object
             continue
         if progress:
             progress(100 * n / len(targets), f"sending {len(objects)} objects to {name}")
-        outcome = None
-        for delay in (0.0, *IN_ATTEMPT_RETRY_DELAYS):
-            if delay:
-                time.sleep(delay)
-            outcome = (send_to(objects, target, settings) if target is not None
-                       else write_to_outbox(objects, settings, study_instance_uid))
-            if not (outcome.failed and outcome.transient):
-                break
-        assert outcome is not None
+        outcome = (send_to(objects, target, settings) if target is not None
+                   else write_to_outbox(objects, settings, study_instance_uid))
         store.record_delivery_attempt(job_id, name, status=outcome.status, sent=outcome.sent,
                                       failed=outcome.failed, error=outcome.error)
         log.info("job %s: delivery to %s: %s (%d sent, %d failed)%s", job_id, name, outcome.status,

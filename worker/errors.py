@@ -1,23 +1,27 @@
-"""One exception tree for job processing.
+"""One exception tree for job processing, classified by type.
 
-``InputError`` is permanent: the job fails and the message says why.
-``TransientError`` may succeed later (PACS down, broker hiccup, CUDA out of
-memory): Celery retries it with backoff. Lower layers (``model``, ``dicom_out``)
-raise their own ``ValueError`` subclasses; the worker maps them here.
+- :class:`InputError` (from :mod:`neuroseg.common.errors`, so ``model`` and
+  ``dicom_out`` can raise it too) is permanent: the job fails and the message
+  says why.
+- :class:`TransientError` may succeed later (PACS or DICOMweb server down,
+  broker hiccup): Celery retries it with backoff, at most
+  ``NEUROSEG_DELIVERY_MAX_RETRIES`` times.
+- :class:`GpuOutOfMemory` is transient too, with its own limit
+  (``NEUROSEG_OOM_MAX_RETRIES``), when ``NEUROSEG_RETRY_ON_CPU`` is off.
+- Anything else is a bug: the job records the traceback and is retried once.
 """
 
+from neuroseg.common.errors import InputError, NeurosegError
 
-class NeurosegError(Exception):
-    """Base of neuroseg's own errors."""
-
-
-class InputError(NeurosegError):
-    """The study cannot be processed as it is; retrying will not help."""
+__all__ = ["GpuOutOfMemory", "InputError", "JobInterrupted", "NeurosegError", "TransientError"]
 
 
 class TransientError(NeurosegError):
     """A temporary failure; the same job may succeed on retry."""
 
+
+class GpuOutOfMemory(TransientError):
+    """CUDA ran out of memory and the job may not fall back to the CPU; retry when the GPU is freer."""
 
 
 # Celery's soft time limit, raised inside a job by a signal (billiard comes with Celery).

@@ -40,7 +40,7 @@ import pydicom
 
 from neuroseg.common.files import atomic_write
 from neuroseg.worker.contracts import StudyManifest
-from neuroseg.worker.errors import InputError, NeurosegError, TransientError
+from neuroseg.worker.errors import GpuOutOfMemory, InputError, NeurosegError
 from neuroseg.worker.jobstore import STAGE_RANK, JobState, JobStore, OutputRecord
 from neuroseg.worker.loading import LoadedStudy, load_study
 from neuroseg.worker.settings import Settings
@@ -174,15 +174,15 @@ def run_model(ctx: JobContext) -> None:
         return segment(ctx.loaded.images, ctx.loaded.affine, model, mc_samples=ctx.settings.mc_samples,
                        progress=progress)
 
+    # bad volumes raise the model's InputError, which is ours: any other error here is a bug
     try:
         result = attempt(device)
-    except (ValueError, TypeError) as exc:
-        raise InputError(f"the model refused the volumes: {exc}") from exc
-    except RuntimeError as exc:
-        if "out of memory" not in str(exc).lower() or not device.startswith("cuda"):
+    except cuda_out_of_memory_errors() as exc:
+        if not device.startswith("cuda"):
             raise
         if not ctx.settings.retry_on_cpu:
-            raise TransientError(f"CUDA out of memory on {device}; retrying later") from exc
+            raise GpuOutOfMemory(f"CUDA out of memory on {device} (NEUROSEG_RETRY_ON_CPU is off); "
+                                 "retrying later, at most NEUROSEG_OOM_MAX_RETRIES times") from exc
         log.warning("job %s: CUDA out of memory on %s; running on the CPU", ctx.job_id, device)
         ctx.store.record_event("note", f"CUDA out of memory on {device}; ran on the CPU instead",
                                job_id=ctx.job_id)
@@ -207,6 +207,13 @@ def write_viewer_data(ctx: JobContext) -> None:
 
     write_result_folder(ctx.result, ctx.loaded.images, ctx.loaded.affine, ctx.viewer_folder,
                         model_metadata=ctx.model_metadata)
+
+
+def cuda_out_of_memory_errors() -> tuple[type[BaseException], ...]:
+    """torch's CUDA out-of-memory exception types (``torch.OutOfMemoryError`` since torch 2.5)."""
+    import torch
+
+    return tuple({torch.cuda.OutOfMemoryError, getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)})
 
 
 def _release_cuda() -> None:

@@ -85,6 +85,39 @@ class DicomDestination(BaseModel):
         return f"{self.ae_title}@{self.host}:{self.port}"
 
 
+class DicomWebDestination(BaseModel):
+    """A DICOMweb STOW-RS destination written as its base URL, ``https://host/dicom-web``."""
+
+    kind: Literal["dicomweb"] = "dicomweb"
+    url: str
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{value!r} is not a DICOMweb base URL such as https://pacs.example.org/dicom-web")
+        if parts.username or parts.password or parts.query or parts.fragment:
+            raise ValueError(f"{value!r}: give the base URL alone; credentials go in NEUROSEG_DICOMWEB_USERNAME/"
+                             "PASSWORD or NEUROSEG_DICOMWEB_TOKEN")
+        return value.strip().rstrip("/")
+
+    def __str__(self) -> str:
+        return self.url
+
+
+Destination = Annotated[DicomDestination | DicomWebDestination, Field(discriminator="kind")]
+
+
+def parse_destination(text: str) -> DicomDestination | DicomWebDestination:
+    """``AET@host:port`` (C-STORE) or an ``http(s)://.../dicom-web`` base URL (STOW-RS)."""
+    if re.match(r"\s*https?://", text, re.IGNORECASE):
+        return DicomWebDestination(url=text)
+    return DicomDestination.parse(text)
+
+
 class SegmentationKind(str, Enum):
     BINARY = "BINARY"
     LABELMAP = "LABELMAP"
@@ -220,6 +253,9 @@ class Settings(BaseSettings):
     )
     retention_days: float = Field(7.0, ge=0, description="days to keep spool data after successful delivery")
     retry_on_cpu: bool = Field(True, description="retry a job on the CPU after a CUDA out-of-memory error")
+    oom_max_retries: int = Field(
+        3, ge=0, description="retries with backoff after a CUDA out-of-memory error when retry_on_cpu is off"
+    )
     job_stale_seconds: float = Field(
         120.0, gt=0, description="a running job without a worker heartbeat for this long is taken over"
     )
@@ -231,8 +267,9 @@ class Settings(BaseSettings):
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
 
     # --- DICOM out ----------------------------------------------------------------
-    destinations: Annotated[list[DicomDestination], NoDecode] = Field(
-        default_factory=list, description="comma list of AET@host:port; unset means the outbox folder"
+    destinations: Annotated[list[Destination], NoDecode] = Field(
+        default_factory=list,
+        description="comma list of AET@host:port (C-STORE) or https://.../dicom-web (STOW-RS); unset: the outbox",
     )
     calling_ae_title: str = Field("NEUROSEG", description="AE title we use when sending results")
     segmentation_type: SegmentationKind = Field(SegmentationKind.BINARY, description="BINARY or LABELMAP SEG")
@@ -244,7 +281,13 @@ class Settings(BaseSettings):
     mesh_formats: Annotated[list[MeshFormat], NoDecode] = Field(
         default_factory=lambda: [MeshFormat.STL], description="comma list of stl, surface"
     )
-    delivery_max_retries: int = Field(12, ge=0, description="C-STORE retries with backoff before giving up")
+    delivery_max_retries: int = Field(
+        12, ge=0, description="retries with backoff (PACS or DICOMweb server down) before giving up"
+    )
+    dicomweb_username: str | None = Field(None, description="DICOMweb destinations: user for HTTP basic auth")
+    dicomweb_password: SecretStr | None = Field(None, description="DICOMweb destinations: password for basic auth")
+    dicomweb_token: SecretStr | None = Field(None, description="DICOMweb destinations: bearer token (OAuth 2)")
+    dicomweb_ca: Path | None = Field(None, description="PEM CA bundle to verify DICOMweb servers; unset: the system's")
 
     # --- admin web app ---------------------------------------------------------------
     admin_host: str = Field("127.0.0.1", description="admin app bind address")
@@ -272,7 +315,7 @@ class Settings(BaseSettings):
     def _parse_destinations(cls, value: Any) -> Any:
         items = _split_commas(value)
         if isinstance(items, list):
-            return [DicomDestination.parse(item) if isinstance(item, str) else item for item in items]
+            return [parse_destination(item) if isinstance(item, str) else item for item in items]
         return items
 
     @field_validator("send_maps", "mesh_formats", mode="before")
@@ -303,6 +346,10 @@ class Settings(BaseSettings):
             )
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key must be set together")
+        if self.dicomweb_token is not None and self.dicomweb_username is not None:
+            raise ValueError("set either dicomweb_token (bearer) or dicomweb_username/password (basic), not both")
+        if (self.dicomweb_username is None) != (self.dicomweb_password is None):
+            raise ValueError("dicomweb_username and dicomweb_password must be set together")
         if self.task_time_limit <= self.task_soft_time_limit:
             raise ValueError("task_time_limit must be larger than task_soft_time_limit")
         return self

@@ -44,7 +44,6 @@ def test_without_destination_objects_go_to_the_outbox(job):
 
 
 def test_pacs_down_is_transient_and_recorded(job, monkeypatch):
-    monkeypatch.setattr("neuroseg.worker.delivery.IN_ATTEMPT_RETRY_DELAYS", ())
     settings, store, job_id, study_uid = job(destinations=f"PACS@127.0.0.1:{free_port()}")
     with pytest.raises(TransientError, match="delivery not finished: PACS@127.0.0.1"):
         deliver_job_outputs(store, job_id, settings, some_objects(), study_instance_uid=study_uid)
@@ -55,7 +54,6 @@ def test_pacs_down_is_transient_and_recorded(job, monkeypatch):
 
 @pytest.mark.integration
 def test_delivery_to_a_real_pacs_and_a_second_attempt_skips_it(job, orthanc, monkeypatch):
-    monkeypatch.setattr("neuroseg.worker.delivery.IN_ATTEMPT_RETRY_DELAYS", ())
     down = f"DOWN@127.0.0.1:{free_port()}"
     settings, store, job_id, study_uid = job(destinations=f"{orthanc.destination},{down}")
     objects = some_objects()

@@ -13,7 +13,6 @@ from tests.worker.helpers import build_study
 
 def test_pipeline_runs_all_stages_and_a_delivery_failure_resumes_at_delivery(tmp_path, make_settings,
                                                                              tiny_checkpoint, monkeypatch):
-    monkeypatch.setattr("neuroseg.worker.delivery.IN_ATTEMPT_RETRY_DELAYS", ())
     down = f"PACS@127.0.0.1:{free_port()}"
     settings = make_settings(model_path=tiny_checkpoint, mc_samples=2, destinations=down)
     store = JobStore.from_settings(settings)

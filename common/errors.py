@@ -1,0 +1,15 @@
+"""The base of neuroseg's own errors, shared by every stage.
+
+:class:`InputError` is the one family that means "the input cannot be
+processed as it is": the job fails for good and the message says why. It is a
+``ValueError`` so that callers of ``model`` and ``dicom_out`` outside the
+service can keep catching that. Any other exception from our code is a bug.
+"""
+
+
+class NeurosegError(Exception):
+    """Base of neuroseg's own errors."""
+
+
+class InputError(NeurosegError, ValueError):
+    """The study (or a setting it is processed with) cannot be processed as it is; retrying will not help."""
