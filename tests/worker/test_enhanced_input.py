@@ -1,0 +1,137 @@
+"""Enhanced (multi-frame) MR series through the loader and the pipeline.
+
+The multi-frame test files are built from classic single-frame series with
+highdicom's legacy converter (``highdicom.legacy.LegacyConvertedEnhancedMRImage``):
+one file per series, every slice a frame with its plane position in the
+per-frame functional groups, as an Enhanced MR file from a current scanner
+keeps them. The real Enhanced MR file in the shared data is checked against
+dcm2niix in ``tests/worker/test_loading.py``.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+
+from neuroseg.dicom_out.mr_series import StudyIdentity, build_mr_series
+from neuroseg.model.enhanced import frame_stacks
+from neuroseg.worker import pipeline
+from neuroseg.worker.jobstore import ClaimOutcome, JobStore
+from neuroseg.worker.loading import series_to_volume
+from tests.dicom_out.dciodvfy import assert_dciodvfy_clean
+from tests.worker.helpers import axial_affine, build_study
+from tests.worker.test_loading import oblique_affine
+
+
+def legacy_converted(datasets: list, series_number: int = 90) -> pydicom.Dataset:
+    """One Legacy Converted Enhanced MR image of ``datasets`` (highdicom), with the classic series' UID."""
+    return hd.legacy.LegacyConvertedEnhancedMRImage(
+        legacy_datasets=list(datasets), series_instance_uid=str(datasets[0].SeriesInstanceUID),
+        series_number=series_number, sop_instance_uid=hd.UID(), instance_number=1)
+
+
+def sagittal_affine(spacing=(2.5, 1.5, 1.5), origin=(-20.0, -30.0, 40.0)) -> np.ndarray:
+    """Sagittal slices: rows run head to foot, columns posterior, slices along the normal (to the right)."""
+    affine = np.eye(4)
+    affine[:3, 0] = [-spacing[0], 0, 0]
+    affine[:3, 1] = [0, 0, -spacing[1]]
+    affine[:3, 2] = [0, spacing[2], 0]
+    affine[:3, 3] = origin
+    return affine
+
+
+def two_stack_file():
+    """A sagittal stack of 7 slices and an axial stack of 4 in one multi-frame file (a localizer beside the scan).
+
+    Built with highdicom's legacy converter from two classic series of one
+    study and frame of reference; the converter keeps each frame's orientation.
+    """
+    identity = StudyIdentity(uid_seed="two-stacks")
+    sagittal = np.random.default_rng(1).integers(0, 1000, size=(7, 16, 20)).astype(np.int16)
+    axial = np.random.default_rng(2).integers(0, 1000, size=(4, 16, 20)).astype(np.int16)
+    main = [copy.deepcopy(ds) for ds in build_mr_series(sagittal, sagittal_affine(), study=identity,
+                                                        series_number=5, role="T1")]
+    localizer = [copy.deepcopy(ds) for ds in build_mr_series(axial, axial_affine(spacing=(5.0, 1.5, 1.5)),
+                                                             study=identity, series_number=6, role="T1")]
+    for ds in localizer:  # one series, one frame of reference, as in one acquisition
+        ds.SeriesInstanceUID = main[0].SeriesInstanceUID
+        ds.FrameOfReferenceUID = main[0].FrameOfReferenceUID
+        ds.InstanceNumber = int(ds.InstanceNumber) + 100
+    return legacy_converted(localizer[:2] + main[::-1] + localizer[2:]), sagittal
+
+
+def test_oblique_multiframe_matches_its_single_frame_series():
+    identity = StudyIdentity(uid_seed="oblique-enhanced")
+    volume = np.random.default_rng(3).integers(0, 1000, size=(6, 16, 20)).astype(np.int16)
+    datasets = build_mr_series(volume, oblique_affine(), study=identity, series_number=3, role="FLAIR")
+    classic = series_to_volume(datasets)
+    enhanced = series_to_volume([legacy_converted([copy.deepcopy(ds) for ds in datasets][::-1])])
+    np.testing.assert_array_equal(enhanced.array, classic.array)
+    np.testing.assert_allclose(enhanced.affine, classic.affine, atol=1e-3)
+    assert enhanced.notes == []
+
+
+def test_two_stacks_in_one_file_give_the_larger_stack_with_a_note():
+    enhanced, sagittal = two_stack_file()
+    stacks = frame_stacks(enhanced)
+    assert [len(stack) for stack in stacks] == [7, 4]
+    loaded = series_to_volume([enhanced])
+    np.testing.assert_array_equal(loaded.array, sagittal)
+    np.testing.assert_allclose(loaded.affine, sagittal_affine(), atol=1e-3)
+    assert sorted(loaded.frame_numbers) == sorted(stacks[0].frame_numbers)
+    assert len(loaded.notes) == 1 and "2 stacks" in loaded.notes[0] and "4 frame(s)" in loaded.notes[0]
+
+
+def test_predict_reads_a_multiframe_folder_as_the_loader_does(tmp_path):
+    from neuroseg.model.io import read_dicom_folder
+
+    enhanced, sagittal = two_stack_file()
+    enhanced.save_as(tmp_path / "enhanced.dcm", enforce_file_format=True)
+    array, affine = read_dicom_folder(tmp_path)
+    loaded = series_to_volume([pydicom.dcmread(tmp_path / "enhanced.dcm")])
+    np.testing.assert_array_equal(array, loaded.array)
+    np.testing.assert_allclose(affine, loaded.affine, atol=1e-6)
+
+
+@pytest.mark.parametrize("enhanced_role", ["FLAIR", "T1ce"])
+def test_a_study_with_an_enhanced_series_goes_through_the_pipeline(tmp_path, make_settings, tiny_checkpoint,
+                                                                    enhanced_role):
+    """An Enhanced FLAIR is an input sequence; an Enhanced T1ce hands the reference role to the classic FLAIR.
+
+    Every output lies on the reference grid and passes dciodvfy.
+    """
+
+    def to_enhanced(label: str, datasets: list) -> list:
+        return [legacy_converted(datasets[::-1])] if label == enhanced_role else datasets
+
+    study = build_study(tmp_path / "spool", f"enhanced-{enhanced_role}", roles=("T1ce", "FLAIR"),
+                        damage=to_enhanced)
+    reference_label = "FLAIR" if enhanced_role == "T1ce" else "T1ce"
+    reference = study.series[reference_label]
+    settings = make_settings(model_path=tiny_checkpoint, mc_samples=2)
+    store = JobStore.from_settings(settings)
+    job_id, _ = store.create_job(study.manifest())
+    assert store.claim(job_id, worker="test:1").outcome is ClaimOutcome.CLAIMED
+    assert pipeline.run_job(store, job_id, settings) == "done"
+    detail = store.get_job(job_id)
+    assert sorted(detail.sequences_used) == ["flair", "t1ce"]
+    encoded = pipeline.job_folder(settings, job_id) / "dicom"
+    reference_uids = {str(ds.SOPInstanceUID) for ds in reference}
+    seen = set()
+    for output in detail.outputs:
+        path = encoded / f"{output.kind}.dcm"
+        ds = pydicom.dcmread(path)
+        if output.kind == "seg" or output.kind.startswith("pmap-"):
+            frames = ds.PerFrameFunctionalGroupsSequence
+            sources = {str(item.ReferencedSOPInstanceUID) for frame in frames
+                       for derivation in frame.get("DerivationImageSequence", [])
+                       for item in derivation.SourceImageSequence}
+            assert sources <= reference_uids, output.kind  # on the reference's slices
+            assert (int(ds.Rows), int(ds.Columns)) == (int(reference[0].Rows), int(reference[0].Columns))
+            seen.add(output.kind.split("-")[0])
+        assert_dciodvfy_clean(path)
+    assert seen == {"seg", "pmap"}
