@@ -6,6 +6,11 @@ attribute of every module of the IOD (about 2 ms). With 155-slice sources and
 a dozen objects that was most of the encoding time. The answer depends only
 on the arguments and the standard's tables shipped with highdicom, so a cache
 returns exactly what the original would.
+
+highdicom 0.28 still scans on every call. pyproject.toml pins highdicom to the
+versions this patch was checked against; tests/dicom_out/test_iod_cache.py
+fails when highdicom caches the lookup itself, changes its signature, or
+imports it into a module the patch does not reach.
 """
 
 from __future__ import annotations
