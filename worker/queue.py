@@ -87,6 +87,10 @@ def _atomic_filesystem_transport() -> type:
     round trip through Orthanc; the job came back only after the stale-job
     recovery, minutes later). Here the message is written to a hidden temporary
     name that the reader ignores, flushed, and renamed into place.
+
+    kombu 5.7 still writes in place. pyproject.toml pins kombu to the versions
+    this override was checked against; tests/worker/test_kombu_override.py
+    fails when the private method's signature or kombu's behaviour changes.
     """
     import os
     import uuid
