@@ -111,3 +111,11 @@ def test_the_throttle_forgets_failures_older_than_its_window():
     assert throttle.retry_after("10.0.0.2") == 0
     now[0] = 1060.0
     assert throttle.retry_after("10.0.0.1") == 0
+
+
+def test_neuroseg_serve_refuses_a_short_token_before_starting_anything(monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("NEUROSEG_ADMIN_TOKEN", "s3cret")
+    assert main(["serve"]) == 2
+    assert capsys.readouterr().err.strip().startswith(
+        "neuroseg: configuration error: NEUROSEG_ADMIN_TOKEN has 6 characters")
+    assert not (tmp_path / "neuroseg-data" / "spool").exists(), "nothing was started"

@@ -79,6 +79,18 @@ class Principal:
     session: Session | None = None
 
 
+def check_admin_token(admin_token: str | None) -> None:
+    """Raise :class:`SettingsError` for a token shorter than :data:`MIN_TOKEN_LENGTH` (none is allowed).
+
+    The message says how to generate a good one and never repeats the token.
+    """
+    if admin_token and len(admin_token) < MIN_TOKEN_LENGTH:
+        raise SettingsError(
+            f"NEUROSEG_ADMIN_TOKEN has {len(admin_token)} characters; the admin app needs at least "
+            f"{MIN_TOKEN_LENGTH}: generate one with {GENERATE_TOKEN_COMMAND}"
+        )
+
+
 class Authenticator:
     """Checks the admin token and signs/verifies session cookies.
 
@@ -92,12 +104,8 @@ class Authenticator:
     """
 
     def __init__(self, admin_token: str | None, max_age_seconds: float = SESSION_MAX_AGE_SECONDS) -> None:
+        check_admin_token(admin_token)
         self._token = (admin_token or "").encode("utf-8")
-        if self._token and len(admin_token or "") < MIN_TOKEN_LENGTH:
-            raise SettingsError(
-                f"NEUROSEG_ADMIN_TOKEN has {len(admin_token or '')} characters; the admin app needs at least "
-                f"{MIN_TOKEN_LENGTH}: generate one with {GENERATE_TOKEN_COMMAND}"
-            )
         self.max_age_seconds = max_age_seconds
         self._serializer = (
             URLSafeTimedSerializer(
