@@ -294,6 +294,15 @@ def run_serve(args: argparse.Namespace) -> int:
     from neuroseg.worker.queue import broker_description
 
     settings = _apply_device(args.device)
+    if not args.no_admin:
+        from neuroseg.worker.settings import SettingsError
+        from neuroseg.worker.web.auth import check_admin_token
+
+        try:  # refuse before anything starts, as `neuroseg admin` does
+            check_admin_token(settings.admin_token.get_secret_value() if settings.admin_token else None)
+        except SettingsError as exc:
+            print(f"neuroseg: configuration error: {exc}", file=sys.stderr)
+            return 2
     log.info("neuroseg %s serve: AE %s on port %d, broker %s, data in %s", package_version(),
              settings.ae_title, settings.port, broker_description(settings), settings.data_dir.resolve())
     stop = threading.Event()
