@@ -26,16 +26,33 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def postgres_binaries() -> dict[str, str] | None:
+    """``initdb`` and ``pg_ctl``: on the PATH, else in Debian's ``/usr/lib/postgresql/<version>/bin`` (newest)."""
+    import shutil
+
+    found = {name: shutil.which(name) for name in ("initdb", "pg_ctl")}
+    if all(found.values()):
+        return found
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin"),
+                      key=lambda path: [int(part) for part in path.parent.name.split(".") if part.isdigit()])
+    for folder in reversed(versions):
+        if all((folder / name).is_file() for name in ("initdb", "pg_ctl")):
+            return {name: str(folder / name) for name in ("initdb", "pg_ctl")}
+    return None
+
+
 class PostgresServer:
-    """A private PostgreSQL on a free loopback port (skips the tests when PostgreSQL is not installed)."""
+    """A private PostgreSQL on a free loopback port.
+
+    Without PostgreSQL the tests that need it skip, except in CI (``CI=true``),
+    where the production job store must be tested: there they fail.
+    """
 
     def __init__(self, folder: Path) -> None:
-        import shutil
-
         from tests.services import free_port
 
         self.folder, self.port = folder, free_port()
-        self.binaries = {name: shutil.which(name) for name in ("initdb", "pg_ctl")}
+        self.binaries = postgres_binaries()
         self._databases = 0
 
     def _run(self, *command: str) -> None:
@@ -49,8 +66,12 @@ class PostgresServer:
         import os
         import shutil
 
-        if not all(self.binaries.values()):
-            pytest.skip("PostgreSQL (initdb, pg_ctl) is not installed")
+        if self.binaries is None:
+            message = ("PostgreSQL (initdb, pg_ctl) is not installed: not on the PATH nor in "
+                       "/usr/lib/postgresql/*/bin; install the Debian package postgresql")
+            if os.environ.get("CI", "").lower() == "true":
+                pytest.fail(message)
+            pytest.skip(message)
         self.folder.mkdir(parents=True, exist_ok=True)
         if os.geteuid() == 0:  # PostgreSQL refuses to run as root
             shutil.chown(self.folder.parent, "postgres")
@@ -94,3 +115,9 @@ def postgres():
     yield server
     server.stop()
     shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
+def database_url(request) -> str | None:
+    """The job store's database, on both: None (SQLite in the data dir) or a fresh PostgreSQL database."""
+    return request.getfixturevalue("postgres").new_database() if request.param == "postgresql" else None

@@ -76,13 +76,16 @@ def test_real_tcga_study_through_serve(broker, request, tcga_study, tiny_checkpo
         assert serve.stop() == 0, serve.log()[-3000:]
 
 
-def test_small_study_through_serve_on_the_embedded_broker(tiny_checkpoint, tmp_path, make_settings):
+def test_small_study_through_serve_on_the_embedded_broker(tiny_checkpoint, tmp_path, make_settings, database_url):
+    """On both job stores: the SQLite default and PostgreSQL (``database_url``)."""
     study = build_study(tmp_path / "send", "e2e-small", roles=("T1", "T1ce", "T2", "FLAIR"))
     data_dir = tmp_path / "data"
-    serve = ServeProcess(data_dir, tmp_path / "serve.log", NEUROSEG_MODEL_PATH=str(tiny_checkpoint)).start()
+    database = {"NEUROSEG_DATABASE_URL": database_url} if database_url else {}
+    serve = ServeProcess(data_dir, tmp_path / "serve.log", NEUROSEG_MODEL_PATH=str(tiny_checkpoint),
+                         **database).start()
     try:
         storescu(tmp_path / "send", serve.port)
-        settings = make_settings(data_dir=data_dir)
+        settings = make_settings(data_dir=data_dir, database_url=database_url)
         store = JobStore.from_settings(settings)
         job_id = job_of(store, study.study_instance_uid)
         assert wait_for_state(store, job_id, 300) == "done", serve.log()[-4000:]
