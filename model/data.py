@@ -1,10 +1,19 @@
-"""Reading training and evaluation cases: BraTS 2021, BraTS 2023 and WT-only layouts.
+"""Reading training and evaluation cases: BraTS 2015, 2021, 2023 and WT-only layouts.
 
 Recognised layouts of one case folder ``<case>/``:
 
 * BraTS 2021: ``<case>_t1.nii.gz``, ``_t1ce``, ``_t2``, ``_flair``, ``_seg`` (labels 0/1/2/4);
 * BraTS 2023: ``<case>-t1n.nii.gz``, ``-t1c``, ``-t2w``, ``-t2f``, ``-seg`` (labels 0/1/2/3;
   3 is the enhancing tumour and becomes 4 here);
+* BraTS 2023+ with a label of another name: ``t1n``, ``t1c``, ``t2w``, ``t2f`` and
+  ``label*.nii.gz`` (labels 0/1/2/3 as above). A ``label-*algorithm*`` file is a
+  machine label (made by a segmentation algorithm, not by an expert):
+  :attr:`CaseFiles.label_source` says so and evaluation reports carry it;
+* BraTS 2015: ``Flair_subtrMeanDivStd``, ``T1c_subtrMeanDivStd`` (``T1``, ``T2`` too),
+  already z-scored inside the brain, ``brainmask`` and ``OTMultiClass`` (1 necrosis,
+  2 edema, 3 non-enhancing tumour, 4 enhancing tumour). Label 3 becomes NCR (1),
+  as BraTS 2017 and later merged it, so TC = 1+3+4; voxels outside ``brainmask``
+  are set to zero (the z-scored background is not) so the head mask is the brain;
 * whole-tumour only: ``T1.nii.gz``, ``FLAIR.nii.gz`` (any subset of ``T1``, ``T1CE``,
   ``T2``, ``FLAIR``), ``GT_W.nii.gz`` (binary whole tumour);
 * plain: ``t1.nii.gz``, ``t1ce.nii.gz``, ``t2.nii.gz``, ``flair.nii.gz`` (no label).
@@ -17,7 +26,7 @@ Training data: :func:`cache_cases` preprocesses each labelled case once with
 :func:`neuroseg.model.preprocess.preprocess` (the same code inference uses) and
 caches it as ``.npz``; :func:`sample_patch` draws tumour-biased patches,
 :func:`drop_sequences` simulates missing sequences and :func:`augment_batch`
-applies the spatial and intensity augmentation.
+applies the spatial and intensity augmentation (MONAI dictionary transforms).
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 from enum import Enum
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +58,9 @@ _NAMES: dict[str, tuple[str, ...]] = {
     "flair": ("flair", "t2f"),
 }
 _WT_LABEL_NAMES = ("gt_w",)
+_BRATS2015_LABEL_NAMES = ("otmulticlass",)
+_BRAIN_MASK_NAMES = ("brainmask",)
+_ZSCORED_SUFFIX = "_subtrmeandivstd"  # BraTS 2015 sequences already z-scored inside the brain
 
 
 class LabelKind(str, Enum):
@@ -74,6 +87,12 @@ class CaseFiles:
         What the label holds.
     label_2023: bool
         True when the label uses the BraTS 2023 value 3 for enhancing tumour.
+    label_2015: bool
+        True when the label uses the BraTS 2015 value 3 for non-enhancing tumour (becomes NCR).
+    label_source: str
+        ``"expert"``, or ``"algorithm"`` for a machine label (reports must say so).
+    brain_mask: Path | None
+        Brain mask of images whose background is not zero (BraTS 2015).
     """
 
     case_id: str
@@ -81,6 +100,9 @@ class CaseFiles:
     label: Path | None = None
     label_kind: LabelKind = LabelKind.NONE
     label_2023: bool = False
+    label_2015: bool = False
+    label_source: str = "expert"
+    brain_mask: Path | None = None
 
 
 @dataclass
@@ -93,11 +115,13 @@ class Case:
     label: np.ndarray | None = None
     label_kind: LabelKind = LabelKind.NONE
     info: dict = field(default_factory=dict)
+    label_source: str = "expert"
 
 
 def _stem(path: Path) -> str:
     name = path.name.lower()
-    return re.sub(r"\.nii(\.gz)?$", "", name)
+    stem = re.sub(r"\.nii(\.gz)?$", "", name)
+    return stem.removesuffix(_ZSCORED_SUFFIX)
 
 
 def _matches(stem: str, name: str) -> bool:
@@ -119,11 +143,23 @@ def find_case_files(case_dir: Path) -> CaseFiles:
     sequences: dict[str, Path] = {}
     label: Path | None = None
     kind = LabelKind.NONE
-    label_2023 = False
+    label_2023 = label_2015 = False
+    source = "expert"
+    brain_mask: Path | None = None
     for path in files:
         stem = _stem(path)
         if stem in _WT_LABEL_NAMES:
             label, kind = path, LabelKind.WHOLE_TUMOUR
+            continue
+        if stem in _BRAIN_MASK_NAMES:
+            brain_mask = path
+            continue
+        if stem in _BRATS2015_LABEL_NAMES:
+            label, kind, label_2015 = path, LabelKind.BRATS, True
+            continue
+        if stem.startswith("label"):
+            label, kind, label_2023 = path, LabelKind.BRATS, True
+            source = "algorithm" if "algorithm" in stem else "expert"
             continue
         if _matches(stem, "seg"):
             label, kind = path, LabelKind.BRATS
@@ -141,10 +177,12 @@ def find_case_files(case_dir: Path) -> CaseFiles:
     if not sequences:
         raise ValueError(
             f"case folder {case_dir} holds no recognisable sequence; expected BraTS 2021 "
-            "(<case>_t1/_t1ce/_t2/_flair.nii.gz), BraTS 2023 (-t1n/-t1c/-t2w/-t2f) or T1/FLAIR names"
+            "(<case>_t1/_t1ce/_t2/_flair.nii.gz), BraTS 2023 (-t1n/-t1c/-t2w/-t2f), BraTS 2015 "
+            "(Flair/T1c_subtrMeanDivStd) or T1/FLAIR names"
         )
     return CaseFiles(case_id=case_dir.name, sequences=sequences, label=label,
-                     label_kind=kind, label_2023=label_2023)
+                     label_kind=kind, label_2023=label_2023, label_2015=label_2015,
+                     label_source=source, brain_mask=brain_mask)
 
 
 def find_cases(data_dir: Path) -> list[CaseFiles]:
@@ -181,9 +219,11 @@ def lps_affine(nifti_affine: np.ndarray) -> np.ndarray:
 
 
 def read_label(files: CaseFiles, shape: tuple[int, ...] | None = None) -> np.ndarray | None:
-    """Read a case's label as uint8 BraTS values (WT-only labels become 0/2... see below).
+    """Read a case's label as uint8 BraTS values 0/1/2/4.
 
-    A whole-tumour-only label is returned as 0/1 (1 = tumour); the caller
+    BraTS 2023 labels (3 = ET) become 4; BraTS 2015 labels (3 = non-enhancing
+    tumour) become 1 (NCR), as BraTS 2017 and later merged them. A
+    whole-tumour-only label is returned as 0/1 (1 = tumour); the caller
     decides how to use it (``files.label_kind`` says which it is).
     """
     import nibabel as nib
@@ -197,6 +237,8 @@ def read_label(files: CaseFiles, shape: tuple[int, ...] | None = None) -> np.nda
     else:
         if files.label_2023:
             label[label == 3] = 4
+        elif files.label_2015:
+            label[label == 3] = 1
         bad = sorted(set(np.unique(label).tolist()) - {0, 1, 2, 4})
         if bad:
             raise ValueError(f"label {files.label}: values {bad} are not BraTS labels 0/1/2/4")
@@ -234,9 +276,33 @@ def read_case(files: CaseFiles) -> Case:
             )
         images[key] = data
     shape = next(iter(images.values())).shape
+    if files.brain_mask is not None:
+        images = _mask_background(images, files.brain_mask, shape)
     label = read_label(files, shape)
     return Case(case_id=files.case_id, images=images, affine=affine, label=label,
-                label_kind=files.label_kind)
+                label_kind=files.label_kind, label_source=files.label_source)
+
+
+def _mask_background(images: dict[str, np.ndarray], mask_path: Path, shape: tuple[int, ...]) -> dict[str, np.ndarray]:
+    """Zero the voxels outside a brain mask, shifting each image to be positive inside it.
+
+    Pre-normalised images (BraTS 2015: z-scored inside the brain) have a
+    non-zero background and negative brain values; preprocessing then could
+    not tell the brain from the background. The shift is undone by the
+    z-score that preprocessing applies anyway.
+    """
+    import nibabel as nib
+
+    mask = np.asarray(nib.load(str(mask_path)).dataobj) > 0.5
+    if mask.shape != tuple(shape):
+        raise ValueError(f"brain mask {mask_path} has shape {mask.shape}, the images {tuple(shape)}")
+    if not mask.any():
+        raise ValueError(f"brain mask {mask_path} is empty")
+    out = {}
+    for key, data in images.items():
+        inside = data[mask]
+        out[key] = np.where(mask, data - inside.min() + 1.0, 0.0).astype(np.float32)
+    return out
 
 
 # --- training dataset: cache, patches, augmentation -------------------------------------------
@@ -288,7 +354,8 @@ def _finish_cached(case_id: str, image: np.ndarray, presence: np.ndarray, label:
 
 def _cache_key(files: CaseFiles, spacing_mm: float) -> str:
     parts = [str(CACHE_VERSION), f"{spacing_mm:.3f}"]
-    for path in sorted([*files.sequences.values(), files.label]):
+    for path in sorted([*files.sequences.values(), files.label,
+                        *([files.brain_mask] if files.brain_mask is not None else [])]):
         stat = Path(path).stat()
         parts.append(f"{Path(path).resolve()}:{stat.st_size}:{int(stat.st_mtime)}")
     return hashlib.sha1("|".join(parts).encode()).hexdigest()[:16]
@@ -390,69 +457,97 @@ def drop_sequences(presence: np.ndarray, rng: np.random.Generator, sequences: tu
             return trial
 
 
-def augment_batch(images, labels, generator, *, spatial: bool = True):
-    """Augment a batch in place of its copies: (B, S, P, P, P) images, (B, P, P, P) labels.
+INTENSITY_OFFSET = 3.0
+"""Intensity augmentation works on z-scored values shifted by this, so the head is mostly positive."""
 
-    Flips, rotations up to 15 degrees, scaling 0.85-1.15, per-channel
-    intensity scale/shift, gamma, a smooth bias field, noise and thick-slice
-    simulation (average over 2-3 voxels along one axis). Zero voxels (outside
-    the head, missing sequences) stay zero.
+
+@lru_cache(maxsize=8)
+def augmentation(channels: int, patch: int, spatial: bool = True):  # noqa: ANN201 - monai Compose
+    """The MONAI dictionary transforms of one training sample.
+
+    On ``{"image": (S, P, P, P), "label": (1, P, P, P)}``:
+    rotation up to 15 degrees and scaling 0.85-1.15 (``RandAffined``), flips
+    (``RandFlipd`` per axis); the non-zero voxels of the moved image are kept
+    as ``inside``; then per sequence, each with its own draw:
+    gamma (``RandAdjustContrastd``), a smooth bias field (``RandBiasFieldd``),
+    intensity scale and shift; Gaussian noise (``RandGaussianNoised``); thick
+    slices in a quarter of the samples (``Zoomd`` with area averaging by 2 or 3
+    along one axis, then ``Resized`` back: 6-9 mm slices at 3 mm); and
+    finally zero outside ``inside`` (``MaskIntensityd``), so
+    missing sequences and the outside of the head stay zero. Seed it with
+    ``set_random_state`` before each sample.
+    """
+    from monai.transforms import (
+        Compose,
+        ConcatItemsd,
+        CopyItemsd,
+        DeleteItemsd,
+        Identityd,
+        Lambdad,
+        MaskIntensityd,
+        OneOf,
+        RandAdjustContrastd,
+        RandAffined,
+        RandBiasFieldd,
+        RandFlipd,
+        RandGaussianNoised,
+        RandScaleIntensityd,
+        RandShiftIntensityd,
+        Resized,
+        ShiftIntensityd,
+        SplitDimd,
+        Zoomd,
+    )
+
+    all_keys = ["image", "label"]
+    steps = []
+    if spatial:
+        steps.append(RandAffined(keys=all_keys, prob=1.0, rotate_range=(0.26, 0.26, 0.26),
+                                 scale_range=(0.15, 0.15, 0.15), mode=("bilinear", "nearest"),
+                                 padding_mode="zeros"))
+        steps += [RandFlipd(keys=all_keys, prob=0.5, spatial_axis=axis) for axis in range(3)]
+    steps += [CopyItemsd(keys="image", names="inside"), Lambdad(keys="inside", func=_non_zero)]
+    names = [f"image_{i}" for i in range(channels)]
+    steps.append(SplitDimd(keys="image", output_postfixes=[str(i) for i in range(channels)], dim=0,
+                           keepdim=True))
+    for name in names:
+        steps += [
+            ShiftIntensityd(keys=name, offset=INTENSITY_OFFSET),
+            RandAdjustContrastd(keys=name, prob=1.0, gamma=(0.74, 1.35)),
+            RandBiasFieldd(keys=name, prob=1.0, degree=2, coeff_range=(-0.15, 0.15)),
+            RandScaleIntensityd(keys=name, prob=1.0, factors=0.1),
+            ShiftIntensityd(keys=name, offset=-INTENSITY_OFFSET),
+            RandShiftIntensityd(keys=name, prob=1.0, offsets=0.15),
+        ]
+    steps += [ConcatItemsd(keys=names, name="image", dim=0), DeleteItemsd(keys=names),
+              RandGaussianNoised(keys="image", prob=1.0, std=0.1, sample_std=True)]
+    thick = [Compose([Zoomd(keys="image", zoom=tuple(1.0 / factor if a == axis else 1.0 for a in range(3)),
+                            mode="area", keep_size=False),
+                      Resized(keys="image", spatial_size=(patch,) * 3, mode="trilinear")])
+             for axis in range(3) for factor in (2, 3)]
+    steps += [OneOf([Identityd(keys="image"), *thick], weights=[0.75] + [0.25 / len(thick)] * len(thick)),
+              MaskIntensityd(keys="image", mask_key="inside")]
+    return Compose(steps)
+
+
+def _non_zero(image):  # noqa: ANN001, ANN202 - tensor in, tensor out
+    return (image != 0).float()
+
+
+def augment_batch(images, labels, seed: int, *, spatial: bool = True):
+    """Augment a batch: (B, S, P, P, P) images, (B, P, P, P) labels, with :func:`augmentation`.
+
+    Sample ``b`` is augmented with the transforms seeded by ``seed + b``, so a
+    step's batch depends only on its seed (resuming gives the same run).
     """
     import torch
-    import torch.nn.functional as F
 
-    def uniform(lo: float, hi: float, *shape: int):
-        return lo + (hi - lo) * torch.rand(shape, generator=generator)
-
-    batch, channels = images.shape[:2]
-    inside = (images != 0).float()
-    if spatial:
-        angles = uniform(-0.26, 0.26, batch, 3)
-        scale = uniform(0.85, 1.15, batch)
-        theta = torch.zeros(batch, 3, 4)
-        for b in range(batch):
-            cx, cy, cz = torch.cos(angles[b])
-            sx, sy, sz = torch.sin(angles[b])
-            rx = torch.tensor([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
-            ry = torch.tensor([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
-            rz = torch.tensor([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
-            theta[b, :, :3] = (rz @ ry @ rx) / scale[b]
-        grid = F.affine_grid(theta, list(images.shape), align_corners=False)
-        images = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-        inside = F.grid_sample(inside, grid, mode="nearest", padding_mode="zeros", align_corners=False)
-        labels = F.grid_sample(labels[:, None].float(), grid, mode="nearest", padding_mode="zeros",
-                               align_corners=False)[:, 0].long()
-        flips = torch.rand(batch, 3, generator=generator) < 0.5
-        for b in range(batch):
-            dims = [d + 1 for d in range(3) if flips[b, d]]
-            if dims:
-                images[b] = torch.flip(images[b], dims)
-                inside[b] = torch.flip(inside[b], dims)
-                labels[b] = torch.flip(labels[b], [d - 1 for d in dims])
-    # intensity: on the z-scored values, shifted so the head is mostly positive
-    offset = 3.0
-    shifted = (images + offset).clamp(min=0)
-    gamma = torch.exp(uniform(-0.3, 0.3, batch, channels))[..., None, None, None]
-    shifted = (shifted / 8.0).pow(gamma) * 8.0
-    size = images.shape[2]
-    coords = torch.linspace(-1, 1, size)
-    gx, gy, gz = torch.meshgrid(coords, coords, coords, indexing="ij")
-    basis = torch.stack([gx, gy, gz, gx * gy, gx**2 - 0.33, gz**2 - 0.33])
-    weights = uniform(-0.15, 0.15, batch, channels, basis.shape[0])
-    field = torch.exp(torch.einsum("bck,kxyz->bcxyz", weights, basis))
-    shifted = shifted * field
-    scale = uniform(0.9, 1.1, batch, channels)[..., None, None, None]
-    shift = uniform(-0.15, 0.15, batch, channels)[..., None, None, None]
-    images = (shifted - offset) * scale + shift
-    noise_sigma = uniform(0.0, 0.1, batch, 1)[..., None, None, None]
-    images = images + noise_sigma * torch.randn(images.shape, generator=generator)
-    # thick slices: average 2-3 voxels (4-6 mm at 2 mm) along one axis and stretch back
-    for b in range(batch):
-        if torch.rand(1, generator=generator).item() < 0.25:
-            axis = int(torch.randint(0, 3, (1,), generator=generator).item())
-            factor = int(torch.randint(2, 4, (1,), generator=generator).item())
-            volume = images[b].movedim(axis + 1, -1)
-            pooled = F.avg_pool1d(volume.reshape(-1, 1, size), factor, factor, ceil_mode=True)
-            stretched = F.interpolate(pooled, size=size, mode="linear", align_corners=False)
-            images[b] = stretched.reshape(volume.shape).movedim(-1, axis + 1)
-    return images * inside, labels
+    channels, patch = images.shape[1], images.shape[2]
+    transform = augmentation(channels, patch, spatial)
+    out_images, out_labels = [], []
+    for b in range(images.shape[0]):
+        transform.set_random_state(seed=(seed + b) % (2**32))
+        sample = transform({"image": images[b].float(), "label": labels[b][None].float()})
+        out_images.append(torch.as_tensor(sample["image"]).float())
+        out_labels.append(torch.as_tensor(sample["label"])[0].round().long())
+    return torch.stack(out_images), torch.stack(out_labels)

@@ -135,6 +135,8 @@ class CaseMetrics:
     ece: float | None = None
     auroc_entropy: float | None = None
     auroc_variance: float | None = None
+    label_source: str = "expert"
+    """``"algorithm"`` when the truth is a machine label (not an expert one)."""
 
 
 def _class_index(label: np.ndarray) -> np.ndarray:
@@ -248,9 +250,12 @@ def format_table(result: EvaluationResult) -> str:
         row = {f"dice_{r}": v for r, v in case.dice.items()}
         row.update({f"hd95_{r}": v for r, v in case.hd95.items()})
         row.update(ece=case.ece, auroc_entropy=case.auroc_entropy, auroc_variance=case.auroc_variance)
-        lines.append(f"{case.case_id[:24]:<24}" + "".join(fmt(row.get(c)) for c in columns))
+        name = case.case_id[:22] + ("*" if case.label_source == "algorithm" else "")
+        lines.append(f"{name:<24}" + "".join(fmt(row.get(c)) for c in columns))
     lines.append("-" * len(header))
     lines.append(f"{'mean':<24}" + "".join(fmt(result.mean.get(c)) for c in columns))
+    if any(case.label_source == "algorithm" for case in result.cases):
+        lines.append("* scored against a machine label (made by a segmentation algorithm), not an expert one")
     return "\n".join(lines)
 
 
@@ -311,9 +316,11 @@ def evaluate_predictions(data_dir: Path, pred_dir: Path, progress: bool = True) 
             variance = sum(_read_volume(found[f"variance_{c}"], shape).astype(np.float32)
                            for c in ("ncr", "ed", "et"))
         mask = np.any([image != 0 for image in case.images.values()], axis=0)
-        results.append(score_case(files.case_id, prediction, case.label, case.label_kind,
-                                  _spacing(case.affine), sequences=sorted(case.images),
-                                  probabilities=probabilities, entropy=entropy, variance=variance, mask=mask))
+        metrics = score_case(files.case_id, prediction, case.label, case.label_kind,
+                             _spacing(case.affine), sequences=sorted(case.images),
+                             probabilities=probabilities, entropy=entropy, variance=variance, mask=mask)
+        metrics.label_source = files.label_source
+        results.append(metrics)
     return EvaluationResult(cases=results, source=str(pred_dir), mean=summarise(results))
 
 
@@ -360,9 +367,11 @@ def _evaluate_one(model, segment, files: CaseFiles, mc_samples: int,
     probabilities = np.stack([output.probabilities[name] for name in ("background", "ncr", "ed", "et")])
     variance = sum(output.variance[name] for name in ("ncr", "ed", "et")) if output.variance else None
     mask = np.any([image != 0 for image in images.values()], axis=0)
-    return score_case(files.case_id, np.asarray(output.labels), case.label, case.label_kind,
-                      _spacing(case.affine), sequences=sorted(images), probabilities=probabilities,
-                      entropy=output.entropy, variance=variance, mask=mask)
+    metrics = score_case(files.case_id, np.asarray(output.labels), case.label, case.label_kind,
+                         _spacing(case.affine), sequences=sorted(images), probabilities=probabilities,
+                         entropy=output.entropy, variance=variance, mask=mask)
+    metrics.label_source = files.label_source
+    return metrics
 
 
 def write_json(result: EvaluationResult, path: Path) -> None:

@@ -6,8 +6,9 @@ The recipe:
   :func:`neuroseg.model.preprocess.preprocess`, the code inference uses, at the
   network's working spacing, and cached as ``.npz`` in the work folder;
 * each step draws ``batch_size`` patches, most of them centred on tumour;
-* augmentation: flips, small rotations and scaling, intensity scale/shift,
-  gamma, bias field, noise, thick-slice simulation and random sequence
+* augmentation (MONAI dictionary transforms, :func:`neuroseg.model.data.augmentation`):
+  flips, small rotations and scaling, intensity scale/shift,
+  gamma, bias field, noise, thick-slice simulation, and random sequence
   dropout (a dropped sequence becomes zeros with its presence flag off, as at
   inference; at least one of FLAIR/T1ce always stays);
 * loss: MONAI ``DiceCELoss`` on the four classes (optionally with the Dice
@@ -81,9 +82,12 @@ class TrainConfig:
     threads: int | None = None
     name: str = "neuroseg-unet"
     version: str = "0.1.0"
+    val_dirs: tuple[Path, ...] = ()
+    """Folders of validation-only cases (never trained on), besides the ``val_fraction`` split."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dirs", tuple(Path(p) for p in self.data_dirs))
+        object.__setattr__(self, "val_dirs", tuple(Path(p) for p in self.val_dirs))
         object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
         if not self.data_dirs:
             raise ValueError("give at least one --data folder")
@@ -110,6 +114,7 @@ class TrainConfig:
     def to_dict(self) -> dict:
         data = asdict(self)
         data["data_dirs"] = [str(p) for p in self.data_dirs]
+        data["val_dirs"] = [str(p) for p in self.val_dirs]
         data["channels"] = list(self.channels)
         return data
 
@@ -191,7 +196,7 @@ def _make_batch(cases: list[CachedCase], step: int, config: TrainConfig, sequenc
     import torch
 
     rng = np.random.default_rng([config.seed, step, 1])
-    generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
+    augment_seed = int(rng.integers(2**32))
     images, labels, presence, wt_only = [], [], [], []
     for _ in range(config.batch_size):
         case = cases[int(rng.integers(len(cases)))]
@@ -205,7 +210,7 @@ def _make_batch(cases: list[CachedCase], step: int, config: TrainConfig, sequenc
         presence.append(flags)
         wt_only.append(case.label_kind is LabelKind.WHOLE_TUMOUR)
     images_t, labels_t = augment_batch(torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(labels)),
-                                       generator)
+                                       augment_seed)
     return images_t, labels_t, torch.from_numpy(np.stack(presence)), torch.tensor(wt_only)
 
 
@@ -319,6 +324,12 @@ def train(config: TrainConfig, out: Path, work_dir: Path | None = None, *, resum
         raise ValueError(f"the network's sequences {sequences} differ from the data's {SEQUENCES}")
     cases = cache_cases(config.data_dirs, work_dir / "cache", config.spacing_mm, progress=progress)
     train_cases, val_cases = split_cases(cases, config.val_fraction, config.seed)
+    if config.val_dirs:
+        val_cases += cache_cases(config.val_dirs, work_dir / "cache", config.spacing_mm, progress=progress)
+        both = {c.case_id for c in train_cases} & {c.case_id for c in val_cases}
+        if both:
+            raise ValueError(f"cases {', '.join(sorted(both))} are both in --data and --val-data; "
+                             "a validation case must not be trained on")
     log.info("training on %d cases, validating on %d (%s)", len(train_cases), len(val_cases),
              ", ".join(c.case_id for c in val_cases))
     network = build_network(net_config)

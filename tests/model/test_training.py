@@ -140,14 +140,28 @@ def test_sequence_dropout_always_keeps_flair_or_t1ce():
 
 
 def test_augmentation_keeps_missing_sequences_zero_and_labels_valid():
-    generator = torch.Generator().manual_seed(0)
     images = torch.randn(2, 4, 16, 16, 16)
     images[:, 2] = 0.0  # a missing sequence
     labels = torch.randint(0, 4, (2, 16, 16, 16))
-    out, out_labels = augment_batch(images, labels, generator)
+    out, out_labels = augment_batch(images, labels, 0)
     assert out.shape == images.shape and out_labels.shape == labels.shape
     assert torch.all(out[:, 2] == 0)
     assert set(out_labels.unique().tolist()) <= {0, 1, 2, 3}
+    assert not torch.equal(out, images)
+
+
+def test_augmentation_depends_only_on_its_seed_and_moves_image_and_label_together():
+    images = torch.zeros(2, 4, 16, 16, 16)
+    images[:, :, 4:12, 4:12, 4:12] = 1.0 + torch.rand(2, 4, 8, 8, 8)
+    labels = torch.zeros(2, 16, 16, 16, dtype=torch.long)
+    labels[:, 6:10, 6:10, 6:10] = 2
+    first, first_labels = augment_batch(images, labels, 7)
+    again, again_labels = augment_batch(images, labels, 7)
+    other, _ = augment_batch(images, labels, 8)
+    assert torch.equal(first, again) and torch.equal(first_labels, again_labels)
+    assert not torch.equal(first, other)
+    # the tumour label stays inside the (moved) head
+    assert torch.all(first[:, 0][first_labels > 0] != 0)
 
 
 def test_learning_rate_warms_up_then_decays():

@@ -63,6 +63,8 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
                        help="chance that a training sample drops some sequences (default 0.35)")
     train.add_argument("--val-fraction", type=float, default=0.1,
                        help="share of cases held out for validation (default 0.1)")
+    train.add_argument("--val-data", type=Path, action="append", metavar="DIR",
+                       help="folder of validation-only cases (repeatable), never trained on")
     train.add_argument("--val-every", type=int, default=100, help="validate every N steps (default 100)")
     train.add_argument("--checkpoint-every", type=int, default=50,
                        help="write a resumable checkpoint every N steps (default 50)")
@@ -158,7 +160,7 @@ def run_train(args: argparse.Namespace) -> int:
             sequence_dropout=args.dropout_sequences, val_fraction=args.val_fraction,
             val_every=args.val_every, checkpoint_every=args.checkpoint_every,
             wt_only_weight=args.wt_only_weight, background_dice=not args.no_background_dice,
-            seed=args.seed, device=args.device,
+            seed=args.seed, device=args.device, val_dirs=tuple(args.val_data or ()),
             threads=args.threads, name=args.name, version=args.model_version,
         )
         result = train(config, out=args.out, work_dir=args.work_dir, resume=args.resume,
