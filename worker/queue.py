@@ -47,12 +47,17 @@ _APPS: dict[tuple[str, str], "Celery"] = {}
 _APPS_LOCK = threading.Lock()
 
 
-def retry_countdown(retries: int) -> float:
-    """Seconds to wait before retry number ``retries + 1`` (30 s, 1 min, 2 min, ... at most 1 h).
+def retry_countdown(retries: int, *, jitter: bool = False) -> float:
+    """Celery's exponential backoff before retry number ``retries + 1`` (30 s, 1 min, 2 min, ... at most 1 h).
 
-    With the default 12 retries, delivery keeps trying for about 6.5 hours.
+    The task's ``retry_backoff`` uses the same; with ``jitter`` the wait is a
+    random part of it (full jitter). Without jitter the default 12 retries
+    span about 6.5 hours.
     """
-    return min(RETRY_BACKOFF_MAX_S, RETRY_BACKOFF_BASE_S * (2 ** max(0, retries)))
+    from celery.utils.time import get_exponential_backoff_interval
+
+    return float(get_exponential_backoff_interval(factor=int(RETRY_BACKOFF_BASE_S), retries=max(0, retries),
+                                                  maximum=int(RETRY_BACKOFF_MAX_S), full_jitter=jitter))
 
 
 def broker_description(settings: Settings) -> str:

@@ -3,35 +3,50 @@
 It loads nothing heavy at import, so :mod:`neuroseg.worker.queue` can
 register it without importing torch; each worker process imports the
 pipeline's libraries when it starts (:func:`warm_up`). The task receives a job id, re-reads
-the world from the job store, and maps errors:
+the world from the job store, and classifies errors by type
+(:mod:`neuroseg.worker.errors`). Retries are Celery's, in one place:
 
 - :class:`~neuroseg.worker.errors.InputError` -> ``failed`` with the reason, no retry;
-- :class:`~neuroseg.worker.errors.TransientError` -> ``retrying``, retried with
-  exponential backoff (``settings.delivery_max_retries`` times, over hours),
-  then ``failed``;
+- :class:`~neuroseg.worker.errors.TransientError` (PACS or DICOMweb server
+  down) -> Celery's ``autoretry_for`` with exponential backoff and full
+  jitter (up to 30 s doubling to 1 h), at most ``NEUROSEG_DELIVERY_MAX_RETRIES``
+  times; the task's ``on_retry`` hook records ``retrying`` and ``on_failure``
+  the give-up (``partial`` when the objects exist, else ``failed``);
+- :class:`~neuroseg.worker.errors.GpuOutOfMemory` -> retried the same way
+  but counted against its own limit, ``NEUROSEG_OOM_MAX_RETRIES``;
 - soft time limit -> ``failed`` saying so; the hard limit kills the process and
   :func:`record_hard_time_limit` (called by Celery in the worker's main
   process) fails the job, so it is not run again in a loop;
 - a cancel request -> ``cancelled``;
-- anything else -> ``failed`` naming the stage and the error (logged with its
-  traceback once); the worker goes on with the next job.
+- anything else is a bug: its traceback goes to the job's timeline and the
+  job is retried once (:data:`BUG_MAX_RETRIES`), then ``failed`` naming the
+  stage and the error; the worker goes on with the next job.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import threading
 import time
+import traceback
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from neuroseg.worker.errors import InputError, TransientError
-from neuroseg.worker.jobstore import RUNNING_STATES, ClaimOutcome, JobState, JobStore, worker_identity
-from neuroseg.worker.settings import get_settings
+from neuroseg.worker.errors import GpuOutOfMemory, InputError, TransientError
+from neuroseg.worker.jobstore import FINAL_STATES, RUNNING_STATES, ClaimOutcome, JobState, JobStore, worker_identity
+from neuroseg.worker.settings import Settings, get_settings
 
 if TYPE_CHECKING:
     from celery import Celery, Task
 
 log = logging.getLogger(__name__)
+
+#: Retries of a job that failed with an unexpected error (a bug), in case it was a passing condition.
+BUG_MAX_RETRIES = 1
+#: Full jitter: each retry waits a random time up to the exponential backoff, so jobs that failed
+#: together (one PACS outage) do not all come back at once.
+RETRY_JITTER = True
 
 
 class Heartbeat:
@@ -58,10 +73,12 @@ class Heartbeat:
         self._thread.join(5)
 
 
-def process_study(task: "Task", job_id: str) -> str:
+def process_study(task: "Task", job_id: str, retried: Mapping[str, int] | None = None) -> str:
     """Body of ``neuroseg.process_study``: claim ``job_id``, run the pipeline, record the outcome.
 
-    Returns the job's final (or waiting) state, for logs.
+    ``retried`` counts the retries so far by kind (``out-of-memory``, ``bug``)
+    that have their own limit; Celery passes it back on each retry. Returns the
+    job's final (or waiting) state, for logs.
     """
     from celery.exceptions import SoftTimeLimitExceeded
 
@@ -70,7 +87,8 @@ def process_study(task: "Task", job_id: str) -> str:
     claim = store.claim(job_id, worker=worker_identity(), max_attempts=settings.job_max_attempts)
     if claim.outcome is ClaimOutcome.BUSY:
         log.info("job %s is running on another worker (%s); checking again later", job_id, claim.state)
-        raise task.retry(countdown=settings.job_stale_seconds, max_retries=None)
+        # no exc: on_retry records nothing, the job belongs to the other worker
+        raise task.retry(countdown=settings.job_stale_seconds, max_retries=task.request.retries + 1)
     if claim.outcome is not ClaimOutcome.CLAIMED:
         log.info("job %s: nothing to do (%s %s)", job_id, claim.outcome.value, claim.state)
         return claim.state
@@ -78,7 +96,7 @@ def process_study(task: "Task", job_id: str) -> str:
 
     with Heartbeat(store, job_id, interval=max(1.0, settings.job_stale_seconds / 6)):
         try:
-            state = pipeline.run_job(store, job_id, settings)
+            return pipeline.run_job(store, job_id, settings)
         except pipeline.JobCancelled as exc:
             store.finish(job_id, JobState.CANCELLED, message=str(exc))
             return JobState.CANCELLED.value
@@ -86,33 +104,79 @@ def process_study(task: "Task", job_id: str) -> str:
             log.warning("job %s failed: %s", job_id, exc)
             store.finish(job_id, JobState.FAILED, error=str(exc))
             return JobState.FAILED.value
-        except TransientError as exc:
-            retries = task.request.retries
-            if retries >= settings.delivery_max_retries:
-                reason = f"gave up after {retries + 1} attempts: {exc}"
-                log.error("job %s: %s", job_id, reason)
-                final = JobState.PARTIAL if pipeline.has_outputs(store, job_id) else JobState.FAILED
-                store.finish(job_id, final, error=reason)
-                return final.value
-            from neuroseg.worker.queue import retry_countdown
-
-            countdown = retry_countdown(retries)
-            log.warning("job %s: transient error, retry %d in %.0f s: %s", job_id, retries + 1, countdown, exc)
-            store.mark_retrying(job_id, str(exc), countdown)
-            raise task.retry(exc=exc, countdown=countdown, max_retries=None) from exc
         except SoftTimeLimitExceeded:
             reason = (f"stopped: the job ran longer than the soft time limit of "
                       f"{settings.task_soft_time_limit} s (NEUROSEG_TASK_SOFT_TIME_LIMIT)")
             store.finish(job_id, JobState.FAILED, error=reason)
             return JobState.FAILED.value
+        except GpuOutOfMemory as exc:
+            return retry_within_limit(task, store, job_id, exc, kind="out-of-memory", retried=retried,
+                                      limit=settings.oom_max_retries, reason=str(exc))
+        except TransientError:
+            # Celery's autoretry_for (see register) retries it; its limit comes from the settings
+            task.override_max_retries = settings.delivery_max_retries
+            raise
         except Exception as exc:  # noqa: BLE001 - a bug must fail this job, not the worker
             detail = store.get_job(job_id)
-            stage = detail.stage if detail else "?"
+            stage = detail.state if detail else "?"
             log.exception("job %s: unexpected error during %s", job_id, stage)
-            store.finish(job_id, JobState.FAILED,
-                         error=f"unexpected error during {stage}: {type(exc).__name__}: {exc}")
-            return JobState.FAILED.value
-    return state
+            store.record_event("error", f"unexpected error during {stage}:\n{traceback.format_exc()}",
+                               job_id=job_id)
+            return retry_within_limit(task, store, job_id, exc, kind="bug", retried=retried, limit=BUG_MAX_RETRIES,
+                                      reason=f"unexpected error during {stage}: {type(exc).__name__}: {exc}")
+
+
+def retry_countdown(retries: int) -> float:
+    """Celery's exponential backoff (with jitter) before retry number ``retries + 1``."""
+    from neuroseg.worker.queue import retry_countdown as backoff
+
+    return backoff(retries, jitter=RETRY_JITTER)
+
+
+def retry_within_limit(task: "Task", store: JobStore, job_id: str, exc: BaseException, *, kind: str,
+                       retried: Mapping[str, int] | None, limit: int, reason: str) -> str:
+    """Retry the job with Celery's backoff unless ``kind`` has had ``limit`` retries; then end it."""
+    counts = dict(retried or {})
+    done = counts.get(kind, 0)
+    if done >= limit:
+        return give_up(store, job_id, f"gave up after {done + 1} attempts: {reason}")
+    counts[kind] = done + 1
+    # our limit decided; Celery's own (NEUROSEG_DELIVERY_MAX_RETRIES) must not
+    raise task.retry(exc=exc, countdown=retry_countdown(task.request.retries), kwargs={"retried": counts},
+                     max_retries=task.request.retries + 1)
+
+
+def give_up(store: JobStore, job_id: str, reason: str) -> str:
+    """End a job that will not be retried: ``partial`` when its objects exist (some may be delivered), else ``failed``."""
+    from neuroseg.worker import pipeline
+
+    state = store.job_state(job_id)
+    if state is None or state in {item.value for item in FINAL_STATES}:
+        return state or ""
+    final = JobState.PARTIAL if pipeline.has_outputs(store, job_id) else JobState.FAILED
+    log.error("job %s: %s", job_id, reason)
+    store.finish(job_id, final, error=reason)
+    return final.value
+
+
+def record_retry(job_id: str, exc: BaseException, when: float | dt.datetime | None) -> None:
+    """Record ``retrying`` with the time until the retry (Celery's ``on_retry`` hook)."""
+    if isinstance(when, dt.datetime):
+        now = dt.datetime.now(when.tzinfo or dt.timezone.utc)
+        when = (when - now).total_seconds()
+    countdown = max(0.0, float(when or 0.0))
+    log.warning("job %s: %s; retry in %.0f s", job_id, exc, countdown)
+    JobStore.from_settings(get_settings()).mark_retrying(job_id, str(exc), countdown)
+
+
+def record_failure(job_id: str, exc: BaseException, attempts: int) -> None:
+    """Record a job whose task failed for good (Celery's ``on_failure`` hook)."""
+    from celery.exceptions import TimeLimitExceeded
+
+    if isinstance(exc, TimeLimitExceeded):
+        record_hard_time_limit(job_id)
+    elif isinstance(exc, TransientError):
+        give_up(JobStore.from_settings(get_settings()), job_id, f"gave up after {attempts} attempts: {exc}")
 
 
 WARM_UP_MODULES = ("neuroseg.model.inference", "monai.inferers", "neuroseg.model.registration", "SimpleITK",
@@ -151,31 +215,33 @@ def record_hard_time_limit(job_id: str) -> None:
 
 
 def register(app: "Celery") -> None:
-    """Register ``neuroseg.process_study`` on ``app``.
-
-    ``autoretry_for`` names only :class:`TransientError` as a safety net;
-    the body already turns it into a recorded ``retrying`` state and a
-    retry with backoff.
-    """
+    """Register ``neuroseg.process_study`` on ``app``, with Celery's retries and the hooks that record them."""
     from celery import Task
     from celery.signals import worker_process_init
 
-    from neuroseg.worker.queue import RETRY_BACKOFF_MAX_S, TASK_NAME
+    from neuroseg.worker.queue import RETRY_BACKOFF_BASE_S, RETRY_BACKOFF_MAX_S, TASK_NAME
 
     # prefork children only: importing torch before the fork could leave its thread pools unusable in the children
     worker_process_init.connect(warm_up, weak=False)
 
     class JobTask(Task):
-        """Records a job killed by the hard time limit (Celery calls this in the worker's main process)."""
+        """Records retries and final failures of a job in the job store."""
+
+        autoretry_for = (TransientError,)
+        dont_autoretry_for = (GpuOutOfMemory,)  # its own limit, see retry_within_limit
+        retry_backoff = int(RETRY_BACKOFF_BASE_S)
+        retry_backoff_max = int(RETRY_BACKOFF_MAX_S)
+        retry_jitter = RETRY_JITTER
+        max_retries = Settings.model_fields["delivery_max_retries"].default  # per job: override_max_retries
+
+        def on_retry(self, exc, task_id, args, kwargs, einfo) -> None:  # noqa: ANN001 - Celery's signature
+            if exc is not None and args:  # no exc: the job is running elsewhere, nothing to record
+                record_retry(str(args[0]), exc, getattr(einfo.exception, "when", None))
 
         def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:  # noqa: ANN001
-            from celery.exceptions import TimeLimitExceeded
+            if args:  # also called in the worker's main process for the hard time limit
+                record_failure(str(args[0]), exc, attempts=int(getattr(self.request, "retries", 0) or 0) + 1)
 
-            if isinstance(exc, TimeLimitExceeded) and args:
-                record_hard_time_limit(str(args[0]))
-
-    @app.task(name=TASK_NAME, base=JobTask, bind=True, shared=False, acks_late=True, reject_on_worker_lost=True,
-              autoretry_for=(TransientError,), retry_backoff=30, retry_backoff_max=int(RETRY_BACKOFF_MAX_S),
-              max_retries=None)
-    def process_study_task(self: "Task", job_id: str) -> str:
-        return process_study(self, job_id)
+    @app.task(name=TASK_NAME, base=JobTask, bind=True, shared=False, acks_late=True, reject_on_worker_lost=True)
+    def process_study_task(self: "Task", job_id: str, retried: dict[str, int] | None = None) -> str:
+        return process_study(self, job_id, retried)
