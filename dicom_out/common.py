@@ -105,6 +105,10 @@ def _enum_set(values: Any, enum: type, name: str) -> frozenset:
     return frozenset(result)
 
 
+#: Parametric Maps sent unless asked otherwise: 3 probabilities and 1 entropy map.
+DEFAULT_MAPS = frozenset({"probability", "entropy"})
+
+
 @dataclass(frozen=True)
 class EncodeOptions:
     """Which objects to write and how.
@@ -115,7 +119,9 @@ class EncodeOptions:
         ``"BINARY"`` (default: one frame per slice and segment, empty frames
         kept) or ``"LABELMAP"`` (Label Map Segmentation Storage).
     maps: collection of str
-        Subset of ``{"probability", "uncertainty", "gradcam"}``.
+        Subset of ``{"probability", "entropy", "uncertainty", "gradcam"}``
+        (``uncertainty`` is the entropy plus the SD of each class); default
+        :data:`DEFAULT_MAPS`, the probability of each class and the entropy.
     mesh_formats: collection of str
         Subset of ``{"stl", "surface"}``.
     include_brain_surface: bool
@@ -132,7 +138,7 @@ class EncodeOptions:
     """
 
     segmentation_type: str = "BINARY"
-    maps: frozenset[str] = frozenset({"probability", "uncertainty", "gradcam"})
+    maps: frozenset[str] = DEFAULT_MAPS
     mesh_formats: frozenset[str] = frozenset({"stl"})
     include_brain_surface: bool = False
     brain_mask: np.ndarray | None = field(default=None, compare=False, repr=False)
@@ -203,6 +209,13 @@ class EncodeRequest:
         The sequences the model actually read (e.g. ``("t1ce", "flair")``).
     options: EncodeOptions
         Which objects to write.
+    reference_role: str
+        The sequence the reference series is (e.g. ``"T1ce"``); named in the
+        derivation description of every object.
+    reference_frames: Sequence[int] or None
+        For an Enhanced (multi-frame) reference: ``reference_series`` is its
+        one dataset and ``reference_frames[k]`` (1-based) the frame of slice
+        ``k``; the objects then reference those frames (ReferencedFrameNumber).
     """
 
     reference_series: Sequence[Dataset]
@@ -217,13 +230,18 @@ class EncodeRequest:
     volumes_ml: Mapping[str, float] | None = None
     sequences_used: Sequence[str] = ()
     options: EncodeOptions = field(default_factory=EncodeOptions)
+    reference_role: str = "reference"
+    reference_frames: Sequence[int] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.options, EncodeOptions):
             raise TypeError(f"EncodeRequest.options must be EncodeOptions; got {type(self.options).__name__}")
         if not self.model_name or not self.model_version:
             raise DicomOutError("EncodeRequest needs model_name and model_version (they name the outputs)")
-        check_reference_series(self.reference_series)
+        if self.reference_frames is not None:
+            check_multiframe_reference(self.reference_series, self.reference_frames)
+        else:
+            check_reference_series(self.reference_series)
         for role, series in self.other_series.items():
             check_other_series(role, series, self.reference_series[0])
         shape = self.grid_shape
@@ -247,6 +265,8 @@ class EncodeRequest:
                 raise DicomOutError(f"options.maps asks for {name} maps but EncodeRequest.{key} is empty")
         if "uncertainty" in self.options.maps and self.entropy is None and not self.variance:
             raise DicomOutError("options.maps asks for uncertainty maps but neither entropy nor variance is given")
+        if "entropy" in self.options.maps and self.entropy is None:
+            raise DicomOutError("options.maps asks for the entropy map but EncodeRequest.entropy is None")
         if self.options.brain_mask is not None:
             _check_grid("options.brain_mask", np.asarray(self.options.brain_mask), shape)
         if self.volumes_ml is not None:
@@ -258,7 +278,8 @@ class EncodeRequest:
     def grid_shape(self) -> tuple[int, int, int]:
         """(slices, rows, columns) of the reference series."""
         first = self.reference_series[0]
-        return (len(self.reference_series), int(first.Rows), int(first.Columns))
+        slices = len(self.reference_frames) if self.reference_frames is not None else len(self.reference_series)
+        return (slices, int(first.Rows), int(first.Columns))
 
     @property
     def study_instance_uid(self) -> str:
@@ -267,6 +288,8 @@ class EncodeRequest:
     @property
     def voxel_volume_ml(self) -> float:
         """Volume of one voxel of the reference grid in millilitres."""
+        if self.reference_frames is not None:
+            return abs(float(np.linalg.det(self.reference_affine()[:3, :3]))) / 1000.0
         first = self.reference_series[0]
         row_spacing, column_spacing = (float(v) for v in first.PixelSpacing)
         return row_spacing * column_spacing * slice_spacing(self.reference_series) / 1000.0
@@ -281,6 +304,70 @@ class EncodeRequest:
             "ncr": counts[1] * voxel, "ed": counts[2] * voxel, "et": counts[4] * voxel,
             "wt": (counts[1] + counts[2] + counts[4]) * voxel, "tc": (counts[1] + counts[4]) * voxel,
         }
+
+    def derivation_description(self) -> str:
+        """Derivation Description (ST): the grid the object is on and the other sequences read.
+
+        Only the reference series is referenced frame by frame (viewers such as
+        OHIF match a SEG to exactly one series); the other sequences are named here.
+        """
+        reference_uid = self.reference_series[0].SeriesInstanceUID
+        text = f"AI result on the grid of the {self.reference_role} series {reference_uid}"
+        if self.sequences_used:
+            text += f"; sequences the model read: {', '.join(self.sequences_used)}"
+        others = [f"{role} {series[0].SeriesInstanceUID}" for role, series in self.other_series.items()]
+        if others:
+            text += f"; other source series: {'; '.join(others)}"
+        return text[:1024]
+
+    def reference_slices(self) -> list[tuple[Dataset, int | None]]:
+        """``(dataset, frame number)`` of each slice ``k`` of the grid; the frame is None for single-frame images."""
+        if self.reference_frames is None:
+            return [(ds, None) for ds in self.reference_series]
+        return [(self.reference_series[0], int(number)) for number in self.reference_frames]
+
+    def reference_affine(self) -> np.ndarray:
+        """4x4 from ``(k, r, c, 1)`` to LPS millimetres, from the slices' positions, orientation and spacing."""
+        geometry = [_slice_geometry(ds, frame) for ds, frame in self.reference_slices()]
+        (first, orientation, spacing), last = geometry[0], geometry[-1][0]
+        affine = np.eye(4)
+        affine[:3, 2] = orientation[:3] * spacing[1]
+        affine[:3, 1] = orientation[3:] * spacing[0]
+        affine[:3, 0] = ((last - first) / (len(geometry) - 1) if len(geometry) > 1
+                         else np.cross(orientation[:3], orientation[3:]))
+        affine[:3, 3] = first
+        return affine
+
+    def highdicom_source(self) -> tuple[list[Dataset], list[Any] | None]:
+        """``(source_images, plane_positions)`` for highdicom's SEG and Parametric Map.
+
+        Single-frame: the series and None (highdicom takes the positions from
+        the images). Multi-frame: the dataset, with its pixel measures and
+        orientation in the shared functional groups where the scanner wrote
+        them per frame (highdicom reads them only there; Siemens XA writes them
+        per frame), and the plane position of each slice, which highdicom
+        matches to the source frames to write ReferencedFrameNumber.
+        """
+        if self.reference_frames is None:
+            return list(self.reference_series), None
+        import highdicom as hd
+
+        ds = self.reference_series[0]
+        shared = ds.SharedFunctionalGroupsSequence[0] if "SharedFunctionalGroupsSequence" in ds else Dataset()
+        first_frame = ds.PerFrameFunctionalGroupsSequence[int(self.reference_frames[0]) - 1]
+        missing = [keyword for keyword in ("PixelMeasuresSequence", "PlaneOrientationSequence")
+                   if keyword not in shared and keyword in first_frame]
+        if missing:
+            # the same instance (UIDs, frames, pixels shared, not copied); only the shared group differs
+            view, shared_view = _element_copy(ds), _element_copy(shared)
+            for keyword in missing:
+                setattr(shared_view, keyword, first_frame[keyword].value)
+            view.SharedFunctionalGroupsSequence = [shared_view]
+            ds = view
+        positions = [hd.PlanePositionSequence(hd.CoordinateSystemNames.PATIENT,
+                                              _slice_geometry(self.reference_series[0], frame)[0].tolist())
+                     for _, frame in self.reference_slices()]
+        return [ds], positions
 
     def source_datasets(self) -> list[Dataset]:
         """Every source dataset: the reference series, then the other series."""
@@ -333,6 +420,75 @@ def slice_spacing(series: Sequence[Dataset]) -> float:
     return abs(float((_position(series[1]) - _position(series[0])) @ normal))
 
 
+def _element_copy(ds: Dataset) -> Dataset:
+    """A new dataset holding the same elements (``copy.copy`` of a pydicom Dataset shares its element dict)."""
+    view = Dataset()
+    for element in ds:
+        view.add(element)
+    if hasattr(ds, "file_meta"):
+        view.file_meta = ds.file_meta
+    return view
+
+
+def _functional_item(ds: Dataset, frame: int, group: str) -> Dataset | None:
+    """The item of a functional group for one frame: per-frame, else shared."""
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
+    shared = ds.get("SharedFunctionalGroupsSequence") or []
+    for owner in ((per_frame[frame - 1] if frame <= len(per_frame) else None), shared[0] if shared else None):
+        if owner is not None and owner.get(group):
+            return owner.get(group)[0]
+    return None
+
+
+def _slice_geometry(ds: Dataset, frame: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(position, orientation, pixel spacing) of a single-frame image or of one frame of a multi-frame one."""
+    if frame is None:
+        return (_position(ds), np.asarray([float(v) for v in ds.ImageOrientationPatient]),
+                np.asarray([float(v) for v in ds.PixelSpacing]))
+    where = f"frame {frame} of {ds.get('SOPInstanceUID', '?')}"
+    values = []
+    for group, keyword in (("PlanePositionSequence", "ImagePositionPatient"),
+                           ("PlaneOrientationSequence", "ImageOrientationPatient"),
+                           ("PixelMeasuresSequence", "PixelSpacing")):
+        item = _functional_item(ds, frame, group)
+        if item is None or keyword not in item:
+            raise SourceSeriesError(f"reference {where} lacks {group} > {keyword}")
+        values.append(np.asarray([float(v) for v in item[keyword].value]))
+    return values[0], values[1], values[2]
+
+
+def check_multiframe_reference(series: Sequence[Dataset], frames: Sequence[int]) -> None:
+    """Check one multi-frame image and the frames of the grid's slices can be the source of the objects.
+
+    Raises
+    ------
+    SourceSeriesError
+        Naming the instance and what is wrong.
+    """
+    if len(series) != 1:
+        raise SourceSeriesError(f"a multi-frame reference is one dataset; got {len(series)}")
+    ds = series[0]
+    where = f"reference instance {ds.get('SOPInstanceUID', '?')}"
+    for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID",
+                    "FrameOfReferenceUID", "Rows", "Columns", "NumberOfFrames"):
+        if keyword not in ds or ds[keyword].value in (None, ""):
+            raise SourceSeriesError(f"{where} lacks {keyword}")
+    count = int(ds.NumberOfFrames)
+    if not frames or any(not 1 <= int(number) <= count for number in frames):
+        raise SourceSeriesError(f"{where}: reference_frames must be frame numbers 1 to {count}")
+    if len(set(int(number) for number in frames)) != len(frames):
+        raise SourceSeriesError(f"{where}: a frame appears twice in reference_frames")
+    geometry = [_slice_geometry(ds, int(number)) for number in frames]
+    orientation = geometry[0][1]
+    if any(not np.allclose(item[1], orientation, atol=1e-4) for item in geometry):
+        raise SourceSeriesError(f"{where}: the frames have different orientations; they cannot share one grid")
+    if len(geometry) > 1:
+        distances = np.asarray([item[0] @ np.cross(orientation[:3], orientation[3:]) for item in geometry])
+        steps = np.diff(distances)
+        if not (np.all(steps > 1e-4) or np.all(steps < -1e-4)):
+            raise SourceSeriesError(f"{where}: reference_frames are not sorted along the slice normal")
+
+
 def check_reference_series(series: Sequence[Dataset]) -> None:
     """Check the reference series can be the source of SEG and Parametric Maps.
 
@@ -360,7 +516,7 @@ def check_reference_series(series: Sequence[Dataset]) -> None:
             )
         if int(getattr(ds, "NumberOfFrames", 1) or 1) != 1:
             raise SourceSeriesError(f"{where}: instance {ds.SOPInstanceUID} is multi-frame; "
-                                    "give a single-frame series")
+                                    "give a single-frame series, or its frames as reference_frames")
     for keyword in ("SeriesInstanceUID", "StudyInstanceUID", "FrameOfReferenceUID", "Rows", "Columns"):
         values = {str(ds[keyword].value) for ds in series}
         if len(values) > 1:
@@ -394,6 +550,27 @@ def check_other_series(role: str, series: Sequence[Dataset], reference: Dataset)
         for keyword in ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID"):
             if keyword not in ds:
                 raise SourceSeriesError(f"other_series[{role!r}]: an instance lacks {keyword}")
+
+
+def describe_derivation(dataset: Dataset, request: EncodeRequest) -> None:
+    """Put :meth:`EncodeRequest.derivation_description` in every frame's Derivation Image item."""
+    text = request.derivation_description()
+    for frame in dataset.get("PerFrameFunctionalGroupsSequence", []):
+        for item in frame.get("DerivationImageSequence", []):
+            item.DerivationDescription = text
+
+
+def mark_encapsulated(dataset: Dataset) -> None:
+    """Give compressed Pixel Data VR OB and undefined length, as the transfer syntax requires.
+
+    ``pydicom.dcmwrite`` fixes this on the way to a file, but pynetdicom encodes
+    the dataset as it is: a defined-length element makes the PACS wait for
+    bytes that never come (no C-STORE response).
+    """
+    if "PixelData" in dataset and dataset.file_meta.TransferSyntaxUID.is_compressed:
+        element = dataset["PixelData"]
+        element.VR = "OB"
+        element.is_undefined_length = True
 
 
 def software_versions(model_name: str, model_version: str) -> list[str]:

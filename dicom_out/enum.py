@@ -57,8 +57,9 @@ _REGION_LABELS = {
 class MapKind(str, Enum):
     """Groups of Parametric Maps that can be sent."""
 
-    PROBABILITY = "probability"
-    UNCERTAINTY = "uncertainty"
+    PROBABILITY = "probability"  # mean softmax of each class
+    ENTROPY = "entropy"  # the predictive entropy map alone
+    UNCERTAINTY = "uncertainty"  # entropy plus the MC dropout SD of each class
     GRADCAM = "gradcam"
 
 

@@ -254,6 +254,8 @@ def stl_bytes(mesh: Mesh, header: str = "neuroseg surface mesh") -> bytes:
 
 def reference_affine(request: EncodeRequest) -> np.ndarray:
     """The (slices, rows, columns) -> LPS mm affine of the reference series."""
+    if request.reference_frames is not None:  # frames of a multi-frame image
+        return request.reference_affine()
     first = request.reference_series[0]
     iop = np.asarray([float(v) for v in first.ImageOrientationPatient])
     row_spacing, column_spacing = (float(v) for v in first.PixelSpacing)

@@ -8,9 +8,13 @@ empty frames kept (``omit_empty_frames=False``) so viewers that match frames
 to slices by index place every segment correctly. LABELMAP writes a Label Map
 Segmentation (one frame per slice, pixel value = segment number).
 
-The reference series is ``source_images``; the other series are
-``further_source_images``. The not-for-diagnostic statement goes in
-ContentDescription; the model goes in the segment's Algorithm Identification.
+Only the reference series is referenced (``source_images``: one source image
+per frame, one series in ReferencedSeriesSequence): OHIF and other viewers
+attach a SEG to exactly one series and skip frames pointing elsewhere. The
+other sequences the model read are named in each frame's Derivation
+Description and in the segments' Algorithm Parameters, not as frame
+references. The not-for-diagnostic statement goes in ContentDescription; the
+model goes in the segment's Algorithm Identification.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from neuroseg.dicom_out.common import (
     EncodeRequest,
     class_code,
     content_description,
+    describe_derivation,
     series_description,
     software_versions,
 )
@@ -97,9 +102,10 @@ def build_segmentation(request: EncodeRequest) -> EncodedObject:
         for tumor_class in TumorClass:
             pixel_array[labels == tumor_class.label_value] = SEGMENT_NUMBERS[tumor_class]
     study_uid = request.study_instance_uid
-    further = [ds for series in request.other_series.values() for ds in series]
+    sources, plane_positions = request.highdicom_source()  # frames of a multi-frame reference
     seg = hd.seg.Segmentation(
-        source_images=list(request.reference_series),
+        source_images=sources,
+        plane_positions=plane_positions,
         pixel_array=pixel_array,
         segmentation_type=segmentation_type.value,
         segment_descriptions=segment_descriptions(request),
@@ -116,8 +122,8 @@ def build_segmentation(request: EncodeRequest) -> EncodedObject:
         content_description=content_description("AI glioma segmentation NCR/ED/ET"),
         content_creator_name="neuroseg^AI",
         series_description=series_description("AI glioma segmentation", request.options),
-        further_source_images=further or None,
     )
     seg.BodyPartExamined = "BRAIN"
+    describe_derivation(seg, request)
     log.info("built %s SEG with %d frames for study %s", segmentation_type.value, int(seg.NumberOfFrames), study_uid)
     return EncodedObject("seg", str(seg.SOPClassUID), str(seg.SOPInstanceUID), seg)

@@ -5,12 +5,13 @@ Content (PS3.16 TID 1500):
 - observation context: the device observer ``neuroseg`` with the model
   name as its model name;
 - procedure reported: (24590-2, LN, "Brain MRI");
-- one TID 1411 Volumetric ROI group per class (NCR, ED, ET), each
-  referencing its segment of the SEG (segment number plus the source series,
-  not every source frame), finding type from CID 7168, finding site Brain,
-  with:
+- one TID 1501 Measurement group per region: NCR, ED, ET (finding type from
+  CID 7168), WT (Lesion of Brain) and TC (Neoplasm), finding site Brain, the
+  SEG as the group's source image, and for the classes the Tracking UID of
+  their SEG segment (which links group and segment), with:
 
-  - (118565006, SCT, "Volume") in ml;
+  - (118565006, SCT, "Volume") in ml, INFERRED FROM a SCOORD POINT on one
+    image of the reference series (see "Image coordinates" below);
   - the mean predictive entropy in the region (PRED-ENTROPY, 99NEUROSEG,
     derivation (373098007, SCT, "Mean"), method MC-DROPOUT), when the
     entropy is given and the region has voxels;
@@ -18,19 +19,29 @@ Content (PS3.16 TID 1500):
     ((113061, DCM, "Standard Deviation"), derivation Mean), when the
     variance is given and the region has voxels;
 
-- one TID 1501 group each for WT (finding type Lesion of Brain) and TC
-  (finding type Neoplasm), which are unions of segments, with the same
-  measurements;
 - every group carries the Algorithm Identification (TID 4019): model name,
   model version and, as Algorithm Parameters, the sequences used and the
   not-for-diagnostic statement.
 
 An empty segmentation still gives a valid report stating zero volumes.
 
-With a LABELMAP SEG the class groups are TID 1501 groups that cite the SEG as
-their source image instead: dciodvfy does not yet treat the Label Map
-Segmentation SOP Class as a segmentation and rejects a Referenced Segment
-Number pointing at it.
+Image coordinates
+-----------------
+OHIF (extension cornerstone-dicom-sr) turns every measurement group into an
+annotation and reads ``coords[0].ReferencedSOPSequence`` of it: a group whose
+measurements have no image coordinates crashes the viewer ("Cannot read
+properties of undefined (reading 'ReferencedSOPSequence')"). So the Volume of
+every group (the five regions) is INFERRED FROM a SCOORD POINT, the region's
+voxel nearest its centroid (in mm, so always inside the region), on the
+reference image of that voxel's slice (SELECTED FROM). The Volume item has
+that coordinate as its only child, as OHIF's own reports do (the algorithm
+is stated once per group); an empty region points at the whole tumour's
+point, or at the centre of the grid when there is no tumour at all.
+
+Why TID 1501 and not TID 1411 with a Referenced Segment: TID 1411 defines
+its ROI by exactly one of image regions, a volume surface or a segment, and
+its measurements may not carry coordinates of their own; a TID 1501 group
+can hold the point OHIF needs next to the volume.
 """
 
 from __future__ import annotations
@@ -56,6 +67,7 @@ from neuroseg.dicom_out.common import (
     EncodeRequest,
     class_code,
     series_description,
+    slice_spacing,
     software_versions,
 )
 from neuroseg.dicom_out.enum import TumorClass, TumorRegion
@@ -87,10 +99,49 @@ def _algorithm(request: EncodeRequest) -> hd.sr.AlgorithmIdentification:
     )
 
 
+def region_point(request: EncodeRequest, region: TumorRegion) -> tuple[int, int, int]:
+    """(slice, row, column) of the region's voxel nearest its centroid (mm), inside the region.
+
+    Empty regions fall back to the whole tumour's point, then to the centre of the grid.
+    """
+    for labels in (region.label_values, TumorRegion.WT.label_values):
+        voxels = np.argwhere(np.isin(request.labels, labels))
+        if len(voxels):
+            break
+    else:
+        return tuple(int(n) // 2 for n in request.grid_shape)
+    first = request.reference_series[0]
+    if request.reference_frames is not None:  # frames of a multi-frame image
+        spacing = np.linalg.norm(request.reference_affine()[:3, :3], axis=0)
+    else:
+        spacing = np.asarray([slice_spacing(request.reference_series), *(float(v) for v in first.PixelSpacing)])
+    millimetres = voxels * spacing
+    nearest = np.argmin(((millimetres - millimetres.mean(axis=0)) ** 2).sum(axis=1))
+    return tuple(int(v) for v in voxels[nearest])
+
+
+def _point_coordinates(request: EncodeRequest, region: TumorRegion) -> hd.sr.CoordinatesForMeasurement:
+    """A SCOORD POINT (column, row of the pixel centre) on the reference image of the region's point."""
+    index, row, column = region_point(request, region)
+    image, frame = request.reference_slices()[index]
+    if frame is None:
+        source = hd.sr.SourceImageForRegion.from_source_image(image)
+    else:  # the frame of a multi-frame reference
+        source = hd.sr.SourceImageForRegion(referenced_sop_class_uid=image.SOPClassUID,
+                                            referenced_sop_instance_uid=image.SOPInstanceUID,
+                                            referenced_frame_numbers=[frame])
+    return hd.sr.CoordinatesForMeasurement(
+        graphic_type=hd.sr.GraphicTypeValues.POINT,
+        graphic_data=np.asarray([[column + 0.5, row + 0.5]]),  # SCOORD: (0, 0) is the pixel's top-left corner
+        source_image=source,
+    )
+
+
 def _measurements(request: EncodeRequest, region: TumorRegion, volume_ml: float,
                   algorithm: hd.sr.AlgorithmIdentification) -> list[hd.sr.Measurement]:
+    # the point is the Volume's only child: OHIF reads it as ContentSequence.ReferencedSOPSequence
     items = [hd.sr.Measurement(name=VOLUME, value=round(float(volume_ml), 4), unit=MILLILITER,
-                               algorithm_id=algorithm)]
+                               referenced_coordinates=[_point_coordinates(request, region)])]
     mask = np.isin(request.labels, region.label_values)
     if not mask.any():
         return items
@@ -107,6 +158,16 @@ def _measurements(request: EncodeRequest, region: TumorRegion, volume_ml: float,
             derivation=MEAN, method=MC_DROPOUT, algorithm_id=algorithm,
         ))
     return items
+
+
+def _tracking_uid(request: EncodeRequest, region: TumorRegion) -> str:
+    """The class regions share the Tracking UID of their SEG segment, which links the two."""
+    what = f"segment-{region.value}" if region.value in {c.value for c in TumorClass} else f"region-{region.value}"
+    return output_uid(request.study_instance_uid, request.model_version, what, "tracking")
+
+
+def _finding_type(region: TumorRegion) -> CodedConcept:
+    return REGION_FINDINGS.get(region) or class_code(TumorClass(region.value))
 
 
 def build_measurement_report(request: EncodeRequest, segmentation: EncodedObject) -> EncodedObject:
@@ -131,53 +192,18 @@ def build_measurement_report(request: EncodeRequest, segmentation: EncodedObject
     volumes = request.region_volumes_ml()
     seg_ds = segmentation.dataset
     groups: list = []
-    label_map = seg_ds.SegmentationType == "LABELMAP"
-    reference_series_uid = str(request.reference_series[0].SeriesInstanceUID)
-    for tumor_class in TumorClass:
-        region = TumorRegion(tumor_class.value)
-        if label_map:
-            # dciodvfy does not (yet) count the Label Map Segmentation SOP class as a segmentation and
-            # rejects ReferencedSegmentNumber for it, so a label map's groups cite the SEG as their source
-            groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
-                tracking_identifier=hd.sr.TrackingIdentifier(
-                    uid=output_uid(study_uid, request.model_version, f"segment-{tumor_class.value}", "tracking"),
-                    identifier=REGION_NAMES[region],
-                ),
-                finding_type=class_code(tumor_class),
-                finding_sites=[hd.sr.FindingSite(BRAIN)],
-                algorithm_id=algorithm,
-                measurements=_measurements(request, region, volumes[region.value], algorithm),
-                source_images=[hd.sr.SourceImageForMeasurementGroup(seg_ds.SOPClassUID, seg_ds.SOPInstanceUID)],
-            ))
-            continue
-        groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-            tracking_identifier=hd.sr.TrackingIdentifier(
-                uid=output_uid(study_uid, request.model_version, f"segment-{tumor_class.value}", "tracking"),
-                identifier=REGION_NAMES[region],
-            ),
-            # the segment plus its source series (not every source frame: a 155-slice series would
-            # put 465 image references into the report and take seconds to build)
-            referenced_segment=hd.sr.ReferencedSegment(
-                sop_class_uid=seg_ds.SOPClassUID,
-                sop_instance_uid=seg_ds.SOPInstanceUID,
-                segment_number=SEGMENT_NUMBERS[tumor_class],
-                source_series=hd.sr.SourceSeriesForSegmentation(reference_series_uid),
-            ),
-            finding_type=class_code(tumor_class),
-            finding_sites=[hd.sr.FindingSite(BRAIN)],
-            algorithm_id=algorithm,
-            measurements=_measurements(request, region, volumes[region.value], algorithm),
-        ))
-    for region in (TumorRegion.WT, TumorRegion.TC):
+    seg_source = hd.sr.SourceImageForMeasurementGroup(seg_ds.SOPClassUID, seg_ds.SOPInstanceUID)
+    for region in TumorRegion:
         groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(
-                uid=output_uid(study_uid, request.model_version, f"region-{region.value}", "tracking"),
+                uid=_tracking_uid(request, region),
                 identifier=REGION_NAMES[region],
             ),
-            finding_type=REGION_FINDINGS[region],
+            finding_type=_finding_type(region),
             finding_sites=[hd.sr.FindingSite(BRAIN)],
             algorithm_id=algorithm,
             measurements=_measurements(request, region, volumes[region.value], algorithm),
+            source_images=[seg_source],
         ))
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,

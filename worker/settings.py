@@ -127,7 +127,8 @@ class MapKind(str, Enum):
     """Parametric maps that can be sent back to the PACS."""
 
     PROBABILITY = "probability"
-    UNCERTAINTY = "uncertainty"
+    ENTROPY = "entropy"  # the entropy map alone
+    UNCERTAINTY = "uncertainty"  # entropy plus the MC dropout SD of each class
     GRADCAM = "gradcam"
 
 
@@ -275,8 +276,8 @@ class Settings(BaseSettings):
     segmentation_type: SegmentationKind = Field(SegmentationKind.BINARY, description="BINARY or LABELMAP SEG")
     reference_role: str = Field("T1ce", description="sequence whose grid the results are written on (fallback FLAIR)")
     send_maps: Annotated[list[MapKind], NoDecode] = Field(
-        default_factory=lambda: [MapKind.PROBABILITY, MapKind.UNCERTAINTY, MapKind.GRADCAM],
-        description="comma list of probability, uncertainty, gradcam",
+        default_factory=lambda: [MapKind.PROBABILITY, MapKind.ENTROPY],
+        description="comma list of probability, entropy, uncertainty (entropy + SD per class), gradcam",
     )
     mesh_formats: Annotated[list[MeshFormat], NoDecode] = Field(
         default_factory=lambda: [MeshFormat.STL], description="comma list of stl, surface"

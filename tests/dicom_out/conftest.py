@@ -17,5 +17,6 @@ def study() -> SyntheticStudy:
 @pytest.fixture(scope="module")
 def all_objects(study: SyntheticStudy):
     """Every object kind of the study (BINARY SEG, all maps, STL and Surface SEG, SR)."""
-    request = study.request(EncodeOptions(mesh_formats={"stl", "surface"}))
+    request = study.request(EncodeOptions(maps={"probability", "uncertainty", "gradcam"},
+                                          mesh_formats={"stl", "surface"}))
     return request, encode_study(request)

@@ -76,7 +76,7 @@ def test_nan_in_a_map_is_refused(small_study) -> None:
 
 @pytest.mark.parametrize(("options", "match"), [
     (dict(segmentation_type="FRACTIONAL"), "segmentation_type='FRACTIONAL'; use 'BINARY' or 'LABELMAP'"),
-    (dict(maps={"saliency"}), "maps has 'saliency'; allowed: probability, uncertainty, gradcam"),
+    (dict(maps={"saliency"}), "maps has 'saliency'; allowed: probability, entropy, uncertainty, gradcam"),
     (dict(mesh_formats={"obj"}), "mesh_formats has 'obj'; allowed: stl, surface"),
     (dict(include_brain_surface=True), "include_brain_surface=True needs brain_mask"),
 ])
@@ -87,7 +87,9 @@ def test_bad_options_are_refused(options: dict, match: str) -> None:
 
 def test_asking_for_maps_without_arrays_is_refused(small_study) -> None:
     with pytest.raises(DicomOutError, match="asks for gradcam maps but EncodeRequest.gradcam is empty"):
-        small_study.request(gradcam={})
+        small_study.request(EncodeOptions(maps={"probability", "gradcam"}), gradcam={})
+    with pytest.raises(DicomOutError, match="asks for the entropy map but EncodeRequest.entropy is None"):
+        small_study.request(entropy=None)  # the default maps include the entropy
 
 
 def test_empty_segmentation_still_gives_a_valid_seg_and_an_sr_of_zero_volume() -> None:

@@ -99,13 +99,29 @@ def test_segments_are_coded_and_coloured(all_objects) -> None:
     assert codes == [("NCR", "6574001", "49755003"), ("ED", "79654002", "49755003"),
                      ("ET", "C113842", "49755003")]
     assert all(len(s.RecommendedDisplayCIELabValue) == 3 for s in seg.SegmentSequence)
-    # the reference series and the other sequences (further sources) are all referenced
-    expected = {str(ds.SeriesInstanceUID) for ds in request.source_datasets()}
-    assert {str(item.SeriesInstanceUID) for item in seg.ReferencedSeriesSequence} == expected
-    sources = {str(item.ReferencedSOPInstanceUID)
-               for frame in seg.PerFrameFunctionalGroupsSequence
-               for item in frame.DerivationImageSequence[0].SourceImageSequence}
-    assert sources == {str(ds.SOPInstanceUID) for ds in request.reference_series}
+
+
+def test_seg_frames_reference_only_the_reference_series(all_objects) -> None:
+    """OHIF attaches a SEG to one series: every frame points at exactly one reference image."""
+    request, objects = all_objects
+    seg = round_trip(objects[0].dataset)
+    reference_series = str(request.reference_series[0].SeriesInstanceUID)
+    assert [str(item.SeriesInstanceUID) for item in seg.ReferencedSeriesSequence] == [reference_series]
+    reference_images = {str(ds.SOPInstanceUID) for ds in request.reference_series}
+    flair = request.other_series["FLAIR"]
+    for frame in seg.PerFrameFunctionalGroupsSequence:
+        (derivation,) = frame.DerivationImageSequence
+        (source,) = derivation.SourceImageSequence
+        assert str(source.ReferencedSOPInstanceUID) in reference_images
+        # the other sequences are named, not referenced
+        assert str(flair[0].SeriesInstanceUID) in derivation.DerivationDescription
+        assert "t1, t1ce, t2, flair" in derivation.DerivationDescription
+    referenced = {str(item.ReferencedSOPInstanceUID)
+                  for frame in seg.PerFrameFunctionalGroupsSequence
+                  for item in frame.DerivationImageSequence[0].SourceImageSequence}
+    assert referenced == reference_images
+    assert not {str(ds.SOPInstanceUID) for ds in flair} & {str(item.ReferencedSOPInstanceUID)
+                                                          for item in seg.get("SourceImageSequence", [])}
 
 
 def test_probability_map_has_quantity_unit_range_and_values(all_objects) -> None:
@@ -115,11 +131,48 @@ def test_probability_map_has_quantity_unit_range_and_values(all_objects) -> None
     mapping = ds.SharedFunctionalGroupsSequence[0].RealWorldValueMappingSequence[0]
     assert mapping.QuantityDefinitionSequence[0].ConceptCodeSequence[0].CodeValue == "110854"
     assert mapping.MeasurementUnitsCodeSequence[0].CodeValue == "1"
-    assert (mapping.DoubleFloatRealWorldValueFirstValueMapped, mapping.DoubleFloatRealWorldValueLastValueMapped) \
-        == (0.0, 1.0)
+    assert (mapping.RealWorldValueFirstValueMapped, mapping.RealWorldValueLastValueMapped) == (0, 65535)
+    assert float(mapping.RealWorldValueIntercept) == 0.0
+    assert float(mapping.RealWorldValueSlope) == pytest.approx(1.0 / 65535)
     assert ds.BodyPartExamined == "BRAIN" and ds.ContentQualification == "RESEARCH"
-    assert float(ds.SharedFunctionalGroupsSequence[0].FrameVOILUTSequence[0].WindowCenter) == 0.5
-    np.testing.assert_array_equal(frames_in_source_order(ds, request.reference_series), request.probabilities["et"])
+    window = ds.SharedFunctionalGroupsSequence[0].FrameVOILUTSequence[0]
+    assert float(window.WindowCenter) == pytest.approx(65535 / 2)
+    assert window.WindowCenterWidthExplanation == "P_ET"  # one value, not one per character
+    assert ds.ReferencedSeriesSequence[0].SeriesInstanceUID == request.reference_series[0].SeriesInstanceUID
+    assert len(ds.ReferencedSeriesSequence) == 1
+
+
+@pytest.mark.parametrize("kind", ["pmap-probability-ncr", "pmap-uncertainty-entropy", "pmap-uncertainty-sd-ed",
+                                  "pmap-gradcam-et"])
+def test_maps_are_compressed_integers_that_decode_to_the_values(all_objects, kind: str) -> None:
+    """uint16 + JPEG-LS lossless + RWVM: stored * slope + intercept is the float within one step."""
+    request, objects = all_objects
+    ds = round_trip(next(item for item in objects if item.kind == kind).dataset)
+    assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.80"  # JPEG-LS lossless
+    assert ds.file_meta.TransferSyntaxUID.is_compressed
+    assert (ds.BitsAllocated, ds.PixelRepresentation) == (16, 0) and "FloatPixelData" not in ds
+    stored = frames_in_source_order(ds, request.reference_series)
+    assert stored.dtype == np.uint16
+    mapping = ds.SharedFunctionalGroupsSequence[0].RealWorldValueMappingSequence[0]
+    slope, intercept = float(mapping.RealWorldValueSlope), float(mapping.RealWorldValueIntercept)
+    decoded = stored * slope + intercept
+    name, _, key = kind.removeprefix("pmap-").partition("-")
+    expected = {
+        "probability": lambda: request.probabilities[key],
+        "gradcam": lambda: request.gradcam[key],
+        "uncertainty": lambda: request.entropy if key == "entropy" else np.sqrt(request.variance[key[3:]]),
+    }[name]()
+    np.testing.assert_allclose(decoded, expected, atol=slope / 2 + 1e-7)
+    assert decoded.max() > decoded.min()  # a real map, not a constant
+
+
+def test_default_maps_are_the_probabilities_and_the_entropy(study) -> None:
+    from neuroseg.dicom_out import EncodeOptions, encode_study
+
+    request = study.request(EncodeOptions(mesh_formats=()))
+    kinds = [obj.kind for obj in encode_study(request)]
+    assert kinds == ["seg", "pmap-probability-ncr", "pmap-probability-ed", "pmap-probability-et",
+                     "pmap-uncertainty-entropy", "sr"]
 
 
 @pytest.mark.parametrize(("kind", "code"), [
@@ -133,13 +186,6 @@ def test_map_quantities_use_the_documented_codes(all_objects, kind: str, code: t
     concept = ds.SharedFunctionalGroupsSequence[0].RealWorldValueMappingSequence[0] \
         .QuantityDefinitionSequence[0].ConceptCodeSequence[0]
     assert (concept.CodeValue, concept.CodingSchemeDesignator) == code
-
-
-def test_sd_map_is_square_root_of_variance(all_objects) -> None:
-    request, objects = all_objects
-    ds = next(item for item in objects if item.kind == "pmap-uncertainty-sd-ed").dataset
-    np.testing.assert_allclose(frames_in_source_order(ds, request.reference_series), np.sqrt(request.variance["ed"]),
-                               rtol=1e-6)
 
 
 def content_items(dataset: pydicom.Dataset) -> list[tuple[str, object]]:
@@ -178,7 +224,7 @@ def test_sr_reports_volumes_model_and_sequences_and_references_the_seg(all_objec
     texts = {value for name, value in items if name == "Algorithm Parameters"}
     assert texts == {"sequences used: t1, t1ce, t2, flair", NOT_FOR_DIAGNOSTIC_USE}
     assert {value for name, value in items if name == "Algorithm Version"} == {"0.1.0-test"}
-    assert [value for _, value in items].count(seg.sop_instance_uid) == 3  # one referenced segment per class
+    assert [value for _, value in items].count(seg.sop_instance_uid) == 5  # the SEG is every group's source
     entropy = [value for name, value in items if name == "Predictive entropy"]
     assert len(entropy) == 5 and all(0.0 <= value <= 2.0 for value in entropy)
     assert len([value for name, value in items if name == "Standard Deviation"]) == 3
@@ -187,6 +233,55 @@ def test_sr_reports_volumes_model_and_sequences_and_references_the_seg(all_objec
                 for study in ds.CurrentRequestedProcedureEvidenceSequence
                 for series in study.ReferencedSeriesSequence for ref in series.ReferencedSOPSequence}
     assert seg.sop_instance_uid in evidence
+
+
+def test_sr_read_back_with_highdicom_gives_volumes_and_points_inside_each_region(all_objects) -> None:
+    """Every group's Volume is inferred from a POINT on a reference image (what OHIF needs to open it)."""
+    import highdicom as hd
+
+    from neuroseg.dicom_out.enum import TumorRegion
+    from neuroseg.dicom_out.sr import VOLUME, region_point
+
+    request, objects = all_objects
+    report = hd.sr.MeasurementReport.from_sequence([round_trip(objects[-1].dataset)])
+    groups = report.get_image_measurement_groups()
+    assert len(groups) == 5
+    volumes = request.region_volumes_ml()
+    reference = {str(ds.SOPInstanceUID): index for index, ds in enumerate(request.reference_series)}
+    for region, group in zip(TumorRegion, groups, strict=True):
+        (volume,) = group.get_measurements(name=VOLUME)
+        assert volume.value == pytest.approx(volumes[region.value], abs=1e-3)
+        (point,) = volume.referenced_coordinates
+        assert point.GraphicType == "POINT"
+        column, row = np.asarray(point.value, dtype=float).reshape(2)
+        image = point.ContentSequence[0].ReferencedSOPSequence[0]
+        index = reference[str(image.ReferencedSOPInstanceUID)]  # an image of the reference series
+        assert image.ReferencedSOPClassUID == request.reference_series[index].SOPClassUID
+        voxel = (index, int(row - 0.5), int(column - 0.5))
+        assert voxel == region_point(request, region)
+        assert request.labels[voxel] in region.label_values, f"{region.value} point is outside the region"
+        # OHIF reads ContentSequence.ReferencedSOPSequence of the Volume's only child
+        assert len(volume[0].ContentSequence) == 1
+
+
+def test_sr_points_fall_back_to_the_grid_centre_without_tumour() -> None:
+    from neuroseg.dicom_out import EncodeOptions, encode_study
+    from tests.dicom_out.synthetic import synthetic_study
+
+    study = synthetic_study(empty=True)
+    objects = encode_study(study.request(EncodeOptions(maps=(), mesh_formats=())))
+    sr = objects[-1].dataset
+    assert_dciodvfy_clean(sr)
+    points = [item for item in _walk(sr) if getattr(item, "ValueType", "") == "SCOORD"]
+    assert len(points) == 5
+    middle = str(study.reference[len(study.reference) // 2].SOPInstanceUID)
+    assert {str(p.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID) for p in points} == {middle}
+
+
+def _walk(dataset: pydicom.Dataset):
+    for item in dataset.get("ContentSequence", []):
+        yield item
+        yield from _walk(item)
 
 
 def _bytes(dataset: pydicom.Dataset) -> bytes:

@@ -29,7 +29,7 @@ def test_pipeline_runs_all_stages_and_a_delivery_failure_resumes_at_delivery(tmp
     assert detail.model_name == "tiny-random-test-network" and sorted(detail.sequences_used) == \
         ["flair", "t1", "t1ce", "t2"]
     encoded = pipeline.job_folder(settings, job_id) / "dicom"
-    assert {o.kind for o in detail.outputs} >= {"seg", "sr", "pmap-probability-et", "pmap-gradcam-ncr"}
+    assert {o.kind for o in detail.outputs} >= {"seg", "sr", "pmap-probability-et", "pmap-uncertainty-entropy"}
     assert all((encoded / f"{o.kind}.dcm").is_file() for o in detail.outputs)
     assert (pipeline.job_folder(settings, job_id) / "viewer" / "report.json").is_file()
     store.mark_retrying(job_id, "PACS down", 0)
