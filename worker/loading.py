@@ -410,8 +410,8 @@ def load_study(manifest: StudyManifest, settings: Settings,
     """Load the study's sequences and resample them onto the reference grid.
 
     The reference is ``settings.reference_role`` (T1ce by default), else FLAIR,
-    else T1ce; a single-frame series is preferred, because the results are
-    encoded on single-frame source images. A sequence that cannot be loaded is skipped and named in
+    else T1ce; an Enhanced (multi-frame) series serves as well (the results then
+    reference its frames). A sequence that cannot be loaded is skipped and named in
     ``skipped`` (the job ends ``partial``), unless nothing usable is left.
     Sequences in another frame of reference are registered rigidly to the
     reference or refused, per ``settings.frame_of_reference_policy``; within
@@ -435,14 +435,12 @@ def load_study(manifest: StudyManifest, settings: Settings,
             log.warning("study %s: %s skipped: %s", manifest.study_instance_uid, role.value, exc)
             skipped[role.value] = str(exc)
     preference = [SequenceRole.parse(settings.reference_role), SequenceRole.FLAIR, SequenceRole.T1CE]
-    candidates = [role for role in preference if role in volumes]
-    # results are written on single-frame source images; prefer a single-frame reference
-    reference_role = next((role for role in candidates if not volumes[role].is_multiframe),
-                          candidates[0] if candidates else None)
+    reference_role = next((role for role in preference if role in volumes), None)
     if reference_role is None:
         raise InputError("no usable sequence: " + "; ".join(f"{role}: {why}" for role, why in skipped.items()))
     reference = volumes[reference_role]
     notes = [f"{role} skipped: {why}" for role, why in skipped.items()]
+    notes += [note for volume in volumes.values() for note in volume.notes]
     if reference_role.value != settings.reference_role:
         notes.append(f"reference grid is {reference_role.value} ({settings.reference_role} not available)")
     images: dict[str, np.ndarray] = {}

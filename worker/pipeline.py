@@ -241,7 +241,8 @@ def encode_outputs(ctx: JobContext) -> None:
     settings = ctx.settings
     try:
         request = EncodeRequest(
-            reference_series=reference.datasets, labels=np.asarray(result.labels),
+            reference_series=reference.datasets, reference_frames=reference.frame_numbers,
+            labels=np.asarray(result.labels),
             model_name=str(result.model_name), model_version=str(result.model_version),
             other_series=others, probabilities=_classes(result.probabilities), variance=_classes(result.variance),
             gradcam=_classes(result.gradcam), entropy=result.entropy, volumes_ml=None,

@@ -100,9 +100,11 @@ def test_predict_reads_a_multiframe_folder_as_the_loader_does(tmp_path):
 @pytest.mark.parametrize("enhanced_role", ["FLAIR", "T1ce"])
 def test_a_study_with_an_enhanced_series_goes_through_the_pipeline(tmp_path, make_settings, tiny_checkpoint,
                                                                     enhanced_role):
-    """An Enhanced FLAIR is an input sequence; an Enhanced T1ce hands the reference role to the classic FLAIR.
+    """An Enhanced FLAIR is an input sequence; an Enhanced T1ce is also the reference series.
 
-    Every output lies on the reference grid and passes dciodvfy.
+    Every SEG and Parametric Map frame references a slice of the reference
+    (a frame number of the Enhanced file when it is the reference), and every
+    output passes dciodvfy.
     """
 
     def to_enhanced(label: str, datasets: list) -> list:
@@ -110,8 +112,8 @@ def test_a_study_with_an_enhanced_series_goes_through_the_pipeline(tmp_path, mak
 
     study = build_study(tmp_path / "spool", f"enhanced-{enhanced_role}", roles=("T1ce", "FLAIR"),
                         damage=to_enhanced)
-    reference_label = "FLAIR" if enhanced_role == "T1ce" else "T1ce"
-    reference = study.series[reference_label]
+    reference = study.series["T1ce"]
+    slices = len(reference) if enhanced_role != "T1ce" else int(reference[0].NumberOfFrames)
     settings = make_settings(model_path=tiny_checkpoint, mc_samples=2)
     store = JobStore.from_settings(settings)
     job_id, _ = store.create_job(study.manifest())
@@ -126,12 +128,52 @@ def test_a_study_with_an_enhanced_series_goes_through_the_pipeline(tmp_path, mak
         path = encoded / f"{output.kind}.dcm"
         ds = pydicom.dcmread(path)
         if output.kind == "seg" or output.kind.startswith("pmap-"):
-            frames = ds.PerFrameFunctionalGroupsSequence
-            sources = {str(item.ReferencedSOPInstanceUID) for frame in frames
-                       for derivation in frame.get("DerivationImageSequence", [])
-                       for item in derivation.SourceImageSequence}
-            assert sources <= reference_uids, output.kind  # on the reference's slices
+            items = [item for frame in ds.PerFrameFunctionalGroupsSequence
+                     for derivation in frame.get("DerivationImageSequence", [])
+                     for item in derivation.SourceImageSequence]
+            assert {str(item.ReferencedSOPInstanceUID) for item in items} == reference_uids, output.kind
+            if enhanced_role == "T1ce":
+                assert {int(item.ReferencedFrameNumber) for item in items} == set(range(1, slices + 1))
             assert (int(ds.Rows), int(ds.Columns)) == (int(reference[0].Rows), int(reference[0].Columns))
             seen.add(output.kind.split("-")[0])
         assert_dciodvfy_clean(path)
     assert seen == {"seg", "pmap"}
+
+
+def test_the_real_enhanced_file_is_the_reference_of_every_object(shared_data, tmp_path):
+    """The Siemens XA30 file keeps pixel measures and orientation per frame; the objects still reference its frames."""
+    from neuroseg.dicom_out import EncodeOptions, EncodeRequest, encode_study
+
+    path = next((shared_data / "real-dicom" / "siemens-xa30-enhanced-t1w").glob("*.dcm"))
+    volume = series_to_volume([pydicom.dcmread(path)])
+    labels = np.zeros(volume.array.shape, np.uint8)
+    labels[40:52, 50:70, 50:70] = 2
+    labels[44:48, 56:64, 56:64] = 4
+    probability = (labels > 0).astype(np.float32)
+    request = EncodeRequest(
+        reference_series=volume.datasets, reference_frames=volume.frame_numbers, labels=labels,
+        model_name="test-model", model_version="0", probabilities={"ncr": probability * 0, "ed": probability,
+                                                                   "et": probability},
+        entropy=probability * 0.1, sequences_used=("t1ce",), reference_role="T1ce",
+        options=EncodeOptions(series_tag="test"))
+    assert request.grid_shape == (96, 128, 128)
+    np.testing.assert_allclose(request.reference_affine(), volume.affine, atol=1e-4)
+    objects = encode_study(request)
+    kinds = {item.kind for item in objects}
+    assert {"seg", "sr"} <= kinds and any(kind.startswith("pmap-") for kind in kinds)
+    for item in objects:
+        out = tmp_path / f"{item.kind}.dcm"
+        item.dataset.save_as(out, enforce_file_format=True)
+        if item.kind == "seg":
+            frames = item.dataset.PerFrameFunctionalGroupsSequence
+            references = [(str(source.ReferencedSOPInstanceUID), int(source.ReferencedFrameNumber))
+                          for frame in frames for source in frame.DerivationImageSequence[0].SourceImageSequence]
+            assert {uid for uid, _ in references} == {str(volume.datasets[0].SOPInstanceUID)}
+            assert {number for _, number in references} == set(range(1, 97))
+            # a frame on slice k references the frame of slice k
+            for frame, (_, number) in zip(frames[:96], references[:96]):
+                position = [float(v) for v in frame.PlanePositionSequence[0].ImagePositionPatient]
+                source = volume.datasets[0].PerFrameFunctionalGroupsSequence[number - 1]
+                np.testing.assert_allclose(position, [float(v) for v in
+                                                      source.PlanePositionSequence[0].ImagePositionPatient], atol=1e-3)
+        assert_dciodvfy_clean(out)
