@@ -17,6 +17,7 @@ from urllib.parse import parse_qs
 from fastapi import APIRouter, HTTPException, Request, status
 from fastapi.responses import HTMLResponse, RedirectResponse
 
+from neuroseg.worker.jobstore import STAGE_ORDER, TIMED_STEPS
 from neuroseg.worker.web.auth import (
     LOGIN_CSRF_COOKIE,
     SESSION_COOKIE,
@@ -39,7 +40,8 @@ def render(request: Request, template: str, *, status_code: int = 200, **context
     settings = request.app.state.settings
     html = request.app.state.templates.get_template(template).render(
         request=request, csrf_token=session.csrf_token if session else "", logged_in=session is not None,
-        flower_url=settings.flower_url, **context,
+        flower_url=settings.flower_url, stages=[stage.value for stage in STAGE_ORDER],
+        timed_steps=[step.value for step in TIMED_STEPS], **context,
     )
     return HTMLResponse(html, status_code=status_code)
 

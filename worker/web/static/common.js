@@ -92,9 +92,9 @@ const NS = (() => {
     node.textContent = state;
   }
 
-  const STAGES = ["loading", "preprocessing", "inference", "explaining", "encoding", "delivering"];
-  // timed steps of a job: the waits for a worker, then the running stages
-  const TIMED_STEPS = ["queued", "retrying", ...STAGES];
+  // the job store's stage order and the timed steps (waits for a worker, then the stages), from the page
+  const STAGES = JSON.parse(document.body.dataset.stages || "[]");
+  const TIMED_STEPS = JSON.parse(document.body.dataset.timedSteps || "[]");
 
   /* Calls fn now and every intervalMs while the page is visible; reports into statusNode. */
   function poll(fn, intervalMs, statusNode) {
