@@ -32,8 +32,16 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     encode.set_defaults(handler=run_bench_encode)
 
 
+#: The sequences of the synthetic study (a full BraTS-style protocol); T1ce is the reference.
+STUDY_ROLES = ("T1", "T1ce", "T2", "FLAIR")
+
+
 def _synthetic_request(shape: tuple[int, int, int], surface: bool) -> Any:
-    """A T1ce reference series plus a FLAIR on the same grid, and plausible result arrays."""
+    """A study of four series on one grid (T1ce the reference), and plausible result arrays.
+
+    Every map is asked for, so the figures cover each object kind; the report
+    also gives the bytes of the default set alone.
+    """
     import numpy as np
 
     from neuroseg.dicom_out import EncodeOptions, EncodeRequest
@@ -53,19 +61,25 @@ def _synthetic_request(shape: tuple[int, int, int], surface: bool) -> Any:
     labels[radius < 1.0] = 2
     labels[radius < 0.6] = 4
     labels[radius < 0.35] = 1
-    image = (brain * 400 + labels.astype(np.int16) * 120).astype(np.int16)
+    rng = np.random.default_rng(0)
     identity = StudyIdentity(uid_seed="bench-encode", patient_name="Bench^Encode", patient_id="BENCH")
-    reference = build_mr_series(image, affine, study=identity, series_number=5, role="T1ce")
-    flair = build_mr_series(image, affine, study=identity, series_number=3, role="FLAIR")
+    series = {}
+    for number, role in enumerate(STUDY_ROLES, start=2):
+        # scanner-like images: tissue contrast plus noise (what makes a real study's bytes)
+        image = brain * (300 + 40 * number) + labels.astype(np.float32) * 30 * number + rng.normal(0, 12, shape)
+        series[role] = build_mr_series(np.clip(image, 0, None).astype(np.int16), affine, study=identity,
+                                       series_number=number, role=role)
+    reference = series.pop("T1ce")
     soft = {key: np.clip(1.2 - radius * (0.8 + 0.2 * index), 0, 1).astype(np.float32)
             for index, key in enumerate(("ncr", "ed", "et"))}
     return EncodeRequest(
-        reference_series=reference, other_series={"FLAIR": flair}, labels=labels,
+        reference_series=reference, other_series=series, labels=labels, reference_role="T1ce",
         probabilities=soft, variance={key: (p * (1 - p) * 0.1).astype(np.float32) for key, p in soft.items()},
         gradcam={key: np.sqrt(p).astype(np.float32) for key, p in soft.items()},
-        entropy=(soft["ed"] * 0.9).astype(np.float32), sequences_used=("t1ce", "flair"),
+        entropy=(soft["ed"] * 0.9).astype(np.float32), sequences_used=tuple(role.lower() for role in STUDY_ROLES),
         model_name="bench-model", model_version="bench",
-        options=EncodeOptions(mesh_formats={"stl", "surface"} if surface else {"stl"}),
+        options=EncodeOptions(maps={"probability", "uncertainty", "gradcam"},
+                              mesh_formats={"stl", "surface"} if surface else {"stl"}),
     )
 
 
@@ -99,6 +113,7 @@ def run_encode_benchmark(shape: tuple[int, int, int], surface: bool = False) -> 
     for ds in request.reference_series:
         series_bytes += _serialise(ds)[1]
     baseline_series = time.perf_counter() - start
+    study_bytes = series_bytes + sum(_serialise(ds)[1] for series in request.other_series.values() for ds in series)
 
     volume = Dataset()
     volume.file_meta = FileMetaDataset()
@@ -121,12 +136,16 @@ def run_encode_benchmark(shape: tuple[int, int, int], surface: bool = False) -> 
         build_total = time.perf_counter() - start
     rows = []
     write_total = 0.0
+    sizes: dict[str, int] = {}
     for obj in objects:
         seconds, size = _serialise(obj.dataset)
         write_total += seconds
+        sizes[obj.kind] = size
         group = "meshes" if obj.kind.startswith("mesh-") else obj.kind
         rows.append({"kind": obj.kind, "build_s": build.get(obj.kind) if group == obj.kind else None,
                      "write_s": round(seconds, 4), "megabytes": round(size / 1e6, 3)})
+    default_kinds = _default_kinds(request, [obj.kind for obj in objects])
+    default_bytes = sum(sizes[kind] for kind in default_kinds)
     total = build_total + write_total
     cpu_total = time.process_time() - cpu_start
     return {
@@ -140,10 +159,31 @@ def run_encode_benchmark(shape: tuple[int, int, int], surface: bool = False) -> 
         "baseline_source_series_write_s": round(baseline_series, 3),
         "baseline_source_series_megabytes": round(series_bytes / 1e6, 2),
         "baseline_float32_volume_write_s": round(baseline_float, 4),
+        "study_series": len(request.other_series) + 1,
+        "study_megabytes": round(study_bytes / 1e6, 2),
+        "results_megabytes": round(sum(sizes.values()) / 1e6, 2),
+        "results_to_study_bytes": round(sum(sizes.values()) / study_bytes, 3),
+        "default_kinds": default_kinds,
+        "default_results_megabytes": round(default_bytes / 1e6, 2),
+        "default_results_to_study_bytes": round(default_bytes / study_bytes, 3),
         "ratio_total_to_source_series_write": round(total / baseline_series, 2) if baseline_series else None,
         "target_s": TARGET_SECONDS,
         "within_target": total < TARGET_SECONDS,
     }
+
+
+def _default_kinds(request: Any, kinds: list[str]) -> list[str]:
+    """The kinds among ``kinds`` that the default options send (default maps, STL meshes)."""
+    from dataclasses import replace
+
+    from neuroseg.dicom_out import EncodeOptions
+    from neuroseg.dicom_out.pmap import map_specs
+
+    default = EncodeOptions()
+    maps = {spec.kind for spec in map_specs(replace(request, options=default))}
+    meshes = {f"mesh-{name}" for name in default.mesh_formats}
+    return [kind for kind in kinds if kind in maps or (not kind.startswith("pmap-") and (
+        not kind.startswith("mesh-") or any(kind == m or kind.startswith(m + "-") for m in meshes)))]
 
 
 def run_bench_encode(args: argparse.Namespace) -> int:
@@ -168,6 +208,10 @@ def run_bench_encode(args: argparse.Namespace) -> int:
           f" {shape[0]} files) {report['baseline_source_series_write_s']:.3f} s -> ratio "
           f"{report['ratio_total_to_source_series_write']}x; one float32 volume "
           f"{report['baseline_float32_volume_write_s']:.3f} s")
+    print(f"size: the study ({report['study_series']} series) {report['study_megabytes']} MB; every object above "
+          f"{report['results_megabytes']} MB = {report['results_to_study_bytes']}x the study; the default set "
+          f"({len(report['default_kinds'])} objects) {report['default_results_megabytes']} MB = "
+          f"{report['default_results_to_study_bytes']}x the study")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2))
