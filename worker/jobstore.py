@@ -81,13 +81,7 @@ __all__ = [
 class JobStore(JobIntake, JobLifecycle, DeliveryLog, Timeline, ReadModel):
     """Reads and writes the job store; one instance per process is enough (thread-safe).
 
-    Parameters
-    ----------
-    url: str
-        SQLAlchemy database URL; the schema is created or upgraded on first use.
-    stale_after_s: float
-        A running job whose heartbeat is older than this is considered
-        abandoned (its worker died) and may be claimed again.
+    ``JobStore(url, stale_after_s=120.0)``: see :class:`~neuroseg.worker.jobs.base.StoreBase`.
     """
 
     @classmethod

@@ -130,3 +130,37 @@ def test_processes_starting_at_once_migrate_once(url):
     assert [process.returncode for process in processes] == [0] * 4, [err[-2000:] for _, err in results]
     assert [out.strip() for out, _ in results] == ["1"] * 4
     assert schema_version(engine_for(url)) == SCHEMA_VERSION
+
+
+def _schema(url: str) -> dict[str, object]:
+    engine = sa.create_engine(url)
+    inspector = sa.inspect(engine)
+    schema = {
+        table: {
+            "columns": [(column["name"], str(column["type"]), column["nullable"])
+                        for column in inspector.get_columns(table)],
+            "indexes": sorted((index["name"], tuple(index["column_names"])) for index in inspector.get_indexes(table)),
+            "unique": sorted(tuple(item["column_names"]) for item in inspector.get_unique_constraints(table)),
+            "foreign_keys": sorted((tuple(item["constrained_columns"]), item["referred_table"])
+                                   for item in inspector.get_foreign_keys(table)),
+        }
+        for table in inspector.get_table_names() if table != "alembic_version"
+    }
+    engine.dispose()
+    return schema
+
+
+def test_baseline_revision_is_the_schema_the_version_table_made(url, tmp_path, request):
+    from alembic import command
+
+    from neuroseg.worker.jobs.database import BASELINE_REVISION, alembic_config
+
+    _legacy_database(url)
+    legacy = _schema(url)
+    baseline_url = (request.getfixturevalue("postgres").new_database() if url.startswith("postgresql")
+                    else f"sqlite:///{tmp_path / 'baseline.sqlite'}")
+    engine = sa.create_engine(baseline_url)
+    with engine.begin() as connection:
+        command.upgrade(alembic_config(connection), BASELINE_REVISION)
+    engine.dispose()
+    assert _schema(baseline_url) == legacy
