@@ -28,6 +28,7 @@ are the one C-ECHO and association of every command.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import ssl
@@ -107,15 +108,33 @@ def _own_transfer_syntax(obj: EncodedObject) -> str:
 def _contexts(objects: Sequence[EncodedObject]) -> dict[tuple[str, str], list[str]]:
     """One presentation context per (SOP class, transfer syntax) among the objects.
 
-    Each proposes the object's own transfer syntax (so compressed files go as
-    they are) and, for uncompressed ones, both little-endian syntaxes.
+    Each proposes the object's own transfer syntax (so compressed objects go
+    as they are); a compressed one also gets an uncompressed context, used
+    when the peer does not take its compression.
     """
     contexts: dict[tuple[str, str], list[str]] = {}
     for obj in objects:
         own = _own_transfer_syntax(obj)
-        syntaxes = [own] + ([ts for ts in UNCOMPRESSED if ts != own] if own in UNCOMPRESSED else [])
-        contexts.setdefault((obj.sop_class_uid, own), syntaxes)
+        if own in UNCOMPRESSED:
+            contexts.setdefault((obj.sop_class_uid, own), [own, *(ts for ts in UNCOMPRESSED if ts != own)])
+        else:
+            contexts.setdefault((obj.sop_class_uid, own), [own])
+            contexts.setdefault((obj.sop_class_uid, ExplicitVRLittleEndian), list(UNCOMPRESSED))
     return contexts
+
+
+def _as_accepted(obj: EncodedObject, accepted: set[tuple[str, str]]) -> pydicom.Dataset | None:
+    """The object's data set in a transfer syntax the peer accepted for its SOP class (decompressed if need be)."""
+    own = _own_transfer_syntax(obj)
+    if (obj.sop_class_uid, own) in accepted:
+        return obj.dataset
+    if not any((obj.sop_class_uid, ts) in accepted for ts in UNCOMPRESSED):
+        return None
+    if own in UNCOMPRESSED:
+        return obj.dataset  # pynetdicom re-encodes between the little-endian syntaxes
+    dataset = copy.deepcopy(obj.dataset)
+    dataset.decompress(generate_instance_uid=False)  # lossless: the same object, so the same UID
+    return dataset
 
 
 @contextmanager
@@ -250,19 +269,26 @@ def deliver(
     with association([(sop, syntaxes) for (sop, _), syntaxes in contexts.items()], ae_title=ae_title, host=host,
                      port=port, calling_ae_title=calling_ae_title, timeout=timeout, tls=tls,
                      tls_server_name=tls_server_name) as assoc:
-        accepted_classes = {context.abstract_syntax for context in assoc.accepted_contexts}
+        accepted = {(context.abstract_syntax, context.transfer_syntax[0]) for context in assoc.accepted_contexts}
         for obj in objects:
             if not assoc.is_established:
                 raise DeliveryUnavailable(f"association with {destination} was lost after "
                                           f"{len(results)} of {len(objects)} objects", results)
-            if obj.sop_class_uid not in accepted_classes:
+            try:
+                dataset = _as_accepted(obj, accepted)
+            except (ValueError, RuntimeError, NotImplementedError) as exc:  # no decoder for its compression
+                record(DeliveryResult(obj.kind, obj.sop_class_uid, obj.sop_instance_uid, destination,
+                                      DeliveryStatus.FAILURE, None, f"the peer does not take "
+                                      f"{_own_transfer_syntax(obj)} and it cannot be decompressed: {exc}"))
+                continue
+            if dataset is None:
                 message = f"{destination} did not accept SOP class {obj.sop_class_uid} at association time"
                 log.warning("not sent %s (%s): %s", obj.kind, obj.sop_instance_uid, message)
                 record(DeliveryResult(obj.kind, obj.sop_class_uid, obj.sop_instance_uid, destination,
                                       DeliveryStatus.FAILURE, None, message))
                 continue
             try:
-                response = assoc.send_c_store(obj.dataset)
+                response = assoc.send_c_store(dataset)
             except (ValueError, AttributeError) as exc:  # the dataset cannot be encoded in the context
                 record(DeliveryResult(obj.kind, obj.sop_class_uid, obj.sop_instance_uid, destination,
                                       DeliveryStatus.FAILURE, None, f"could not send: {exc}"))

@@ -30,7 +30,7 @@ class RecordingPacs:
     """A pynetdicom SCP that stores what it accepts and can refuse by SOP class."""
 
     def __init__(self, sop_classes: set[str], refuse_with: dict[str, int] | None = None,
-                 require_called_ae: bool = False) -> None:
+                 require_called_ae: bool = False, ssl_context=None) -> None:
         self.received: list[str] = []
         self.refuse_with = refuse_with or {}
         self.ae = AE(ae_title="TESTPACS")
@@ -38,7 +38,7 @@ class RecordingPacs:
         for uid in sop_classes:
             self.ae.add_supported_context(uid, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
         self.ae.add_supported_context(VERIFICATION)
-        self.server = self.ae.start_server(("127.0.0.1", 0), block=False,
+        self.server = self.ae.start_server(("127.0.0.1", 0), block=False, ssl_context=ssl_context,
                                            evt_handlers=[(evt.EVT_C_STORE, self.handle_store)])
         self.port = self.server.server_address[1]
 
@@ -133,6 +133,41 @@ def test_each_result_is_reported_as_it_comes_and_hidden_files_are_not_sent(objec
     seen = []
     results = deliver(loaded, ae_title="TESTPACS", host="127.0.0.1", port=pacs.port, timeout=10, on_result=seen.append)
     assert seen == results and all(result.ok for result in results) and len(pacs.received) == 3
+
+
+def test_tls_with_a_client_certificate(pacs_factory, tmp_path) -> None:
+    import ssl
+
+    from neuroseg.dicom_out.send import client_tls_context
+    from tests.listener.test_scp import _make_certificates
+    from tests.worker.test_delivery import some_objects
+
+    certs = _make_certificates(tmp_path / "certs")
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(certs["ca.pem"]))
+    server.verify_mode = ssl.CERT_REQUIRED
+    server.load_cert_chain(str(certs["server.pem"]), str(certs["server.key"]))
+    objects = some_objects("tls")
+    pacs = pacs_factory(sop_classes={obj.sop_class_uid for obj in objects}, ssl_context=server)
+    tls = client_tls_context(certs["ca.pem"], certs["client.pem"], certs["client.key"])
+    results = deliver(objects, ae_title="TESTPACS", host="127.0.0.1", port=pacs.port, timeout=10, tls=tls,
+                      tls_server_name="localhost")
+    assert all(result.ok for result in results) and len(pacs.received) == len(objects)
+    assert echo(ae_title="TESTPACS", host="127.0.0.1", port=pacs.port, tls=tls, tls_server_name="localhost")
+    assert echo(ae_title="TESTPACS", host="127.0.0.1", port=pacs.port, timeout=3) is None, "plain TCP is refused"
+    without_certificate = client_tls_context(certs["ca.pem"])
+    with pytest.raises(DeliveryUnavailable):
+        deliver(objects, ae_title="TESTPACS", host="127.0.0.1", port=pacs.port, timeout=5, tls=without_certificate,
+                tls_server_name="localhost")
+
+
+def test_compressed_objects_go_decompressed_to_a_peer_without_their_compression(objects, pacs_factory) -> None:
+    compressed = [obj for obj in objects if obj.dataset.file_meta.TransferSyntaxUID.is_compressed]
+    assert compressed, "the encoders compress some objects (Parametric Maps, key images)"
+    pacs = pacs_factory(sop_classes={obj.sop_class_uid for obj in compressed})  # little-endian only
+    results = deliver(compressed, ae_title="TESTPACS", host="127.0.0.1", port=pacs.port, timeout=10)
+    assert all(result.outcome is DeliveryStatus.SUCCESS for result in results)
+    assert pacs.received == [obj.sop_instance_uid for obj in compressed], "same UIDs: lossless, the same objects"
+    assert all(obj.dataset.file_meta.TransferSyntaxUID.is_compressed for obj in compressed), "originals untouched"
 
 
 def test_delivering_nothing_opens_no_association() -> None:
