@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 
 from neuroseg.worker.errors import GpuOutOfMemory, InputError, TransientError
 from neuroseg.worker.jobstore import FINAL_STATES, RUNNING_STATES, ClaimOutcome, JobState, JobStore, worker_identity
+from neuroseg.worker.queue import retry_countdown
 from neuroseg.worker.settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -126,13 +127,6 @@ def process_study(task: "Task", job_id: str, retried: Mapping[str, int] | None =
                                       reason=f"unexpected error during {stage}: {type(exc).__name__}: {exc}")
 
 
-def retry_countdown(retries: int) -> float:
-    """Celery's exponential backoff (with jitter) before retry number ``retries + 1``."""
-    from neuroseg.worker.queue import retry_countdown as backoff
-
-    return backoff(retries, jitter=RETRY_JITTER)
-
-
 def retry_within_limit(task: "Task", store: JobStore, job_id: str, exc: BaseException, *, kind: str,
                        retried: Mapping[str, int] | None, limit: int, reason: str) -> str:
     """Retry the job with Celery's backoff unless ``kind`` has had ``limit`` retries; then end it."""
@@ -142,8 +136,8 @@ def retry_within_limit(task: "Task", store: JobStore, job_id: str, exc: BaseExce
         return give_up(store, job_id, f"gave up after {done + 1} attempts: {reason}")
     counts[kind] = done + 1
     # our limit decided; Celery's own (NEUROSEG_DELIVERY_MAX_RETRIES) must not
-    raise task.retry(exc=exc, countdown=retry_countdown(task.request.retries), kwargs={"retried": counts},
-                     max_retries=task.request.retries + 1)
+    raise task.retry(exc=exc, countdown=retry_countdown(task.request.retries, jitter=RETRY_JITTER),
+                     kwargs={"retried": counts}, max_retries=task.request.retries + 1)
 
 
 def give_up(store: JobStore, job_id: str, reason: str) -> str:
