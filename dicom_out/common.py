@@ -19,7 +19,7 @@ import numpy as np
 from highdicom.sr import CodedConcept
 from pydicom.dataset import Dataset
 
-from neuroseg.dicom_out.enum import MapKind, MeshFormat, SegmentationTypeValues, TumorClass
+from neuroseg.dicom_out.enum import MapKind, MeshFormat, ReportKind, SegmentationTypeValues, TumorClass
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,8 @@ SERIES_NUMBERS = {
     "mesh-stl": 9040,
     "mesh-surface": 9041,
     "sr": 9050,
+    "keyimages": 9060,
+    "report-pdf": 9070,
 }
 
 _CLASS_CODES: dict[TumorClass, CodedConcept] = {
@@ -132,6 +134,9 @@ class EncodeOptions:
         Gaussian smoothing (mm) of the masks before marching cubes.
     mesh_target_faces: int
         Upper bound on the faces of each mesh.
+    reports: collection of str
+        Subset of ``{"keyimages", "pdf"}`` (default both): Secondary Capture
+        key images and the Encapsulated PDF report.
     series_tag: str
         Appended to each SeriesDescription after " - " (e.g. ``"research use"``
         or ``"DEMO WEIGHTS research use"``).
@@ -145,6 +150,7 @@ class EncodeOptions:
     mesh_smoothing: float = 1.0
     mesh_target_faces: int = 20000
     series_tag: str = "research use"
+    reports: frozenset[str] = frozenset({"keyimages", "pdf"})
 
     def __post_init__(self) -> None:
         value = getattr(self.segmentation_type, "value", self.segmentation_type)
@@ -157,6 +163,7 @@ class EncodeOptions:
         object.__setattr__(self, "maps", frozenset(m.value for m in _enum_set(self.maps, MapKind, "maps")))
         object.__setattr__(self, "mesh_formats", frozenset(
             m.value for m in _enum_set(self.mesh_formats, MeshFormat, "mesh_formats")))
+        object.__setattr__(self, "reports", frozenset(r.value for r in _enum_set(self.reports, ReportKind, "reports")))
         if self.include_brain_surface and self.brain_mask is None:
             raise DicomOutError("EncodeOptions.include_brain_surface=True needs brain_mask")
         if self.mesh_target_faces < 100:
@@ -209,6 +216,9 @@ class EncodeRequest:
         The sequences the model actually read (e.g. ``("t1ce", "flair")``).
     options: EncodeOptions
         Which objects to write.
+    model_card: Mapping or None
+        The model card (``name``, ``intended_use``, ``architecture``,
+        ``limitations``, ...), summarised in the PDF report.
     reference_role: str
         The sequence the reference series is (e.g. ``"T1ce"``); named in the
         derivation description of every object.
@@ -231,6 +241,7 @@ class EncodeRequest:
     sequences_used: Sequence[str] = ()
     options: EncodeOptions = field(default_factory=EncodeOptions)
     reference_role: str = "reference"
+    model_card: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
     reference_frames: Sequence[int] | None = None
 
     def __post_init__(self) -> None:

@@ -10,6 +10,7 @@ from neuroseg.dicom_out import _iod_cache
 from neuroseg.dicom_out.common import EncodedObject, EncodeRequest
 from neuroseg.dicom_out.mesh import build_meshes
 from neuroseg.dicom_out.pmap import build_parametric_map, map_specs
+from neuroseg.dicom_out.reports import build_reports
 from neuroseg.dicom_out.seg import build_segmentation
 from neuroseg.dicom_out.sr import build_measurement_report
 
@@ -20,8 +21,8 @@ def encode_study(request: EncodeRequest,
                  progress: Callable[[str, float], None] | None = None) -> list[EncodedObject]:
     """Build every result object of one study.
 
-    Order: the SEG, the Parametric Maps, the meshes, then the SR (which
-    references the SEG). UIDs are derived from (StudyInstanceUID, model
+    Order: the SEG, the Parametric Maps, the meshes, the SR (which
+    references the SEG), then the key images and the PDF report. UIDs are derived from (StudyInstanceUID, model
     version, object kind), so encoding the same study again with the same
     model version gives the same UIDs and replaces the objects in the PACS.
 
@@ -56,6 +57,7 @@ def encode_study(request: EncodeRequest,
         objects.extend(timed(lambda spec=spec: [build_parametric_map(request, spec)], spec.kind))
     objects.extend(timed(lambda: build_meshes(request), "meshes"))
     objects.extend(timed(lambda: [build_measurement_report(request, segmentation)], "sr"))
+    objects.extend(timed(lambda: build_reports(request), "reports"))
     log.info("encoded %d objects for study %s (model %s %s)", len(objects), request.study_instance_uid,
              request.model_name, request.model_version)
     return objects

@@ -63,6 +63,13 @@ class MapKind(str, Enum):
     GRADCAM = "gradcam"
 
 
+class ReportKind(str, Enum):
+    """Renderings for viewers that show neither SEG nor Parametric Maps."""
+
+    KEY_IMAGES = "keyimages"  # Secondary Capture key images, one per plane
+    PDF = "pdf"  # Encapsulated PDF report
+
+
 class MeshFormat(str, Enum):
     """How tumour surfaces are delivered."""
 

@@ -227,7 +227,7 @@ def _release_cuda() -> None:
 
 
 def encode_outputs(ctx: JobContext) -> None:
-    """Write SEG, Parametric Maps, meshes and SR on the reference series' grid, and keep them on disk."""
+    """Write SEG, Parametric Maps, meshes, SR, key images and PDF on the reference grid; keep them on disk."""
     from neuroseg.dicom_out import EncodeOptions, EncodeRequest, encode_study
 
     assert ctx.loaded is not None and ctx.result is not None
@@ -235,6 +235,8 @@ def encode_outputs(ctx: JobContext) -> None:
     reference = loaded.reference
     others = {role.value: volume.datasets for role, volume in loaded.volumes.items()
               if volume is not reference}
+    reference_role = next((role.value for role, volume in loaded.volumes.items() if volume is reference),
+                          "reference")
     weights = str(result.model_name)
     tag = "DEMO WEIGHTS research use" if "demo" in weights.lower() or "phantom" in weights.lower() \
         else "research use"
@@ -246,11 +248,13 @@ def encode_outputs(ctx: JobContext) -> None:
             model_name=str(result.model_name), model_version=str(result.model_version),
             other_series=others, probabilities=_classes(result.probabilities), variance=_classes(result.variance),
             gradcam=_classes(result.gradcam), entropy=result.entropy, volumes_ml=None,
-            sequences_used=tuple(result.sequences_used),
+            sequences_used=tuple(result.sequences_used), reference_role=reference_role,
+            model_card=ctx.model_metadata.get("model_card"),
             options=EncodeOptions(
                 segmentation_type=settings.segmentation_type.value,
                 maps=frozenset(kind.value for kind in settings.send_maps),
                 mesh_formats=frozenset(kind.value for kind in settings.mesh_formats),
+                reports=frozenset(kind.value for kind in settings.send_reports),
                 series_tag=tag,
             ),
         )

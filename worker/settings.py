@@ -137,6 +137,13 @@ class MeshFormat(str, Enum):
     SURFACE_SEGMENTATION = "surface"
 
 
+class ReportKind(str, Enum):
+    """Renderings for viewers without SEG or Parametric Map support."""
+
+    KEY_IMAGES = "keyimages"
+    PDF = "pdf"
+
+
 class FrameOfReferencePolicy(str, Enum):
     """What to do when the sequences of a study have different frames of reference."""
 
@@ -282,6 +289,10 @@ class Settings(BaseSettings):
     mesh_formats: Annotated[list[MeshFormat], NoDecode] = Field(
         default_factory=lambda: [MeshFormat.STL], description="comma list of stl, surface"
     )
+    send_reports: Annotated[list[ReportKind], NoDecode] = Field(
+        default_factory=lambda: [ReportKind.KEY_IMAGES, ReportKind.PDF],
+        description="comma list of keyimages (Secondary Capture), pdf (Encapsulated PDF report); empty for none",
+    )
     delivery_max_retries: int = Field(
         12, ge=0, description="retries with backoff (PACS or DICOMweb server down) before giving up"
     )
@@ -319,7 +330,7 @@ class Settings(BaseSettings):
             return [parse_destination(item) if isinstance(item, str) else item for item in items]
         return items
 
-    @field_validator("send_maps", "mesh_formats", mode="before")
+    @field_validator("send_maps", "mesh_formats", "send_reports", mode="before")
     @classmethod
     def _split_enums(cls, value: Any) -> Any:
         return _split_commas(value)

@@ -94,7 +94,7 @@ def test_asking_for_maps_without_arrays_is_refused(small_study) -> None:
 
 def test_empty_segmentation_still_gives_a_valid_seg_and_an_sr_of_zero_volume() -> None:
     study = synthetic_study(SMALL, empty=True)
-    request = study.request(EncodeOptions(maps={"probability"}, mesh_formats={"stl", "surface"}))
+    request = study.request(EncodeOptions(maps={"probability"}, mesh_formats={"stl", "surface"}, reports=()))
     objects = encode_study(request)
     kinds = [obj.kind for obj in objects]
     assert kinds == ["seg", "pmap-probability-ncr", "pmap-probability-ed", "pmap-probability-et", "sr"]

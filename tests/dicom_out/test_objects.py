@@ -17,6 +17,7 @@ EXPECTED_KINDS = (
     + ["pmap-uncertainty-entropy"] + [f"pmap-uncertainty-sd-{c}" for c in ("ncr", "ed", "et")]
     + [f"pmap-gradcam-{c}" for c in ("ncr", "ed", "et")]
     + [f"mesh-stl-{r}" for r in ("wt", "tc", "et", "ncr", "ed")] + ["mesh-surface", "sr"]
+    + [f"keyimage-{plane}" for plane in ("axial", "coronal", "sagittal")] + ["report-pdf"]
 )
 SOP_CLASSES = {
     "seg": "1.2.840.10008.5.1.4.1.1.66.4",
@@ -24,6 +25,8 @@ SOP_CLASSES = {
     "mesh-stl": "1.2.840.10008.5.1.4.1.1.104.3",
     "mesh-surface": "1.2.840.10008.5.1.4.1.1.66.5",
     "sr": "1.2.840.10008.5.1.4.1.1.88.34",
+    "keyimage": "1.2.840.10008.5.1.4.1.1.7",
+    "report-pdf": "1.2.840.10008.5.1.4.1.1.104.1",
 }
 
 
@@ -79,7 +82,7 @@ def test_object_round_trips_with_identity_and_passes_dciodvfy(all_objects, kind:
     assert "ContentDate" in ds and "ContentTime" in ds
     assert list(ds.SoftwareVersions)[0].startswith("neuroseg ")
     assert list(ds.SoftwareVersions)[1] == "neuroseg-unet3d 0.1.0-test"
-    if kind != "sr":
+    if not kind.startswith(("sr", "keyimage", "report")):  # no Frame of Reference module in these IODs
         assert ds.FrameOfReferenceUID == source.FrameOfReferenceUID
     if kind.startswith(("seg", "pmap", "mesh-surface")):
         assert ds.ContentDescription.endswith("Not for diagnostic use")
@@ -169,7 +172,7 @@ def test_maps_are_compressed_integers_that_decode_to_the_values(all_objects, kin
 def test_default_maps_are_the_probabilities_and_the_entropy(study) -> None:
     from neuroseg.dicom_out import EncodeOptions, encode_study
 
-    request = study.request(EncodeOptions(mesh_formats=()))
+    request = study.request(EncodeOptions(mesh_formats=(), reports=()))
     kinds = [obj.kind for obj in encode_study(request)]
     assert kinds == ["seg", "pmap-probability-ncr", "pmap-probability-ed", "pmap-probability-et",
                      "pmap-uncertainty-entropy", "sr"]
@@ -212,7 +215,7 @@ def content_items(dataset: pydicom.Dataset) -> list[tuple[str, object]]:
 
 def test_sr_reports_volumes_model_and_sequences_and_references_the_seg(all_objects) -> None:
     request, objects = all_objects
-    seg, sr = objects[0], objects[-1]
+    seg, sr = objects[0], next(obj for obj in objects if obj.kind == "sr")
     ds = round_trip(sr.dataset)
     items = content_items(ds)
     volumes = request.region_volumes_ml()
@@ -243,7 +246,8 @@ def test_sr_read_back_with_highdicom_gives_volumes_and_points_inside_each_region
     from neuroseg.dicom_out.sr import VOLUME, region_point
 
     request, objects = all_objects
-    report = hd.sr.MeasurementReport.from_sequence([round_trip(objects[-1].dataset)])
+    sr = next(obj for obj in objects if obj.kind == "sr")
+    report = hd.sr.MeasurementReport.from_sequence([round_trip(sr.dataset)])
     groups = report.get_image_measurement_groups()
     assert len(groups) == 5
     volumes = request.region_volumes_ml()
@@ -269,7 +273,7 @@ def test_sr_points_fall_back_to_the_grid_centre_without_tumour() -> None:
     from tests.dicom_out.synthetic import synthetic_study
 
     study = synthetic_study(empty=True)
-    objects = encode_study(study.request(EncodeOptions(maps=(), mesh_formats=())))
+    objects = encode_study(study.request(EncodeOptions(maps=(), mesh_formats=(), reports=())))
     sr = objects[-1].dataset
     assert_dciodvfy_clean(sr)
     points = [item for item in _walk(sr) if getattr(item, "ValueType", "") == "SCOORD"]
@@ -293,7 +297,7 @@ def _bytes(dataset: pydicom.Dataset) -> bytes:
 def test_labelmap_option_writes_a_label_map_segmentation(study) -> None:
     from neuroseg.dicom_out import EncodeOptions, encode_study
 
-    request = study.request(EncodeOptions(segmentation_type="LABELMAP", maps=(), mesh_formats=()))
+    request = study.request(EncodeOptions(segmentation_type="LABELMAP", maps=(), mesh_formats=(), reports=()))
     objects = encode_study(request)
     assert [obj.kind for obj in objects] == ["seg", "sr"]
     seg = round_trip(objects[0].dataset)

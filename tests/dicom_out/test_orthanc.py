@@ -24,6 +24,8 @@ SOP_CLASS_NAMES = {
     "1.2.840.10008.5.1.4.1.1.104.3": "STL",
     "1.2.840.10008.5.1.4.1.1.66.5": "SURFACE",
     "1.2.840.10008.5.1.4.1.1.88.34": "SR",
+    "1.2.840.10008.5.1.4.1.1.7": "SC",
+    "1.2.840.10008.5.1.4.1.1.104.1": "PDF",
 }
 
 
@@ -76,7 +78,8 @@ def test_orthanc_accepts_every_object_of_a_phantom_study(orthanc) -> None:
     send_all(orthanc, as_objects(request.source_datasets()))
     send_all(orthanc, objects)
     counts = check_study_in_orthanc(orthanc, request, objects)
-    assert counts == {"MR": 24 + 12, "SEG": 1, "SURFACE": 1, "PM": 4, "STL": 5, "SR": 1}
+    assert counts == {"MR": 24 + 12, "SEG": 1, "SURFACE": 1, "PM": 4, "STL": 5, "SR": 1, "SC": 3,
+                      "PDF": 1}
     # Orthanc decodes the JPEG-LS maps (what its viewers and DICOMweb rendering rely on)
     pmap = next(obj for obj in objects if obj.kind == "pmap-probability-et")
     (instance,) = orthanc.post("/tools/lookup", pmap.sop_instance_uid)
@@ -154,4 +157,5 @@ def test_orthanc_accepts_every_object_of_the_real_tcga_study(orthanc, shared_dat
     send_all(orthanc, as_objects(request.source_datasets()))
     send_all(orthanc, objects)
     counts = check_study_in_orthanc(orthanc, request, objects)
-    assert counts == {"MR": 4 * 26, "SEG": 1, "SURFACE": 1, "PM": 4, "STL": 6, "SR": 1}
+    assert counts == {"MR": 4 * 26, "SEG": 1, "SURFACE": 1, "PM": 4, "STL": 6, "SR": 1, "SC": 3,
+                      "PDF": 1}

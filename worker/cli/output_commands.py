@@ -17,13 +17,14 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 TARGET_SECONDS = 10.0
+REPORT_PREFIXES = ("keyimage-", "report-")
 
 
 def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:
     """Add this stage's subcommands and bench targets."""
     encode = bench.add_parser(
         "encode",
-        help="time building and serialising every result object (SEG, maps, meshes, SR) of a 240x240x155 study",
+        help="time and size every result object (SEG, maps, meshes, SR, key images, PDF) of a 4x155x240x240 study",
     )
     encode.add_argument("--shape", type=int, nargs=3, default=(155, 240, 240), metavar=("SLICES", "ROWS", "COLUMNS"),
                         help="reference grid (slices, rows, columns); default 155 240 240")
@@ -125,7 +126,7 @@ def run_encode_benchmark(shape: tuple[int, int, int], surface: bool = False) -> 
     baseline_float, _ = _serialise(volume)
 
     build: dict[str, float] = {}
-    steps = 3 + len(map_specs(request))
+    steps = 4 + len(map_specs(request))
     with tqdm(total=steps, desc="encode", unit="step", file=sys.stderr) as bar:
         def progress(kind: str, seconds: float) -> None:
             build[kind] = seconds
@@ -134,7 +135,7 @@ def run_encode_benchmark(shape: tuple[int, int, int], surface: bool = False) -> 
         start, cpu_start = time.perf_counter(), time.process_time()
         objects = encode_study(request, progress=progress)
         build_total = time.perf_counter() - start
-    rows = []
+    rows, report_rows = [], []
     write_total = 0.0
     sizes: dict[str, int] = {}
     for obj in objects:
@@ -142,8 +143,10 @@ def run_encode_benchmark(shape: tuple[int, int, int], surface: bool = False) -> 
         write_total += seconds
         sizes[obj.kind] = size
         group = "meshes" if obj.kind.startswith("mesh-") else obj.kind
-        rows.append({"kind": obj.kind, "build_s": build.get(obj.kind) if group == obj.kind else None,
-                     "write_s": round(seconds, 4), "megabytes": round(size / 1e6, 3)})
+        row = {"kind": obj.kind, "build_s": build.get(obj.kind) if group == obj.kind else None,
+               "write_s": round(seconds, 4), "megabytes": round(size / 1e6, 3)}
+        # key images and PDF: renderings of the results, listed apart from the result objects
+        (report_rows if obj.kind.startswith(REPORT_PREFIXES) else rows).append(row)
     default_kinds = _default_kinds(request, [obj.kind for obj in objects])
     default_bytes = sum(sizes[kind] for kind in default_kinds)
     total = build_total + write_total
@@ -151,6 +154,7 @@ def run_encode_benchmark(shape: tuple[int, int, int], surface: bool = False) -> 
     return {
         "shape": list(shape),
         "objects": rows,
+        "reports": report_rows,
         "build_s": {key: round(value, 4) for key, value in build.items()},
         "build_total_s": round(build_total, 3),
         "write_total_s": round(write_total, 3),
@@ -195,11 +199,12 @@ def run_bench_encode(args: argparse.Namespace) -> int:
     report = run_encode_benchmark(shape, surface=args.surface)
     print(f"encode benchmark, grid {shape[0]}x{shape[1]}x{shape[2]} (slices x rows x columns)")
     print(f"{'object':<28}{'build s':>10}{'write s':>10}{'MB':>10}")
-    for row in report["objects"]:
+    for row in report["objects"] + report["reports"]:
         build = "" if row["build_s"] is None else f"{row['build_s']:.3f}"
         print(f"{row['kind']:<28}{build:>10}{row['write_s']:>10.3f}{row['megabytes']:>10.2f}")
-    if "meshes" in report["build_s"]:
-        print(f"{'meshes (all, build)':<28}{report['build_s']['meshes']:>10.3f}")
+    for group, label in (("meshes", "meshes (all, build)"), ("reports", "key images + PDF (build)")):
+        if group in report["build_s"]:
+            print(f"{label:<28}{report['build_s'][group]:>10.3f}")
     print(f"{'total build':<28}{report['build_total_s']:>10.3f}")
     print(f"{'total write':<28}{'':>10}{report['write_total_s']:>10.3f}")
     print(f"total {report['total_s']:.2f} s wall, {report['cpu_total_s']:.2f} s CPU of this process "
