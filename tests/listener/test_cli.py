@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pstats
 
 import pytest
 
@@ -41,3 +42,19 @@ def test_bench_ingest_reports_both_receivers(tmp_path, shared_data, capsys):
     assert report["ratio"] == pytest.approx(report["neuroseg"]["instances_per_s"]
                                             / report["storescp"]["instances_per_s"], rel=0.01)
     assert "ratio neuroseg/storescp" in capsys.readouterr().out
+
+
+@pytest.mark.integration
+def test_bench_ingest_over_several_associations_with_a_profile(tmp_path, shared_data, capsys):
+    report_path, profile_path = tmp_path / "ingest.json", tmp_path / "profile.txt"
+    source = shared_data / "real-dicom" / "siemens-prisma-t1-sagittal-prone"
+    assert main(["bench", "ingest", "-n", "30", "--rounds", "1", "--source", str(source), "--associations", "3",
+                 "--profile", str(profile_path), "--json", str(report_path)]) == 0
+    report = json.loads(report_path.read_text())
+    assert report["associations"] == 3 and report["profiled"]
+    assert report["storescp"]["received"] == [30] and report["neuroseg"]["received"] == [30]
+    # the association threads were profiled: the C-STORE handler is in the report, the spool write in the stats
+    assert "handle_store" in profile_path.read_text()
+    stats = pstats.Stats(str(profile_path.with_suffix(".pstats")))
+    assert any(path.endswith("spool.py") and name == "store" for path, _, name in stats.stats)  # type: ignore[attr-defined]
+    assert "3 association(s) at once" in capsys.readouterr().out
