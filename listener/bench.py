@@ -303,14 +303,14 @@ def measure_durable_write(folder: Path, size: int, count: int = 50) -> float:
     This is the floor the spool's disk sets for one instance, whatever the
     DICOM stack; it is reported next to the throughputs.
     """
-    from neuroseg.listener.spool import write_atomic
+    from neuroseg.common.files import atomic_write
 
     target = folder / "fsync-probe"
     target.mkdir(parents=True, exist_ok=True)
     payload = os.urandom(size)
     started = time.perf_counter()
     for index in range(count):
-        write_atomic(target / f"{index}.bin", [payload], durable=True)
+        atomic_write(target / f"{index}.bin", payload)
     elapsed = time.perf_counter() - started
     shutil.rmtree(target, ignore_errors=True)
     return 1000.0 * elapsed / count

@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from neuroseg.common.files import atomic_write
+
 log = logging.getLogger(__name__)
 
 # A UID as a path component: 1-64 characters, digit groups separated by single
@@ -504,23 +506,6 @@ class _FolderFlushState:
     busy: bool = False
 
 
-def write_atomic(path: Path, parts: Sequence[bytes | memoryview], durable: bool = True) -> None:
-    """Write ``parts`` to ``path`` through a temporary file, fsync and rename.
-
-    With ``durable`` the file is flushed before the rename and the folder after
-    it, so ``path`` either does not exist or is complete, also after a crash.
-    """
-    temp = _temp_name(path)
-    try:
-        _write_file(temp, parts, durable)
-        os.replace(temp, path)
-    except BaseException:
-        _unlink_quietly(temp)
-        raise
-    if durable:
-        fsync_directory(path.parent)
-
-
 def _temp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}{_TEMP_SUFFIX}")
 
@@ -541,8 +526,8 @@ def _write_file(path: Path, parts: Sequence[bytes | memoryview], durable: bool) 
 
 
 def write_json_atomic(path: Path, data: Any, durable: bool = True) -> None:
-    """Write ``data`` as JSON to ``path`` atomically (see :func:`write_atomic`)."""
-    write_atomic(path, [json.dumps(data, indent=2, sort_keys=True).encode()], durable=durable)
+    """Write ``data`` as JSON to ``path`` atomically (:func:`neuroseg.common.files.atomic_write`)."""
+    atomic_write(path, json.dumps(data, indent=2, sort_keys=True).encode(), fsync=durable)
 
 
 def _unlink_quietly(path: Path) -> None:
