@@ -57,15 +57,24 @@ def is_multiframe(ds: Dataset) -> bool:
     return "PerFrameFunctionalGroupsSequence" in ds or "SharedFunctionalGroupsSequence" in ds
 
 
-def _key(ds: Dataset, frame: Dataset | None) -> tuple[str, tuple[float, ...], int, float]:
+def _key(ds: Dataset, frame: Dataset | None, orientations: list[tuple[float, ...]]
+         ) -> tuple[str, tuple[float, ...], int, float]:
+    """What tells the frame's stack apart; ``orientations`` collects the distinct orientations seen so far."""
     stack_id = frame_attribute(ds, frame, "FrameContentSequence", "StackID")
     temporal = frame_attribute(ds, frame, "FrameContentSequence", "TemporalPositionIndex")
     echo = frame_attribute(ds, frame, "MREchoSequence", "EffectiveEchoTime")
     orientation = frame_attribute(ds, frame, "PlaneOrientationSequence", "ImageOrientationPatient")
     try:
-        cosines = tuple(round(float(v) / ORIENTATION_TOLERANCE) * ORIENTATION_TOLERANCE for v in orientation)  # type: ignore[union-attr]
+        values = tuple(float(v) for v in orientation)  # type: ignore[union-attr]
     except (TypeError, ValueError):
-        cosines = ()
+        values = ()
+    # the first orientation seen within the tolerance stands for all close to it
+    cosines = next((seen for seen in orientations if len(seen) == len(values)
+                    and max((abs(a - b) for a, b in zip(seen, values)), default=0.0) <= ORIENTATION_TOLERANCE),
+                   None)
+    if cosines is None:
+        orientations.append(values)
+        cosines = values
     try:
         temporal_index = int(temporal) if temporal is not None else 0  # type: ignore[call-overload]
     except (TypeError, ValueError):
@@ -87,9 +96,10 @@ def frame_stacks(ds: Dataset) -> list[FrameStack]:
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
     groups: dict[tuple[str, tuple[float, ...], int, float], list[int]] = {}
+    orientations: list[tuple[float, ...]] = []
     for number in range(1, frames + 1):
         frame = per_frame[number - 1] if len(per_frame) == frames else None
-        groups.setdefault(_key(ds, frame), []).append(number)
+        groups.setdefault(_key(ds, frame, orientations), []).append(number)
     keys = list(groups)
     differs = [any(key[part] != keys[0][part] for key in keys) for part in range(4)]
     stacks = []

@@ -177,3 +177,22 @@ def test_the_real_enhanced_file_is_the_reference_of_every_object(shared_data, tm
                 np.testing.assert_allclose(position, [float(v) for v in
                                                       source.PlanePositionSequence[0].ImagePositionPatient], atol=1e-3)
         assert_dciodvfy_clean(out)
+
+
+def test_orientation_jitter_within_the_tolerance_keeps_one_stack():
+    """Per-frame cosines that differ in the 4th decimal, across a rounding boundary, are one stack; 20 degrees is another."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    def frame(cosines):
+        item, plane = Dataset(), Dataset()
+        plane.ImageOrientationPatient = list(cosines)
+        item.PlaneOrientationSequence = Sequence([plane])
+        return item
+
+    ds = Dataset()
+    jittered = [[1, 0.00499 + 0.00002 * k, 0, 0, 1, 0] for k in range(6)]
+    tilted = [[1, 0, 0, 0, np.cos(np.radians(20)), np.sin(np.radians(20))]] * 2
+    ds.NumberOfFrames = 8
+    ds.PerFrameFunctionalGroupsSequence = Sequence([frame(c) for c in jittered + tilted])
+    assert [stack.frame_numbers for stack in frame_stacks(ds)] == [(1, 2, 3, 4, 5, 6), (7, 8)]
