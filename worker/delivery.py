@@ -58,24 +58,35 @@ def outbox_destination(settings: Settings, study_instance_uid: str) -> str:
     return f"outbox:{settings.outbox_dir / study_instance_uid}"
 
 
+def send_objects(objects: Sequence[Any], destination: DicomDestination | DicomWebDestination, settings: Settings,
+                 *, calling_ae_title: str | None = None,
+                 on_result: Callable[[Any], object] | None = None) -> list[Any]:
+    """Send the objects to one destination, by C-STORE or STOW-RS (``dicom_out.send``); one result per object.
+
+    Raises ``dicom_out.send.DeliveryUnavailable`` when the destination cannot take them now.
+    """
+    from neuroseg.dicom_out.send import deliver, deliver_stow
+
+    if isinstance(destination, DicomWebDestination):
+        return deliver_stow(objects, url=destination.url, username=settings.dicomweb_username,
+                            password=_secret(settings.dicomweb_password), token=_secret(settings.dicomweb_token),
+                            ca_bundle=settings.dicomweb_ca, on_result=on_result)
+    return deliver(objects, ae_title=destination.ae_title, host=destination.host, port=destination.port,
+                   calling_ae_title=calling_ae_title or settings.calling_ae_title, on_result=on_result)
+
+
 def send_to(objects: Sequence[Any], destination: DicomDestination | DicomWebDestination,
             settings: Settings) -> DestinationOutcome:
-    """Send the objects to one destination (C-STORE or STOW-RS, ``dicom_out.send``) and summarise.
+    """Send the objects to one destination (:func:`send_objects`) and summarise.
 
     An unreachable, refusing or overloaded destination (``DeliveryUnavailable``)
     and "out of resources" statuses (0xA7xx) count as transient; any other
     refusal is permanent for that object.
     """
-    from neuroseg.dicom_out.send import DeliveryUnavailable, deliver, deliver_stow
+    from neuroseg.dicom_out.send import DeliveryUnavailable
 
     try:
-        if isinstance(destination, DicomWebDestination):
-            results = deliver_stow(objects, url=destination.url, username=settings.dicomweb_username,
-                                   password=_secret(settings.dicomweb_password), token=_secret(settings.dicomweb_token),
-                                   ca_bundle=settings.dicomweb_ca)
-        else:
-            results = deliver(objects, ae_title=destination.ae_title, host=destination.host, port=destination.port,
-                              calling_ae_title=settings.calling_ae_title)
+        results = send_objects(objects, destination, settings)
     except DeliveryUnavailable as exc:
         stored = sum(1 for item in exc.results if item.ok)
         return DestinationOutcome(str(destination), stored, len(objects) - stored, True, str(exc))

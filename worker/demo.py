@@ -146,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
             since = time.time() - 1
             print(f"2/3 sending the study by C-STORE to {settings.ae_title}@127.0.0.1:{settings.port} ...", flush=True)
             destination = DicomDestination(ae_title=settings.ae_title, host="127.0.0.1", port=settings.port)
-            stored, errors = send_files([Path(scratch) / "dicom"], destination, _calling_ae(settings))
+            stored, errors = send_files([Path(scratch) / "dicom"], destination, settings, _calling_ae(settings))
             if errors:
                 print(f"neuroseg demo: {len(errors)} files were not stored: {errors[0]}", file=sys.stderr)
                 return 1

@@ -119,3 +119,12 @@ def test_basic_auth_credentials_come_from_the_settings(job, tmp_path):  # noqa: 
         assert len(stored) == len(objects)
     finally:
         server.stop()
+
+
+def test_send_command_stores_a_folder_by_stow_rs(dicomweb_orthanc, tmp_path):
+    from neuroseg.worker.cli import main
+    from tests.worker.helpers import build_study
+
+    build_study(tmp_path / "send", "send-stow", roles=("FLAIR",))
+    assert main(["send", str(tmp_path / "send"), "--to", dicomweb_orthanc.dicomweb_url]) == 0
+    assert len(dicomweb_orthanc.get("/instances")) == 12

@@ -27,7 +27,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from neuroseg.worker.settings import DicomDestination, Settings, get_settings
+from neuroseg.worker.settings import DicomDestination, DicomWebDestination, Settings, get_settings, parse_destination
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +65,10 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
                       help="keep the service the demo started running afterwards (to open the admin app)")
     demo.set_defaults(handler=run_demo)
 
-    send = commands.add_parser("send", help="send DICOM files or folders by C-STORE")
+    send = commands.add_parser("send", help="send DICOM files or folders by C-STORE or DICOMweb STOW-RS")
     send.add_argument("paths", nargs="+", type=Path, help="DICOM files or folders (searched recursively)")
-    send.add_argument("--to", required=True, type=DicomDestination.parse, metavar="AET@HOST:PORT")
+    send.add_argument("--to", required=True, type=parse_destination, metavar="AET@HOST:PORT|URL",
+                      help="a DICOM destination or a DICOMweb base URL (https://host/dicom-web)")
     send.set_defaults(handler=run_send)
 
     prune = commands.add_parser("prune", help="remove spool data and encoded copies past NEUROSEG_RETENTION_DAYS")
@@ -336,27 +337,29 @@ def run_serve(args: argparse.Namespace) -> int:
 # --- send ---------------------------------------------------------------------------------------------
 
 
-def send_files(paths: Sequence[Path], destination: DicomDestination, calling_ae_title: str,
-               progress: bool = False) -> tuple[int, list[str]]:
-    """C-STORE DICOM files (or every file under folders) to ``destination``; return (stored count, error lines).
+def send_files(paths: Sequence[Path], destination: DicomDestination | DicomWebDestination, settings: Settings,
+               calling_ae_title: str | None = None, progress: bool = False) -> tuple[int, list[str]]:
+    """Send DICOM files (or every file under folders) by C-STORE or STOW-RS; return (stored count, error lines).
 
     The presentation contexts come from the files themselves, so compressed
-    files are sent as they are (``dicom_out.send.deliver``).
+    files are sent as they are (``dicom_out.send``).
     """
-    from neuroseg.dicom_out.send import DeliveryUnavailable, deliver, load_objects
+    from neuroseg.dicom_out.send import DeliveryUnavailable, load_objects
+    from neuroseg.worker.delivery import send_objects
 
     objects = load_objects(paths)
     bar = None
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(objects), desc=f"C-STORE to {destination}", unit="file")
+        how = "STOW-RS" if isinstance(destination, DicomWebDestination) else "C-STORE"
+        bar = tqdm(total=len(objects), desc=f"{how} to {destination}", unit="file")
     try:
-        results = deliver(objects, ae_title=destination.ae_title, host=destination.host, port=destination.port,
-                          calling_ae_title=calling_ae_title, on_result=(lambda _: bar.update()) if bar else None)
+        results = send_objects(objects, destination, settings, calling_ae_title=calling_ae_title,
+                               on_result=(lambda _: bar.update()) if bar else None)
     except DeliveryUnavailable as exc:
         stored = sum(item.ok for item in exc.results)
-        return stored, [f"{exc} (is it running, and does it accept AE {calling_ae_title}?)"]
+        return stored, [f"{exc} (is it running, and does it accept us?)"]
     finally:
         if bar is not None:
             bar.close()
@@ -367,7 +370,7 @@ def send_files(paths: Sequence[Path], destination: DicomDestination, calling_ae_
 def run_send(args: argparse.Namespace) -> int:
     settings = get_settings()
     try:
-        stored, errors = send_files(args.paths, args.to, settings.calling_ae_title, progress=True)
+        stored, errors = send_files(args.paths, args.to, settings, progress=True)
     except (FileNotFoundError, ValueError) as exc:
         print(f"neuroseg send: {exc}", file=sys.stderr)
         return 2
