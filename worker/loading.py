@@ -14,7 +14,9 @@ the axis order (a test checks the real series in the shared data).
 
 Handled: single-frame images (MR, and any image with the Image Plane
 module), Enhanced/Legacy Converted Enhanced MR multi-frame images (per-frame
-or shared functional groups), oblique planes, gantry tilt (a sheared affine),
+or shared functional groups; a file of several stacks, told apart by StackID,
+orientation, time point and echo, gives its largest stack and a note naming the
+others, :mod:`neuroseg.model.enhanced`), oblique planes, gantry tilt (a sheared affine),
 every patient position (the geometry comes from the patient-based
 ImagePositionPatient/ImageOrientationPatient, so HFS, HFP, FFS... need no
 special case), rescale slope/intercept, and compressed transfer syntaxes
@@ -30,6 +32,7 @@ fewer than :data:`MIN_SLICES` slices or tiny images.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,6 +114,8 @@ class LoadedStudy:
     affine: np.ndarray
     notes: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
+    #: seconds spent reading and decoding, co-registering and resampling (for ``bench study``)
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 # --- one series -------------------------------------------------------------------------------
@@ -424,6 +429,8 @@ def load_study(manifest: StudyManifest, settings: Settings,
         or a frame of reference is refused; the message names the series.
     """
     chosen = choose_series(manifest)
+    started = time.perf_counter()
+    timings = {"read": 0.0, "register": 0.0, "resample": 0.0}
     volumes: dict[SequenceRole, SeriesVolume] = {}
     skipped: dict[str, str] = {}
     for n, (role, item) in enumerate(sorted(chosen.items(), key=lambda pair: pair[0].value)):
@@ -434,6 +441,7 @@ def load_study(manifest: StudyManifest, settings: Settings,
         except InputError as exc:
             log.warning("study %s: %s skipped: %s", manifest.study_instance_uid, role.value, exc)
             skipped[role.value] = str(exc)
+    timings["read"] = time.perf_counter() - started
     preference = [SequenceRole.parse(settings.reference_role), SequenceRole.FLAIR, SequenceRole.T1CE]
     reference_role = next((role for role in preference if role in volumes), None)
     if reference_role is None:
@@ -446,14 +454,18 @@ def load_study(manifest: StudyManifest, settings: Settings,
     images: dict[str, np.ndarray] = {}
     for role, volume in volumes.items():
         transform = None
+        started = time.perf_counter()
         if role is not reference_role:
             transform, note = register_to_reference(volume, reference, role, reference_role, settings)
             if note:
                 notes.append(note)
+        timings["register"] += time.perf_counter() - started
+        started = time.perf_counter()
         images[MODEL_KEYS[role]] = resample_onto(volume.array, volume.affine, reference.array.shape,
                                                  reference.affine, transform)
+        timings["resample"] += time.perf_counter() - started
     if progress:
         progress(100.0, f"{len(images)} sequence(s) on the {reference_role.value} grid "
                  f"{'x'.join(str(n) for n in reference.array.shape)}")
     return LoadedStudy(reference=reference, volumes=volumes, images=images, affine=reference.affine.copy(),
-                       notes=notes, skipped=skipped)
+                       notes=notes, skipped=skipped, timings=timings)
