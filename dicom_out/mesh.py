@@ -281,8 +281,9 @@ def region_masks(request: EncodeRequest) -> dict[str, np.ndarray]:
     return {key: masks[key] for key in STL_REGIONS if key in masks}
 
 
-def _common_header(request: EncodeRequest, kind: str, group: str, modality: str, sop_class_uid: str,
-                   description: str, instance_number: int) -> Dataset:
+def document_header(request: EncodeRequest, kind: str, group: str, modality: str, sop_class_uid: str,
+                    description: str, instance_number: int) -> Dataset:
+    """Identity, series, equipment and SOP attributes of an object built by hand (STL, Surface SEG, PDF)."""
     source = request.reference_series[0]
     now = dt.datetime.now()
     study_uid = request.study_instance_uid
@@ -311,7 +312,8 @@ def _common_header(request: EncodeRequest, kind: str, group: str, modality: str,
     return ds
 
 
-def _finish(ds: Dataset) -> Dataset:
+def with_file_meta(ds: Dataset) -> Dataset:
+    """``ds`` with its File Meta Information (Explicit VR Little Endian)."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = ds.SOPClassUID
     meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
@@ -366,7 +368,7 @@ def build_stl_object(request: EncodeRequest, region: str, mesh: Mesh, instance_n
         raise ValueError(f"mesh of region {region!r} is empty; skip it rather than writing an empty STL")
     name, _ = STL_REGIONS[region]
     kind = f"mesh-stl-{region}"
-    ds = _common_header(request, kind, "mesh-stl", "M3D", ENCAPSULATED_STL_STORAGE,
+    ds = document_header(request, kind, "mesh-stl", "M3D", ENCAPSULATED_STL_STORAGE,
                         "AI tumour surfaces STL", instance_number)
     ds.AcquisitionDateTime = ds.ContentDate + ds.ContentTime
     ds.BurnedInAnnotation = "NO"
@@ -384,7 +386,7 @@ def build_stl_object(request: EncodeRequest, region: str, mesh: Mesh, instance_n
     ds.EncapsulatedDocumentLength = len(payload)
     ds.EncapsulatedDocument = payload + (b"\x00" if len(payload) % 2 else b"")
     ds.ReferencedSeriesSequence = _referenced_series(request)
-    return EncodedObject(kind, ENCAPSULATED_STL_STORAGE, str(ds.SOPInstanceUID), _finish(ds))
+    return EncodedObject(kind, ENCAPSULATED_STL_STORAGE, str(ds.SOPInstanceUID), with_file_meta(ds))
 
 
 def build_surface_segmentation(request: EncodeRequest, meshes: dict[str, Mesh]) -> EncodedObject:
@@ -393,7 +395,7 @@ def build_surface_segmentation(request: EncodeRequest, meshes: dict[str, Mesh]) 
 
     from neuroseg.dicom_out.seg import SEGMENT_LABELS
 
-    ds = _common_header(request, "mesh-surface", "mesh-surface", "SEG", SURFACE_SEGMENTATION_STORAGE,
+    ds = document_header(request, "mesh-surface", "mesh-surface", "SEG", SURFACE_SEGMENTATION_STORAGE,
                         "AI tumour surfaces", 1)
     ds.ContentLabel = "SURFACES"
     ds.ContentDescription = content_description("AI tumour surfaces NCR/ED/ET")
@@ -461,7 +463,7 @@ def build_surface_segmentation(request: EncodeRequest, meshes: dict[str, Mesh]) 
     ds.NumberOfSurfaces = len(surfaces)
     ds.SurfaceSequence = DicomSequence(surfaces)
     ds.ReferencedSeriesSequence = _referenced_series(request)
-    return EncodedObject("mesh-surface", SURFACE_SEGMENTATION_STORAGE, str(ds.SOPInstanceUID), _finish(ds))
+    return EncodedObject("mesh-surface", SURFACE_SEGMENTATION_STORAGE, str(ds.SOPInstanceUID), with_file_meta(ds))
 
 
 def _vertex_normals(mesh: Mesh) -> np.ndarray:

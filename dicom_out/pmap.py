@@ -117,14 +117,13 @@ def map_specs(request: EncodeRequest) -> list[MapSpec]:
                 f"Mean softmax probability of {tumor_class.display_name} ({short})",
                 FRACTIONAL_PROBABILISTIC_SEGMENTATION, (0.0, 1.0), array, f"AI probability {short}",
             ))
-    if wanted & {MapKind.UNCERTAINTY.value, MapKind.ENTROPY.value}:
-        if request.entropy is not None:
-            top = max(math.log(4.0), float(request.entropy.max()))
-            specs.append(MapSpec(
-                "pmap-uncertainty-entropy", "pmap-uncertainty", "ENTROPY",
-                "Predictive entropy of the MC dropout mean softmax (nats)",
-                PREDICTIVE_ENTROPY, (0.0, top), request.entropy, "AI uncertainty entropy",
-            ))
+    if wanted & {MapKind.UNCERTAINTY.value, MapKind.ENTROPY.value} and request.entropy is not None:
+        top = max(math.log(4.0), float(request.entropy.max()))
+        specs.append(MapSpec(
+            "pmap-uncertainty-entropy", "pmap-uncertainty", "ENTROPY",
+            "Predictive entropy of the MC dropout mean softmax (nats)",
+            PREDICTIVE_ENTROPY, (0.0, top), request.entropy, "AI uncertainty entropy",
+        ))
     if MapKind.UNCERTAINTY.value in wanted:
         for tumor_class in TumorClass:
             variance = request.variance.get(tumor_class.value)
@@ -169,7 +168,7 @@ def quantisation_step(value_range: tuple[float, float]) -> float:
 def build_parametric_map(request: EncodeRequest, spec: MapSpec, instance_number: int = 1) -> EncodedObject:
     """Build one Parametric Map from ``spec`` on the reference series."""
     study_uid = request.study_instance_uid
-    low, high = spec.value_range
+    low = spec.value_range[0]
     mapping = hd.pm.RealWorldValueMapping(
         lut_label=spec.label[:16],
         lut_explanation=spec.explanation[:64],

@@ -39,7 +39,7 @@ from neuroseg.dicom_out.common import (
 )
 from neuroseg.dicom_out.enum import ReportKind
 from neuroseg.dicom_out.figures import Plane, key_image, pdf_report, planes, reference_volume
-from neuroseg.dicom_out.mesh import _common_header, _finish
+from neuroseg.dicom_out.mesh import document_header, with_file_meta
 from neuroseg.dicom_out.uids import output_uid
 
 log = logging.getLogger(__name__)
@@ -49,10 +49,9 @@ _LETTERS = (("L", "R"), ("P", "A"), ("H", "F"))  # LPS +x, +y, +z and their oppo
 
 
 def orientation_letters(direction: np.ndarray) -> str:
-    """Patient Orientation letters of a direction in LPS (dominant axis first, oblique axes added)."""
-    order = np.argsort(-np.abs(direction))
-    letters = [_LETTERS[axis][0 if direction[axis] > 0 else 1] for axis in order if abs(direction[axis]) > 0.25]
-    return "".join(letters[:3]) or "L"
+    """Patient Orientation letter of a direction in LPS: its dominant axis (highdicom takes one letter)."""
+    axis = int(np.argmax(np.abs(direction)))
+    return _LETTERS[axis][0 if direction[axis] > 0 else 1]
 
 
 def _shown_images(request: EncodeRequest, plane: Plane) -> DicomSequence:
@@ -112,7 +111,7 @@ def build_pdf_report(request: EncodeRequest, views: list[Plane] | None = None) -
     """The Encapsulated PDF report (modality DOC)."""
     views = views or planes(request, reference_volume(request))
     payload = pdf_report(request, views, request.model_card)
-    ds = _common_header(request, "report-pdf", "report-pdf", "DOC", ENCAPSULATED_PDF_STORAGE,
+    ds = document_header(request, "report-pdf", "report-pdf", "DOC", ENCAPSULATED_PDF_STORAGE,
                         "AI report PDF", 1)
     for keyword in ("FrameOfReferenceUID", "PositionReferenceIndicator"):  # no Frame of Reference module
         delattr(ds, keyword)
@@ -126,7 +125,7 @@ def build_pdf_report(request: EncodeRequest, views: list[Plane] | None = None) -
     ds.SourceInstanceSequence = _shown_images(request, views[1])  # every reference image
     ds.EncapsulatedDocumentLength = len(payload)
     ds.EncapsulatedDocument = payload + (b"\x00" if len(payload) % 2 else b"")
-    return EncodedObject("report-pdf", ENCAPSULATED_PDF_STORAGE, str(ds.SOPInstanceUID), _finish(ds))
+    return EncodedObject("report-pdf", ENCAPSULATED_PDF_STORAGE, str(ds.SOPInstanceUID), with_file_meta(ds))
 
 
 def build_reports(request: EncodeRequest) -> list[EncodedObject]:

@@ -59,7 +59,6 @@ from neuroseg.dicom_out.common import (
     MC_DROPOUT,
     NOT_FOR_DIAGNOSTIC_USE,
     PREDICTIVE_ENTROPY,
-    SEGMENT_NUMBERS,
     SERIES_NUMBERS,
     NO_UNITS,
     STANDARD_DEVIATION,

@@ -72,7 +72,7 @@ def test_reports_are_optional_and_keep_their_uids(study) -> None:
 
 @pytest.mark.parametrize(("direction", "letters"), [
     ((1.0, 0.0, 0.0), "L"), ((-1.0, 0.0, 0.0), "R"), ((0.0, 1.0, 0.0), "P"), ((0.0, 0.0, -1.0), "F"),
-    ((0.0, 0.8, -0.6), "PF"),
+    ((0.0, 0.8, -0.6), "P"), ((0.1, -0.3, 0.95), "H"),
 ])
 def test_orientation_letters(direction, letters) -> None:
     assert orientation_letters(np.asarray(direction)) == letters
