@@ -77,7 +77,8 @@ class DicomDestination(BaseModel):
         """Parse ``AET@host:port`` (IPv6 hosts in brackets: ``AET@[::1]:104``)."""
         match = re.fullmatch(r"\s*([^@]+)@(\[[^\]]+\]|[^:@\s]+):(\d+)\s*", text)
         if not match:
-            raise ValueError(f"{text!r} is not a destination of the form AET@host:port")
+            raise ValueError(f"{text!r} is not a destination of the form AET@host:port "
+                             "(or a DICOMweb base URL, https://host/dicom-web)")
         ae_title, host, port = match.groups()
         return cls(ae_title=ae_title, host=host.strip("[]"), port=int(port))
 
