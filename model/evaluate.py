@@ -326,7 +326,7 @@ def evaluate_predictions(data_dir: Path, pred_dir: Path, progress: bool = True) 
 
 def evaluate_model(data_dir: Path, model_path: Path | None = None, *, device: str = "cpu",
                    mc_samples: int = 10, sequences: tuple[str, ...] | None = None,
-                   progress: bool = True) -> EvaluationResult:
+                   progress: bool = True, tta: bool = False, postprocess=None) -> EvaluationResult:  # noqa: ANN001
     """Run the model on every labelled case of ``data_dir`` and score it.
 
     Parameters
@@ -341,6 +341,10 @@ def evaluate_model(data_dir: Path, model_path: Path | None = None, *, device: st
         Monte Carlo dropout passes (uncertainty for the AUROCs).
     sequences: tuple of str, optional
         Use only these sequences of each case (e.g. ``("t1", "flair")``).
+    tta: bool
+        Test-time augmentation by flips.
+    postprocess: PostprocessConfig, optional
+        Post-process the labels before scoring (:mod:`neuroseg.model.postprocess`).
     """
     from tqdm import tqdm
 
@@ -352,18 +356,19 @@ def evaluate_model(data_dir: Path, model_path: Path | None = None, *, device: st
     model = load_model(model_path, device=device)
     results = []
     for files in tqdm(cases, desc="evaluate", unit="case", disable=not progress):
-        results.append(_evaluate_one(model, segment, files, mc_samples, sequences))
+        results.append(_evaluate_one(model, segment, files, mc_samples, sequences, tta=tta, postprocess=postprocess))
     source = str(model_path) if model_path is not None else "shipped demo weights"
     return EvaluationResult(cases=results, source=source, mean=summarise(results))
 
 
 def _evaluate_one(model, segment, files: CaseFiles, mc_samples: int,
-                  sequences: tuple[str, ...] | None) -> CaseMetrics:
+                  sequences: tuple[str, ...] | None, *, tta: bool = False, postprocess=None) -> CaseMetrics:  # noqa: ANN001
     case = read_case(files)
     images = {k: v for k, v in case.images.items() if sequences is None or k in sequences}
     if not images:
         raise ValueError(f"case {files.case_id} has none of the sequences {sequences}")
-    output = segment(images, case.affine, model, mc_samples=mc_samples, gradcam=False, seed=0)
+    output = segment(images, case.affine, model, mc_samples=mc_samples, gradcam=False, seed=0, tta=tta,
+                     postprocess=postprocess)
     probabilities = np.stack([output.probabilities[name] for name in ("background", "ncr", "ed", "et")])
     variance = sum(output.variance[name] for name in ("ncr", "ed", "et")) if output.variance else None
     mask = np.any([image != 0 for image in images.values()], axis=0)

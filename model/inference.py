@@ -15,18 +15,40 @@ How one call of :func:`segment` works
    the samples), the predictive entropy ``H[mean p]`` and the mutual
    information ``H[mean p] - mean H[p]`` (nats). With ``mc_samples=1`` the head
    runs once with dropout off (a deterministic pass; variance and MI are 0).
-4. **Grad-CAM** (segmentation Grad-CAM, one forward and one backward per class
-   through the head only): for class c the score is the sum of the class-c
-   logits over the voxels predicted as c; the channel weights are the
-   gradients of that score with respect to ``trunk.output``, averaged over the
-   whole volume; the map is ``ReLU(sum_k weight_k * feature_k)`` inside the
-   head mask (dilated by 2 voxels; zero outside), divided by its maximum, so it lies in [0, 1] and brighter means more important. A class that
-   is predicted nowhere gets an all-zero map. (MONAI's ``GradCAM`` default
-   normaliser maps (min, max) to (1, 0), i.e. it *inverts* the scale; we do not
-   use it.)
-5. Everything is mapped back onto the caller's grid (trilinear; probabilities
+4. Optional **test-time augmentation** (``tta=True``): the whole network runs
+   once more, deterministically, on each of the 7 flipped copies of the input
+   (every subset of the three axes); the reported probabilities are the mean
+   over the unflipped MC mean and the 7 flipped passes, and their population
+   variance per class is reported as ``tta_variance``, beside (not mixed into)
+   the MC-dropout ``variance``.
+5. **Grad-CAM** (segmentation Grad-CAM) at a chosen target layer
+   (:func:`neuroseg.model.network.default_gradcam_layer`: the second-to-last
+   decoder stage, at half resolution). For class c the score is the sum of the class-c
+   logits over the voxels predicted as c; when fewer than
+   :data:`GRADCAM_MIN_VOXELS` model voxels are predicted as c (a small class
+   that the argmax on the coarse grid may miss), over the
+   :data:`GRADCAM_MIN_VOXELS` voxels of highest p(c) instead. At a deeper
+   layer the gradients of the score weight the layer's activations voxel by
+   voxel (``ReLU(sum_k dS/dA_k(v) * A_k(v))``, the element-wise "HiResCAM"
+   form: with globally averaged weights the deep-layer map lit up healthy
+   brain and missed the tumour on a real case); at ``trunk.output`` the
+   weights are the gradients averaged over the volume (classic Grad-CAM).
+   The map is brought to the model grid
+   (trilinear), kept inside the head mask (dilated by 2 voxels; zero outside)
+   and divided by its maximum, so it lies in [0, 1] and brighter means more
+   important. Should the ReLU leave nothing, the map is the min-max scaled
+   weighted sum instead, so a predicted class always gets a non-empty map. A
+   deeper layer costs one extra sliding-window pass: a forward, and a backward
+   from each class score to the layer in the windows that hold the class
+   (:func:`grad_cam_layer`). At ``trunk.output`` (the head's input) the pass
+   is not needed (:func:`grad_cam`), but the map is then nearly the class
+   logit again. (MONAI's ``GradCAM`` default normaliser maps (min, max) to
+   (1, 0), i.e. it *inverts* the scale; we do not use it.)
+6. Everything is mapped back onto the caller's grid (trilinear; probabilities
    renormalised) and the labels are the argmax of the mapped-back mean
-   probabilities, exported as BraTS values 0/1/2/4.
+   probabilities, exported as BraTS values 0/1/2/4, then optionally
+   post-processed with BraTS conventions (:mod:`neuroseg.model.postprocess`).
+   A class that is not in the final labels gets an all-zero Grad-CAM map.
 
 On CUDA the trunk runs under float16 autocast (AMP); the head and the
 statistics run in float32.
@@ -34,10 +56,12 @@ statistics run in float32.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,11 +74,15 @@ from neuroseg.model.checkpoint import SHIPPED_WEIGHTS, load_checkpoint
 from neuroseg.model.network import (
     BRATS_LABELS,
     CLASS_NAMES,
+    HEAD_INPUT_LAYER,
     NetworkConfig,
     SegmentationNetwork,
     build_network,
+    default_gradcam_layer,
+    layer_scale,
     set_dropout,
 )
+from neuroseg.model.postprocess import PostprocessConfig, postprocess_labels
 from neuroseg.model.preprocess import PreprocessedCase, preprocess, to_input_grid, voxel_volume_ml
 
 log = logging.getLogger(__name__)
@@ -62,6 +90,11 @@ log = logging.getLogger(__name__)
 Progress = Callable[[str, float], None]
 TUMOUR_CLASSES: tuple[str, ...] = ("ncr", "ed", "et")
 MC_SCHEMES = ("head", "full")
+GRADCAM_MIN_VOXELS = 8
+"""A class with fewer predicted model voxels is explained from its top-probability voxels."""
+TTA_FLIPS: tuple[tuple[int, ...], ...] = tuple(
+    axes for n in (1, 2, 3) for axes in itertools.combinations((2, 3, 4), n))
+"""The flips of test-time augmentation: every non-empty subset of the three spatial axes of (1, C, X, Y, Z)."""
 
 
 @dataclass
@@ -115,8 +148,15 @@ class SegmentationResult:
     model_name: str
     model_version: str
     timings: dict[str, float]
-        Seconds per step ("preprocessing", "inference", "mc_dropout", "gradcam", "postprocessing", "total").
+        Seconds per step ("preprocessing", "inference", "mc_dropout", "tta", "gradcam", "postprocessing", "total").
     mc_samples: int
+    tta_variance: dict[str, np.ndarray]
+        "ncr", "ed", "et": float32 variance of the softmax over the flips of test-time
+        augmentation; empty when it did not run.
+    gradcam_layer: str
+        The Grad-CAM target layer ("" when Grad-CAM did not run).
+    postprocessing: dict
+        The post-processing settings and what they changed (empty when off).
     """
 
     labels: np.ndarray
@@ -131,6 +171,9 @@ class SegmentationResult:
     model_version: str
     timings: dict[str, float] = field(default_factory=dict)
     mc_samples: int = 1
+    tta_variance: dict[str, np.ndarray] = field(default_factory=dict)
+    gradcam_layer: str = ""
+    postprocessing: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -143,6 +186,8 @@ class ModelGridOutput:
     mutual_information: np.ndarray
     gradcam: np.ndarray | None
     timings: dict[str, float]
+    tta_variance: np.ndarray | None = None
+    gradcam_layer: str = ""
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -316,9 +361,51 @@ def mc_head(model: LoadedModel, features: torch.Tensor, mc_samples: int, seed: i
     return mean, variance, entropy, mutual
 
 
+def gradcam_score_masks(probabilities: torch.Tensor, predicted: torch.Tensor, n_classes: int,
+                        min_voxels: int = GRADCAM_MIN_VOXELS) -> torch.Tensor:
+    """(n_classes - 1, V) float masks of the voxels whose class-c logits make the Grad-CAM score of class c.
+
+    The voxels predicted as c; when fewer than ``min_voxels`` are, the
+    ``min_voxels`` voxels of highest p(c) (so a small class is still explained).
+    """
+    masks = torch.zeros(n_classes - 1, predicted.shape[0], device=predicted.device)
+    for row, cls in enumerate(range(1, n_classes)):
+        chosen = predicted == cls
+        if int(chosen.sum()) >= min_voxels:
+            masks[row] = chosen.float()
+        else:
+            masks[row, torch.topk(probabilities[cls], min(min_voxels, predicted.shape[0])).indices] = 1.0
+    return masks
+
+
+def _normalise_maps(raw: torch.Tensor, mask: torch.Tensor | None, explained: torch.Tensor) -> torch.Tensor:
+    """ReLU, zero outside ``mask``, divide by the maximum; a class to explain whose ReLU map is empty
+    gets its min-max scaled raw map instead (see the module docstring)."""
+    maps = raw.clamp_min(0)
+    if mask is not None:
+        maps[:, ~mask] = 0
+    for row in range(maps.shape[0]):
+        if not bool(explained[row]):
+            maps[row].zero_()
+            continue
+        peak = maps[row].max()
+        if peak <= 0:
+            values = raw[row] if mask is None else raw[row][mask]
+            low, high = values.min(), values.max()
+            maps[row] = (raw[row] - low) / (high - low) if high > low else torch.ones_like(raw[row])
+            if mask is not None:
+                maps[row, ~mask] = 0
+        else:
+            maps[row] /= peak
+    return maps
+
+
 def grad_cam(model: LoadedModel, features: torch.Tensor, predicted: torch.Tensor,
-             mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Segmentation Grad-CAM at the trunk output for the tumour classes (see the module docstring).
+             mask: torch.Tensor | None = None, score_masks: torch.Tensor | None = None) -> torch.Tensor:
+    """Segmentation Grad-CAM at the trunk output (the head's input) for the tumour classes.
+
+    Cheap (no extra trunk pass), but as the head is pointwise the map is close
+    to the class logit itself; :func:`grad_cam_layer` explains from a deeper layer.
 
     Parameters
     ----------
@@ -329,6 +416,9 @@ def grad_cam(model: LoadedModel, features: torch.Tensor, predicted: torch.Tensor
     mask: torch.Tensor, optional
         (V,) bool: voxels that may carry an explanation (the head); the map is
         zero elsewhere and normalised over the rest.
+    score_masks: torch.Tensor, optional
+        (3, V) voxels whose logits make each class's score
+        (:func:`gradcam_score_masks`); default the voxels predicted as the class.
 
     Returns
     -------
@@ -339,36 +429,142 @@ def grad_cam(model: LoadedModel, features: torch.Tensor, predicted: torch.Tensor
     set_dropout(model.network, head=False)
     channels, total = features.shape
     classes = range(1, model.config.n_classes)
+    if score_masks is None:
+        score_masks = torch.stack([(predicted == cls).float() for cls in classes])
     weights = torch.zeros(len(classes), channels, device=features.device)
     chunk = _chunk_size(features.device)
     with torch.enable_grad():
         for start, stop in _chunks(total, chunk):
-            labels = predicted[start:stop]
-            present = [(row, cls) for row, cls in enumerate(classes) if bool((labels == cls).any())]
+            chosen = score_masks[:, start:stop]
+            present = [(row, cls) for row, cls in enumerate(classes) if bool(chosen[row].any())]
             if not present:
                 continue
             flat = features[:, start:stop].clone().float().requires_grad_(True)
             logits = head.logits_cf(flat)  # one forward, (K, V)
             for index, (row, cls) in enumerate(present):  # one backward per class, to the target layer only
                 seed_gradient = torch.zeros_like(logits)
-                seed_gradient[cls] = (labels == cls).to(logits.dtype)
+                seed_gradient[cls] = chosen[row].to(logits.dtype)
                 (gradient,) = torch.autograd.grad(logits, flat, grad_outputs=seed_gradient,
                                                   retain_graph=index < len(present) - 1)
                 weights[row] += gradient.sum(dim=1)
     weights /= total
-    maps = torch.empty(len(classes), total, device=features.device)
+    raw = torch.empty(len(classes), total, device=features.device)
     with torch.inference_mode():
         for start, stop in _chunks(total, chunk):
-            maps[:, start:stop] = (weights @ features[:, start:stop].float()).clamp_min_(0)
-        if mask is not None:
-            maps[:, ~mask] = 0
-        for row, cls in enumerate(classes):
-            peak = maps[row].max()
-            if not bool((predicted == cls).any()) or peak <= 0:
-                maps[row].zero_()
-            else:
-                maps[row] /= peak
-    return maps
+            raw[:, start:stop] = weights @ features[:, start:stop].float()
+        return _normalise_maps(raw, mask, score_masks.any(dim=1))
+
+
+@contextmanager
+def _frozen_parameters(network: torch.nn.Module) -> Iterator[None]:
+    """No parameter records gradients inside (Grad-CAM needs gradients of activations only)."""
+    flags = [(p, p.requires_grad) for p in network.parameters()]
+    for parameter, _ in flags:
+        parameter.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for parameter, flag in flags:
+            parameter.requires_grad_(flag)
+
+
+def grad_cam_layer(model: LoadedModel, inputs: torch.Tensor, score_masks: torch.Tensor, layer: str, *,
+                   mask: torch.Tensor | None = None, overlap: float = 0.0) -> torch.Tensor:
+    """Segmentation Grad-CAM at a trunk layer, over sliding windows (see the module docstring).
+
+    The gradient of each class score weights the layer's activations voxel by
+    voxel (the element-wise form of Grad-CAM, "HiResCAM", which is faithful to
+    what the layer contributed where): the map of class c is
+    ``ReLU(sum_k dS_c/dA_k(v) * A_k(v))``. A window that holds no voxel of any
+    class's score contributes zero and is not run at all. The windows do not
+    overlap by default: an explanation map does not need the blending that
+    the probabilities do, and it keeps Grad-CAM within 2x one pass.
+
+    Parameters
+    ----------
+    inputs: torch.Tensor
+        (1, C, X, Y, Z) network input on the model grid.
+    score_masks: torch.Tensor
+        (3, X, Y, Z) voxels whose class logits make each class's score (:func:`gradcam_score_masks`).
+    layer: str
+        Target layer (:func:`neuroseg.model.network.gradcam_layers`).
+    mask: torch.Tensor, optional
+        (X, Y, Z) bool: voxels that may carry an explanation.
+
+    Returns
+    -------
+    torch.Tensor
+        (3, X, Y, Z) float32 maps for NCR, ED, ET, each in [0, 1].
+    """
+    from monai.inferers import sliding_window_inference
+
+    scale = layer_scale(model.config, layer)  # names the valid layers if this one is not
+    network = model.network
+    set_dropout(network, head=False)
+    module = network.get_submodule(layer)
+    n_in, shape = inputs.shape[1], tuple(inputs.shape[2:])
+    n_maps = score_masks.shape[0]
+    captured: dict[str, torch.Tensor] = {}
+
+    def capture(_module: torch.nn.Module, _args: Any, output: torch.Tensor) -> torch.Tensor:
+        output = output.detach().float().requires_grad_(True)
+        captured["activations"] = output
+        return output
+
+    def run(window: torch.Tensor) -> torch.Tensor:
+        x, chosen = window[:, :n_in], window[:, n_in:]
+        coarse = [size // scale for size in window.shape[2:]]
+        maps = torch.zeros(1, n_maps, *coarse, device=window.device)
+        present = [row for row in range(n_maps) if bool(chosen[:, row].any())]
+        if not present:
+            return maps
+        with torch.enable_grad():
+            with _autocast(model.device):
+                logits = network(x).float()
+            activations = captured["activations"]
+            for index, row in enumerate(present):  # one backward per class in this window, to the layer only
+                score = (logits[:, row + 1] * chosen[:, row]).sum()
+                (gradient,) = torch.autograd.grad(score, activations, retain_graph=index < len(present) - 1)
+                maps[0, row] = (gradient * activations.detach())[0].sum(dim=0)
+        return maps
+
+    roi = window_size(model.config, shape)
+    handle = module.register_forward_hook(capture)
+    try:
+        with _frozen_parameters(network), torch.no_grad():
+            blended = sliding_window_inference(torch.cat([inputs, score_masks[None].to(inputs.dtype)], dim=1),
+                                               roi, 1, run, overlap=overlap, mode="gaussian",
+                                               sw_device=model.device, device=model.device)
+    finally:
+        handle.remove()
+    with torch.inference_mode():
+        raw = blended[0].float()
+        if tuple(raw.shape[1:]) != shape:
+            raw = torch.nn.functional.interpolate(raw[None], size=shape, mode="trilinear", align_corners=False)[0]
+        flat_mask = None if mask is None else mask.reshape(-1)
+        maps = _normalise_maps(raw.reshape(n_maps, -1), flat_mask, score_masks.reshape(n_maps, -1).any(dim=1))
+    return maps.reshape(n_maps, *shape)
+
+
+def tta_flips(model: LoadedModel, inputs: torch.Tensor, mean: torch.Tensor, *, overlap: float = 0.25,
+              cpu_bf16: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Test-time augmentation by flips: the mean and population variance over the passes.
+
+    The passes are the given (unflipped) mean probabilities ``mean`` (K, V) and
+    one deterministic whole-network pass per flip of :data:`TTA_FLIPS`, each
+    flipped back. Returns mean (K, V) and variance (K, V).
+    """
+    set_dropout(model.network, head=False)
+    total = mean.clone()
+    squares = mean * mean
+    for axes in TTA_FLIPS:
+        logits = sliding_window(model.network, torch.flip(inputs, axes), model, overlap=overlap, cpu_bf16=cpu_bf16)
+        p = torch.softmax(torch.flip(logits, axes)[0].flatten(1), dim=0)
+        total += p
+        squares += p * p
+    count = len(TTA_FLIPS) + 1
+    tta_mean = total / count
+    return tta_mean, (squares / count - tta_mean * tta_mean).clamp_min_(0)
 
 
 def mc_full_network(model: LoadedModel, inputs: torch.Tensor, mc_samples: int, seed: int, *,
@@ -405,10 +601,14 @@ def mc_full_network(model: LoadedModel, inputs: torch.Tensor, mc_samples: int, s
 
 def infer_model_grid(case: PreprocessedCase, model: LoadedModel, *, mc_samples: int = 20, gradcam: bool = True,
                      seed: int = 0, mc_scheme: str = "head", overlap: float = 0.25, cpu_bf16: bool = False,
-                     progress: Progress | None = None) -> ModelGridOutput:
-    """Steps 2-4 of :func:`segment` on a preprocessed case; results stay on the model grid."""
+                     progress: Progress | None = None, tta: bool = False,
+                     gradcam_layer: str | None = None) -> ModelGridOutput:
+    """Steps 2-5 of :func:`segment` on a preprocessed case; results stay on the model grid."""
     if mc_scheme not in MC_SCHEMES:
         raise ValueError(f"mc_scheme={mc_scheme!r}: use one of {', '.join(MC_SCHEMES)}")
+    gradcam_layer = gradcam_layer or default_gradcam_layer(model.config)
+    if gradcam:
+        layer_scale(model.config, gradcam_layer)  # a bad layer name fails before the long passes
     report = progress or (lambda stage, fraction: None)
     timings: dict[str, float] = {}
     shape = case.shape
@@ -431,27 +631,42 @@ def infer_model_grid(case: PreprocessedCase, model: LoadedModel, *, mc_samples: 
             features = sliding_window(model.network.trunk, inputs, model, overlap=overlap)[0].flatten(1)
     timings["mc_dropout"] = time.perf_counter() - started
     report("inference", 1.0)
-    del inputs
+    tta_variance = None
+    if tta:
+        started = time.perf_counter()
+        mean, tta_variance = tta_flips(model, inputs, mean, overlap=overlap, cpu_bf16=cpu_bf16)
+        entropy = -(mean * mean.clamp_min(1e-30).log()).sum(dim=0)
+        timings["tta"] = time.perf_counter() - started
     cams = None
     if gradcam:
         started = time.perf_counter()
         report("explaining", 0.0)
         head = torch.from_numpy(ndimage.binary_dilation(case.mask, iterations=2).ravel()).to(features.device)
-        cams = grad_cam(model, features, mean.argmax(dim=0), head)
+        predicted = mean.argmax(dim=0)
+        score_masks = gradcam_score_masks(mean, predicted, model.config.n_classes)
+        if gradcam_layer == HEAD_INPUT_LAYER:
+            cams = grad_cam(model, features, predicted, head, score_masks=score_masks)
+        else:
+            cams = grad_cam_layer(model, inputs, score_masks.reshape(-1, *shape), gradcam_layer,
+                                  mask=head.reshape(shape))
         cams = cams.reshape(-1, *shape).cpu().numpy()
         timings["gradcam"] = time.perf_counter() - started
-    del features
+    del features, inputs
 
     def grid(t: torch.Tensor) -> np.ndarray:
         return t.reshape(*t.shape[:-1], *shape).float().cpu().numpy()
 
     return ModelGridOutput(probabilities=grid(mean), variance=grid(variance), entropy=grid(entropy),
-                           mutual_information=grid(mutual), gradcam=cams, timings=timings)
+                           mutual_information=grid(mutual), gradcam=cams, timings=timings,
+                           tta_variance=None if tta_variance is None else grid(tta_variance),
+                           gradcam_layer=gradcam_layer if gradcam else "")
 
 
 def segment(images: Mapping[str, np.ndarray], affine: np.ndarray, model: LoadedModel, *, mc_samples: int = 20,
             gradcam: bool = True, seed: int = 0, progress: Progress | None = None, mc_scheme: str = "head",
-            overlap: float = 0.25, cpu_bf16: bool = False) -> SegmentationResult:
+            overlap: float = 0.25, cpu_bf16: bool = False, tta: bool = False,
+            gradcam_layer: str | None = None,
+            postprocess: PostprocessConfig | None = None) -> SegmentationResult:
     """Segment a glioma and explain the result (see the module docstring for the method).
 
     Parameters
@@ -478,6 +693,13 @@ def segment(images: Mapping[str, np.ndarray], affine: np.ndarray, model: LoadedM
         Sliding-window overlap fraction.
     cpu_bf16: bool
         Run the trunk under bfloat16 autocast on CPU (faster only on CPUs with bf16 units).
+    tta: bool
+        Test-time augmentation by flips (7 more passes; see the module docstring).
+    gradcam_layer: str, optional
+        Grad-CAM target layer (:func:`neuroseg.model.network.gradcam_layers`); default
+        :func:`neuroseg.model.network.default_gradcam_layer`.
+    postprocess: PostprocessConfig, optional
+        BraTS-style post-processing of the labels; None leaves them as predicted.
 
     Returns
     -------
@@ -504,10 +726,11 @@ def segment(images: Mapping[str, np.ndarray], affine: np.ndarray, model: LoadedM
     timings = {"preprocessing": time.perf_counter() - begin}
     report("preprocessing", 1.0)
     grid = infer_model_grid(case, model, mc_samples=mc_samples, gradcam=gradcam, seed=seed, mc_scheme=mc_scheme,
-                            overlap=overlap, cpu_bf16=cpu_bf16, progress=report)
+                            overlap=overlap, cpu_bf16=cpu_bf16, progress=report, tta=tta,
+                            gradcam_layer=gradcam_layer)
     timings.update(grid.timings)
     started = time.perf_counter()
-    result = to_result(case, grid, model, mc_samples)
+    result = to_result(case, grid, model, mc_samples, postprocess)
     timings["postprocessing"] = time.perf_counter() - started
     timings["total"] = time.perf_counter() - begin
     result.timings = {key: round(value, 3) for key, value in timings.items()}
@@ -515,8 +738,9 @@ def segment(images: Mapping[str, np.ndarray], affine: np.ndarray, model: LoadedM
     return result
 
 
-def to_result(case: PreprocessedCase, grid: ModelGridOutput, model: LoadedModel, mc_samples: int) -> SegmentationResult:
-    """Map model-grid outputs back onto the input grid and derive labels and volumes."""
+def to_result(case: PreprocessedCase, grid: ModelGridOutput, model: LoadedModel, mc_samples: int,
+              postprocess: PostprocessConfig | None = None) -> SegmentationResult:
+    """Map model-grid outputs back onto the input grid and derive labels (post-processed) and volumes."""
     probabilities = np.stack([
         to_input_grid(grid.probabilities[index], case, order=1, cval=1.0 if index == 0 else 0.0)
         for index in range(len(CLASS_NAMES))
@@ -525,14 +749,23 @@ def to_result(case: PreprocessedCase, grid: ModelGridOutput, model: LoadedModel,
     probabilities /= probabilities.sum(axis=0, keepdims=True)
     lookup = np.array(BRATS_LABELS, dtype=np.uint8)
     labels = lookup[np.argmax(probabilities, axis=0)]
+    postprocessing: dict[str, Any] = {}
+    if postprocess is not None and postprocess.enabled:
+        labels, changes = postprocess_labels(labels, case.input_affine, postprocess)
+        postprocessing = {**postprocess.to_dict(), **changes}
     variance = {name: to_input_grid(grid.variance[index + 1], case, order=1).clip(0, None)
                 for index, name in enumerate(TUMOUR_CLASSES)}
+    tta_variance = {} if grid.tta_variance is None else {
+        name: to_input_grid(grid.tta_variance[index + 1], case, order=1).clip(0, None).astype(np.float32, copy=False)
+        for index, name in enumerate(TUMOUR_CLASSES)}
     entropy = to_input_grid(grid.entropy, case, order=1).clip(0, None)
     mutual = to_input_grid(grid.mutual_information, case, order=1).clip(0, None)
     if grid.gradcam is None:
         cams = {name: np.zeros(case.input_shape, dtype=np.float32) for name in TUMOUR_CLASSES}
     else:
-        cams = {name: to_input_grid(grid.gradcam[index], case, order=1).clip(0, 1)
+        # a class that is not in the final labels is explained by nothing
+        cams = {name: (to_input_grid(grid.gradcam[index], case, order=1).clip(0, 1)
+                       if np.any(labels == BRATS_LABELS[index + 1]) else np.zeros(case.input_shape, np.float32))
                 for index, name in enumerate(TUMOUR_CLASSES)}
     return SegmentationResult(
         labels=labels,
@@ -547,6 +780,9 @@ def to_result(case: PreprocessedCase, grid: ModelGridOutput, model: LoadedModel,
         model_name=model.name,
         model_version=model.version,
         mc_samples=mc_samples,
+        tta_variance=tta_variance,
+        gradcam_layer=grid.gradcam_layer,
+        postprocessing=postprocessing,
     )
 
 

@@ -251,7 +251,10 @@ def build_report(result: Any, shape: tuple[int, ...], affine: np.ndarray, model_
     """The ``report.json`` content for a :class:`~neuroseg.model.inference.SegmentationResult`."""
     report: dict[str, Any] = {
         "report_version": REPORT_VERSION,
-        "model": {"name": result.model_name, "version": result.model_version},
+        "model": {"name": result.model_name, "version": result.model_version,
+                  "gradcam_layer": getattr(result, "gradcam_layer", "") or None,
+                  "postprocessing": dict(getattr(result, "postprocessing", {}) or {}) or None,
+                  "tta": bool(getattr(result, "tta_variance", None))},
         "sequences_used": list(result.sequences_used),
         "mc_samples": int(getattr(result, "mc_samples", 0)),
         "volumes_ml": {key: float(value) for key, value in result.volumes_ml.items()},
@@ -259,7 +262,7 @@ def build_report(result: Any, shape: tuple[int, ...], affine: np.ndarray, model_
         "regions": {"wt": "whole tumour (1+2+4)", "tc": "tumour core (1+4)", "et": "enhancing tumour (4)"},
         "timings_s": {key: float(value) for key, value in result.timings.items()},
         "grid": {"shape": [int(n) for n in shape], "affine_lps": np.asarray(affine, dtype=float).round(6).tolist()},
-        "gradcam_target_layer": "trunk.output (last decoder stage, full resolution)",
+        "gradcam_target_layer": getattr(result, "gradcam_layer", "") or None,
         "statement": NOT_FOR_DIAGNOSIS,
     }
     if notes:
@@ -317,6 +320,8 @@ def write_result_folder(result: Any, images: Mapping[str, np.ndarray], affine: n
     save("mutual_information", result.mutual_information.astype(np.float32))
     for key in TUMOUR_CLASSES:
         save(f"gradcam_{key}", result.gradcam[key].astype(np.float32))
+    for key, array in (getattr(result, "tta_variance", None) or {}).items():
+        save(f"tta_variance_{key}", array.astype(np.float32))
     for key in SEQUENCE_KEYS:
         if key in images:
             save(f"image_{key}", np.asarray(images[key], dtype=np.float32))

@@ -33,9 +33,15 @@ connections by concatenation), cut in two parts:
     (:meth:`NetworkHead.logits_cf`), which the inference code uses to run
     the N passes and Grad-CAM on the blended feature volume in chunks.
 
-The Grad-CAM target layer is the trunk output (``"trunk.output"``): the
-activations of the last decoder stage, at full resolution, just before the
-stochastic head.
+Grad-CAM target layers (:func:`gradcam_layers`): ``"trunk.output"`` is the
+last decoder stage at full resolution, just before the per-voxel head: its
+Grad-CAM map is nearly a copy of the class logit (the head is pointwise).
+The default (:func:`default_gradcam_layer`; :data:`GRADCAM_TARGET_LAYER`
+for the 4-level networks) is a deeper decoder stage
+(``"trunk.decoders.1"``, half resolution), whose activations still carry
+context from the coarser levels, so the map shows which region drove the
+prediction rather than repeating it. Any ``trunk.decoders.<i>`` or
+``trunk.encoders.<i>`` can be chosen (``NEUROSEG_GRADCAM_LAYER``).
 """
 
 from __future__ import annotations
@@ -56,8 +62,34 @@ CLASS_NAMES: tuple[str, ...] = ("background", "ncr", "ed", "et")
 BRATS_LABELS: tuple[int, ...] = (0, 1, 2, 4)
 """BraTS label value of each output class (same order as :data:`CLASS_NAMES`)."""
 
-GRADCAM_TARGET_LAYER = "trunk.output"
-"""Documented Grad-CAM target layer: the last decoder stage's activations (full resolution)."""
+GRADCAM_TARGET_LAYER = "trunk.decoders.1"
+"""Default Grad-CAM target layer of the 4-level networks: the second-to-last decoder stage (half resolution)."""
+HEAD_INPUT_LAYER = "trunk.output"
+"""The trunk output (the head's input): Grad-CAM there nearly repeats the prediction."""
+
+
+def gradcam_layers(config: "NetworkConfig") -> tuple[str, ...]:
+    """Names of the layers Grad-CAM can target in a network of this config."""
+    levels = len(config.channels)
+    return (HEAD_INPUT_LAYER, *(f"trunk.decoders.{i}" for i in range(levels - 1)),
+            *(f"trunk.encoders.{i}" for i in range(levels)))
+
+
+def default_gradcam_layer(config: "NetworkConfig") -> str:
+    """The second-to-last decoder stage (:data:`GRADCAM_TARGET_LAYER` for 4 levels); the only one for 2 levels."""
+    return f"trunk.decoders.{max(0, len(config.channels) - 3)}"
+
+
+def layer_scale(config: "NetworkConfig", layer: str) -> int:
+    """How many input voxels one voxel of ``layer``'s activations spans along each axis."""
+    if layer not in gradcam_layers(config):
+        raise ValueError(f"Grad-CAM layer {layer!r} is not one of {', '.join(gradcam_layers(config))}")
+    if layer == HEAD_INPUT_LAYER:
+        return 1
+    kind, index = layer.split(".")[1:]
+    levels = len(config.channels)
+    level = int(index) if kind == "encoders" else levels - 2 - int(index)
+    return 2**level
 
 
 @dataclass(frozen=True)

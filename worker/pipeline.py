@@ -110,6 +110,9 @@ class Stage:
 def load_volumes(ctx: JobContext) -> None:
     """Read the classified series, validate their geometry and resample them onto the reference grid."""
     ctx.loaded = load_study(ctx.manifest, ctx.settings, progress=ctx.progress)
+    ctx.store.record_event("timing", "loading: " + " ".join(f"{part}={seconds:.2f}s" for part, seconds in
+                                                            ctx.loaded.timings.items()),
+                           job_id=ctx.job_id, study_instance_uid=ctx.manifest.study_instance_uid)
     for note in ctx.loaded.notes:
         ctx.store.record_event("note", note, job_id=ctx.job_id, study_instance_uid=ctx.manifest.study_instance_uid)
     for role, why in ctx.loaded.skipped.items():
@@ -126,15 +129,15 @@ _MODELS: dict[tuple[str, str], Any] = {}
 
 
 def get_model(settings: Settings, device: str) -> Any:
-    """The model for ``settings.model_path`` on ``device``, loaded once per worker process."""
-    from neuroseg.model.inference import load_model
+    """The model adapter for ``settings.model_path`` (checkpoint or MONAI bundle) on ``device``, loaded once."""
+    from neuroseg.model.adapters import load_adapter
 
     key = (str(settings.model_path or ""), device)
     model = _MODELS.get(key)
     if model is None:
         started = time.monotonic()
         try:
-            model = load_model(settings.model_path, device)
+            model = load_adapter(settings.model_path, device)
         except (FileNotFoundError, ValueError) as exc:
             # a wrong model is a configuration problem: every job would fail the same way
             raise InputError(f"the model cannot be loaded ({settings.model_path or 'shipped weights'}): {exc}") \
@@ -150,9 +153,19 @@ MODEL_STAGES = {"preprocessing": JobState.PREPROCESSING, "inference": JobState.I
                 "explaining": JobState.EXPLAINING}
 
 
+def model_options(settings: Settings) -> dict[str, Any]:
+    """The inference options of the settings (TTA, Grad-CAM layer, post-processing) as ``segment`` keywords."""
+    from neuroseg.model.postprocess import PostprocessConfig
+
+    return {"tta": settings.tta, "gradcam_layer": settings.gradcam_layer or None,
+            "postprocess": PostprocessConfig(enabled=settings.postprocess, min_et_ml=settings.min_et_ml,
+                                             min_component_ml=settings.min_component_ml)}
+
+
 def run_model(ctx: JobContext) -> None:
-    """Segment, with MC dropout uncertainty and Grad-CAM; the job follows the model's own stages."""
-    from neuroseg.model.inference import resolve_device, segment
+    """Segment, with the model's uncertainty method and Grad-CAM; the job follows the model's own stages."""
+    from neuroseg.model.adapters import as_adapter
+    from neuroseg.model.inference import resolve_device
 
     assert ctx.loaded is not None
     try:
@@ -169,10 +182,10 @@ def run_model(ctx: JobContext) -> None:
         ctx.progress(100.0 * float(fraction), f"{stage} {100.0 * float(fraction):.0f}%")
 
     def attempt(on: str) -> Any:
-        model = get_model(ctx.settings, on)
-        ctx.model_metadata = dict(getattr(model, "metadata", {}) or {})
-        return segment(ctx.loaded.images, ctx.loaded.affine, model, mc_samples=ctx.settings.mc_samples,
-                       progress=progress)
+        model = as_adapter(get_model(ctx.settings, on))
+        ctx.model_metadata = dict(model.metadata)  # provenance and uncertainty method ride in its model_card
+        return model.segment(ctx.loaded.images, ctx.loaded.affine, mc_samples=ctx.settings.mc_samples,
+                             progress=progress, **model_options(ctx.settings))
 
     # bad volumes raise the model's InputError, which is ours: any other error here is a bug
     try:

@@ -273,6 +273,14 @@ class Settings(BaseSettings):
     # --- model ------------------------------------------------------------------
     model_path: Path | None = Field(None, description="weights to load; unset means the shipped demo weights")
     mc_samples: int = Field(20, ge=1, le=200, description="Monte Carlo dropout passes")
+    tta: bool = Field(False, description="test-time augmentation by flips (7 more passes); its variance is kept apart")
+    gradcam_layer: str = Field("", description="Grad-CAM target layer (trunk.output, trunk.decoders.N, "
+                               "trunk.encoders.N); empty: the second-to-last decoder stage")
+    postprocess: bool = Field(True, description="BraTS post-processing of the labels (small components, minimum ET)")
+    min_et_ml: float = Field(0.5, ge=0, description="total ET below this (mL) becomes NCR (with postprocess)")
+    min_component_ml: float = Field(
+        0.2, ge=0, description="tumour components below this (mL) are removed, the largest kept (with postprocess)"
+    )
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
 
     # --- DICOM out ----------------------------------------------------------------

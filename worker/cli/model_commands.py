@@ -32,7 +32,8 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
                          help="Monte Carlo dropout passes (default NEUROSEG_MC_SAMPLES, 20)")
     predict.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default NEUROSEG_DEVICE)")
     predict.add_argument("--model", type=Path, default=None, metavar="PATH",
-                         help="checkpoint (default NEUROSEG_MODEL_PATH, else the shipped demo weights)")
+                         help="checkpoint or MONAI bundle folder/zip (default NEUROSEG_MODEL_PATH, else the "
+                              "shipped demo weights)")
     predict.add_argument("--seed", type=int, default=0, help="seed of the dropout masks (default 0)")
     predict.add_argument("--no-gradcam", action="store_true", help="skip Grad-CAM")
     predict.add_argument("--no-coregister", action="store_true",
@@ -85,8 +86,9 @@ def run_predict(args: argparse.Namespace) -> int:
     """Handler of ``neuroseg predict``."""
     from neuroseg.model.checkpoint import SHIPPED_WEIGHTS
     from neuroseg.model.figures import write_figures
-    from neuroseg.model.inference import load_model, segment
+    from neuroseg.model.adapters import load_adapter
     from neuroseg.model.io import load_inputs, write_result_folder
+    from neuroseg.worker.pipeline import model_options
 
     settings = get_settings()
     paths = {key: getattr(args, key) for key in SEQUENCE_OPTIONS if getattr(args, key) is not None}
@@ -104,11 +106,11 @@ def run_predict(args: argparse.Namespace) -> int:
         notes: list[str] = []
         images, affine, reference = load_inputs(paths, coregister=settings.coregister and not args.no_coregister,
                                                 notes=notes)
-        model = load_model(model_path, device)
+        model = load_adapter(model_path, device)
         bar, update = _progress_bar()
         try:
-            result = segment(images, affine, model, mc_samples=mc_samples, gradcam=not args.no_gradcam,
-                             seed=args.seed, progress=update)
+            result = model.segment(images, affine, mc_samples=mc_samples, gradcam=not args.no_gradcam,
+                                   seed=args.seed, progress=update, **model_options(settings))
         finally:
             bar.close()
     except (FileNotFoundError, ValueError, TypeError) as exc:
@@ -118,6 +120,8 @@ def run_predict(args: argparse.Namespace) -> int:
     if not args.no_figures:
         write_figures(result, images, affine, args.out)
     print(f"model        {result.model_name} {result.model_version} on {model.device}")
+    print(f"uncertainty  {model.uncertainty_method}, {result.mc_samples} passes; "
+          f"Grad-CAM {result.gradcam_layer or 'off'}")
     for note in notes:
         print(f"input        {note}")
     print(f"reference    {reference} grid {list(result.labels.shape)}; sequences used: {', '.join(result.sequences_used)}")

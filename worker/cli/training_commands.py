@@ -99,6 +99,9 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
                           help="comma list of sequences to use, e.g. t1,flair (default all present)")
     evaluate.add_argument("--mc-samples", type=int, default=10, help="MC dropout passes (default 10)")
     evaluate.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    evaluate.add_argument("--tta", action="store_true", help="test-time augmentation by flips")
+    evaluate.add_argument("--postprocess", action="store_true",
+                          help="post-process the labels as the service does (NEUROSEG_MIN_ET_ML, NEUROSEG_MIN_COMPONENT_ML)")
     evaluate.add_argument("--json", type=Path, metavar="FILE", help="write per-case and mean metrics as JSON")
     evaluate.set_defaults(handler=run_evaluate)
 
@@ -180,8 +183,16 @@ def run_evaluate(args: argparse.Namespace) -> int:
             result = evaluate_predictions(args.data, args.pred)
         else:
             sequences = tuple(s.strip() for s in args.sequences.split(",")) if args.sequences else None
-            result = evaluate_model(args.data, args.model, device=args.device,
-                                    mc_samples=args.mc_samples, sequences=sequences)
+            postprocess = None
+            if args.postprocess:
+                from neuroseg.model.postprocess import PostprocessConfig
+                from neuroseg.worker.settings import get_settings
+
+                settings = get_settings()
+                postprocess = PostprocessConfig(min_et_ml=settings.min_et_ml,
+                                                min_component_ml=settings.min_component_ml)
+            result = evaluate_model(args.data, args.model, device=args.device, mc_samples=args.mc_samples,
+                                    sequences=sequences, tta=args.tta, postprocess=postprocess)
     except ValueError as exc:
         print(f"neuroseg evaluate: {exc}", file=sys.stderr)
         return 2
