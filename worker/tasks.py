@@ -33,7 +33,7 @@ import traceback
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from neuroseg.worker.errors import GpuOutOfMemory, InputError, TransientError
+from neuroseg.worker.errors import GpuOutOfMemory, InputError, NeurosegError, TransientError
 from neuroseg.worker.jobstore import FINAL_STATES, RUNNING_STATES, ClaimOutcome, JobState, JobStore, worker_identity
 from neuroseg.worker.queue import retry_countdown
 from neuroseg.worker.settings import Settings, get_settings
@@ -159,8 +159,9 @@ def record_retry(job_id: str, exc: BaseException, when: float | dt.datetime | No
         now = dt.datetime.now(when.tzinfo or dt.timezone.utc)
         when = (when - now).total_seconds()
     countdown = max(0.0, float(when or 0.0))
-    log.warning("job %s: %s; retry in %.0f s", job_id, exc, countdown)
-    JobStore.from_settings(get_settings()).mark_retrying(job_id, str(exc), countdown)
+    reason = str(exc) if isinstance(exc, NeurosegError) else f"unexpected error: {type(exc).__name__}: {exc}"
+    log.warning("job %s: %s; retry in %.0f s", job_id, reason, countdown)
+    JobStore.from_settings(get_settings()).mark_retrying(job_id, reason, countdown)
 
 
 def record_failure(job_id: str, exc: BaseException, attempts: int) -> None:

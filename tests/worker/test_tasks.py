@@ -113,6 +113,8 @@ def test_a_bug_is_recorded_with_its_traceback_and_retried_once(setup, monkeypatc
     detail = store.get_job(job_id)
     assert detail.state == "failed"
     assert detail.error == "gave up after 2 attempts: unexpected error during loading: ZeroDivisionError: boom"
+    retrying = [stage for stage in detail.stages if stage.name == "retrying"]
+    assert len(retrying) == 1
     tracebacks = [event.message for event in detail.events if event.kind == "error"]
     assert len(tracebacks) == 2 and "Traceback (most recent call last)" in tracebacks[0]
     assert "ZeroDivisionError: boom" in tracebacks[0]
