@@ -193,11 +193,12 @@ class ModelAdapter(ABC):
 
     @abstractmethod
     def segment(self, images: Mapping[str, np.ndarray], affine: np.ndarray, *, mc_samples: int = 20,
-                gradcam: bool = True, seed: int = 0, progress: Progress | None = None) -> Any:
+                gradcam: bool = True, seed: int = 0, progress: Progress | None = None, **options: Any) -> Any:
         """A :class:`~neuroseg.model.inference.SegmentationResult` on the grid of ``images``.
 
         ``mc_samples`` is the number of stochastic passes of the model's uncertainty method
-        (dropout masks, or flips up to 8).
+        (dropout masks, or flips up to 8); ``options`` are the keywords of
+        :func:`neuroseg.model.inference.segment` (``tta``, ``gradcam_layer``, ``postprocess``).
         """
 
     @property
@@ -276,11 +277,17 @@ class CheckpointAdapter(ModelAdapter):
         return meta
 
     def segment(self, images: Mapping[str, np.ndarray], affine: np.ndarray, *, mc_samples: int = 20,
-                gradcam: bool = True, seed: int = 0, progress: Progress | None = None) -> Any:
+                gradcam: bool = True, seed: int = 0, progress: Progress | None = None, **options: Any) -> Any:
         from neuroseg.model import inference  # looked up per call, so a patched segment is honoured
 
+        options = {key: value for key, value in options.items() if value is not None}
         return inference.segment(images, affine, self.model, mc_samples=mc_samples, gradcam=gradcam, seed=seed,
-                                 progress=progress)
+                                 progress=progress, **options)
+
+
+def as_adapter(model: Any) -> ModelAdapter:
+    """``model`` itself when it is an adapter, else a :class:`CheckpointAdapter` around a loaded checkpoint."""
+    return model if isinstance(model, ModelAdapter) else CheckpointAdapter(model)
 
 
 def is_bundle(path: Path) -> bool:

@@ -306,7 +306,13 @@ class BundleAdapter(ModelAdapter):
         return meta
 
     def segment(self, images: Mapping[str, np.ndarray], affine: np.ndarray, *, mc_samples: int = MAX_PASSES,
-                gradcam: bool = True, seed: int = 0, progress: Progress | None = None) -> Any:
+                gradcam: bool = True, seed: int = 0, progress: Progress | None = None,
+                gradcam_layer: str | None = None, postprocess: Any = None, **_ignored: Any) -> Any:
+        """See :meth:`ModelAdapter.segment`; ``gradcam_layer`` names a layer of the bundle's network.
+
+        ``postprocess`` (a :class:`~neuroseg.model.postprocess.PostprocessConfig`) is applied to the labels;
+        other options of our own network (``tta``: the flips are the method here anyway) are ignored.
+        """
         from neuroseg.model.inference import ModelGridOutput, label_volumes_ml, to_result
         from neuroseg.model.preprocess import preprocess
 
@@ -324,24 +330,29 @@ class BundleAdapter(ModelAdapter):
         passes = min(mc_samples, MAX_PASSES)
         mean, variance, entropy, mutual = self._flip_passes(case.image, passes, report)
         timings["tta"] = time.perf_counter() - started
+        layer = self._layer(gradcam_layer)
         cams = None
-        if gradcam and self.gradcam_layer:
+        if gradcam and layer:
             started = time.perf_counter()
             report("explaining", 0.0)
-            cams = self._grad_cam(case.image, case.mask)
+            cams = self._grad_cam(case.image, case.mask, layer)
             timings["gradcam"] = time.perf_counter() - started
         grid = ModelGridOutput(probabilities=mean, variance=variance, entropy=entropy, mutual_information=mutual,
-                               gradcam=cams, timings=timings, gradcam_layer=self.gradcam_layer if cams is not None
-                               else "")
+                               gradcam=cams, timings=timings, gradcam_layer=layer if cams is not None else "")
         started = time.perf_counter()
         result = to_result(case, grid, self, passes)
         if self.labels.is_regions:  # the declared set rule, not the argmax of the derived classes
             stacked = np.stack([result.probabilities[name] for name in CLASS_NAMES])
             result.labels = self.labels.labels_from_probabilities(stacked)
-            result.volumes_ml = label_volumes_ml(result.labels, case.input_affine)
-            for index, name in enumerate(CLASS_NAMES[1:]):
-                if not np.any(result.labels == (1, 2, 4)[index]):
-                    result.gradcam[name] = np.zeros_like(result.gradcam[name])
+        if postprocess is not None and getattr(postprocess, "enabled", False):
+            from neuroseg.model.postprocess import postprocess_labels
+
+            result.labels, changes = postprocess_labels(result.labels, case.input_affine, postprocess)
+            result.postprocessing = {**postprocess.to_dict(), **changes}
+        result.volumes_ml = label_volumes_ml(result.labels, case.input_affine)
+        for index, name in enumerate(CLASS_NAMES[1:]):  # a class not in the final labels is explained by nothing
+            if not np.any(result.labels == (1, 2, 4)[index]):
+                result.gradcam[name] = np.zeros_like(result.gradcam[name])
         timings["postprocessing"] = time.perf_counter() - started
         timings["total"] = time.perf_counter() - begin
         result.timings = {key: round(value, 3) for key, value in timings.items()}
@@ -389,8 +400,23 @@ class BundleAdapter(ModelAdapter):
         mutual = (entropy - total_h / n).clamp_min(0)
         return tuple(t.cpu().numpy().astype(np.float32) for t in (mean, variance, entropy, mutual))  # type: ignore
 
-    def _grad_cam(self, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """(3, X, Y, Z) Grad-CAM of NCR, ED, ET at :attr:`gradcam_layer`, each in [0, 1] inside the head."""
+    def _layer(self, wanted: str | None) -> str:
+        """The Grad-CAM layer: ``wanted`` (checked), else the declared or default one; "" for TorchScript."""
+        if not wanted:
+            return self.gradcam_layer
+        if self.torchscript:
+            raise ModelMismatchError(f"model {self.source} is TorchScript, which takes no Grad-CAM hooks; "
+                                     f"unset the Grad-CAM layer ({wanted!r}) or give the bundle's model.pt")
+        if wanted not in dict(self.network.named_modules()):
+            raise ModelMismatchError(f"Grad-CAM layer {wanted!r} is not a layer of {self.source}; "
+                                     f"e.g. {', '.join(self._layer_examples())}")
+        return wanted
+
+    def _layer_examples(self) -> list[str]:
+        return [name for name, _ in self.network.named_children()][:6]
+
+    def _grad_cam(self, image: np.ndarray, mask: np.ndarray, layer: str) -> np.ndarray:
+        """(3, X, Y, Z) Grad-CAM of NCR, ED, ET at ``layer``, each in [0, 1] inside the head."""
         import torch
         from monai.transforms import DivisiblePad
         from monai.visualize import GradCAM
@@ -403,7 +429,7 @@ class BundleAdapter(ModelAdapter):
         crop = tuple(slice((p - n) // 2, (p - n) // 2 + n) for p, n in zip(inputs.shape[2:], shape))
         head = ndimage.binary_dilation(mask, iterations=2)
         # MONAI's hooks stay on the module they are put on: a copy keeps them off the inference network
-        cam = GradCAM(nn_module=copy.deepcopy(self.network), target_layers=self.gradcam_layer,
+        cam = GradCAM(nn_module=copy.deepcopy(self.network), target_layers=layer,
                       postprocessing=lambda x: x)
         maps = []
         with torch.enable_grad():
