@@ -38,6 +38,11 @@ MAX_TRANSLATION_MM = 30.0
 MIN_ROTATION_DEG = 1.0
 MIN_TRANSLATION_MM = 1.0
 """Smaller movements are within the registration's own precision: resampling for them only blurs."""
+WORKING_SPACING_MM = 3.0
+"""Registration runs on copies of both images at this isotropic voxel size: the network's working
+resolution (``NetworkConfig.spacing_mm`` of the shipped model), so an alignment finer than the
+network sees costs nothing in labels. On the 1 mm BraTS case it took 52 s at full resolution and
+5 s here on a loaded two-core machine, finding the same movement within 0.3 deg and 0.3 mm."""
 
 
 @dataclass(frozen=True)
@@ -100,10 +105,34 @@ def resample_onto(array: np.ndarray, affine: np.ndarray, shape: tuple[int, ...],
     return sitk.GetArrayFromImage(result)
 
 
+def to_spacing(image: Any, spacing_mm: float):  # noqa: ANN201 - SimpleITK imported lazily
+    """``image`` resampled (linear) to isotropic ``spacing_mm`` over the same extent; as is when not coarser."""
+    import SimpleITK as sitk
+
+    old_spacing = np.asarray(image.GetSpacing())
+    if np.all(old_spacing >= spacing_mm - 1e-6):
+        return image
+    spacing = np.maximum(old_spacing, spacing_mm)
+    size = [max(1, int(round(n * old / new))) for n, old, new in zip(image.GetSize(), old_spacing, spacing)]
+    # the same first voxel corner, so the extent is kept: the centre moves by half the spacing change
+    direction = np.asarray(image.GetDirection()).reshape(3, 3)
+    origin = np.asarray(image.GetOrigin()) + direction @ ((spacing - old_spacing) / 2.0)
+    smoothed = sitk.SmoothingRecursiveGaussian(image, [float(v) for v in np.maximum(spacing - old_spacing, 1e-3) / 2])
+    return sitk.Resample(smoothed, size, sitk.Transform(), sitk.sitkLinear, [float(v) for v in origin],
+                         [float(v) for v in spacing], image.GetDirection(), 0.0, sitk.sitkFloat32)
+
+
 def register_rigid(moving: np.ndarray, moving_affine: np.ndarray, fixed: np.ndarray, fixed_affine: np.ndarray, *,
                    same_frame: bool = True, max_rotation_deg: float = MAX_ROTATION_DEG,
-                   max_translation_mm: float = MAX_TRANSLATION_MM, seed: int = 7) -> Registration:
+                   max_translation_mm: float = MAX_TRANSLATION_MM, seed: int = 7,
+                   working_spacing_mm: float | None = WORKING_SPACING_MM) -> Registration:
     """Rigidly register ``moving`` to ``fixed`` (Euler 3D, Mattes MI, two resolution levels).
+
+    With ``working_spacing_mm`` both images are first resampled to that
+    isotropic voxel size and the levels are twice it and it (the fast path);
+    ``None`` registers the images as given with levels of 4 and 2 voxels (the
+    reference path). The transform lives in physical space either way, so it
+    applies to the full-resolution images.
 
     Raises
     ------
@@ -116,6 +145,11 @@ def register_rigid(moving: np.ndarray, moving_affine: np.ndarray, fixed: np.ndar
 
     fixed_image = to_sitk(fixed, fixed_affine)
     moving_image = to_sitk(moving, moving_affine)
+    shrink, sigmas = [4, 2], [2, 1]
+    if working_spacing_mm is not None:
+        fixed_image = to_spacing(fixed_image, working_spacing_mm)
+        moving_image = to_spacing(moving_image, working_spacing_mm)
+        shrink, sigmas = [2, 1], [1, 0]
     if same_frame:
         initial = sitk.Euler3DTransform()
         centre = [(n - 1) / 2.0 for n in fixed_image.GetSize()]
@@ -132,8 +166,8 @@ def register_rigid(moving: np.ndarray, moving_affine: np.ndarray, fixed: np.ndar
     method.SetOptimizerScalesFromPhysicalShift()
     # no full-resolution level: half the voxel size is precise enough for a network working at 3 mm,
     # and the full-resolution level took two thirds of the time on 1 mm volumes
-    method.SetShrinkFactorsPerLevel([4, 2])
-    method.SetSmoothingSigmasPerLevel([2, 1])
+    method.SetShrinkFactorsPerLevel(shrink)
+    method.SetSmoothingSigmasPerLevel(sigmas)
     method.SetInitialTransform(initial, inPlace=False)
     try:
         before = float(method.MetricEvaluate(fixed_image, moving_image))

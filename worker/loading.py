@@ -34,6 +34,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,7 +43,7 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from neuroseg.model.enhanced import frame_attribute, is_multiframe, largest_stack
-from neuroseg.model.registration import register_rigid, resample_onto
+from neuroseg.model.registration import WORKING_SPACING_MM, register_rigid, resample_onto
 from neuroseg.worker.contracts import SequenceRole, SeriesManifest, StudyManifest
 from neuroseg.worker.errors import InputError, JobInterrupted
 from neuroseg.worker.settings import FrameOfReferencePolicy, Settings
@@ -359,7 +360,8 @@ def load_series(series: SeriesManifest) -> SeriesVolume:
 
 
 def register_to_reference(volume: SeriesVolume, reference: SeriesVolume, role: SequenceRole,
-                          reference_role: SequenceRole, settings: Settings) -> tuple[object, str | None]:
+                          reference_role: SequenceRole, settings: Settings, *,
+                          registration_spacing_mm: float | None = WORKING_SPACING_MM) -> tuple[object, str | None]:
     """The transform that puts ``volume`` on ``reference`` (``None``: scanner geometry) and a note for the job.
 
     Another frame of reference is registered (or refused, per
@@ -377,7 +379,7 @@ def register_to_reference(volume: SeriesVolume, reference: SeriesVolume, role: S
         return None, None
     try:
         outcome = register_rigid(volume.array, volume.affine, reference.array, reference.affine,
-                                 same_frame=same_frame)
+                                 same_frame=same_frame, working_spacing_mm=registration_spacing_mm)
     except RuntimeError as exc:
         raise InputError(f"{_name(volume.series_instance_uid, volume.series_description)}: rigid registration "
                          f"to the reference failed: {exc}") from exc
@@ -411,7 +413,8 @@ def choose_series(manifest: StudyManifest) -> dict[SequenceRole, SeriesManifest]
 
 
 def load_study(manifest: StudyManifest, settings: Settings,
-               progress: Callable[[float, str], None] | None = None) -> LoadedStudy:
+               progress: Callable[[float, str], None] | None = None, *,
+               registration_spacing_mm: float | None = WORKING_SPACING_MM) -> LoadedStudy:
     """Load the study's sequences and resample them onto the reference grid.
 
     The reference is ``settings.reference_role`` (T1ce by default), else FLAIR,
@@ -420,7 +423,10 @@ def load_study(manifest: StudyManifest, settings: Settings,
     ``skipped`` (the job ends ``partial``), unless nothing usable is left.
     Sequences in another frame of reference are registered rigidly to the
     reference or refused, per ``settings.frame_of_reference_policy``; within
-    one frame they are co-registered when ``settings.coregister`` is on.
+    one frame they are co-registered when ``settings.coregister`` is on, on copies
+    at ``registration_spacing_mm`` (``None``: at full resolution, the reference path).
+    The series are read in parallel threads (pydicom's decoders and the file reads
+    release the GIL).
 
     Raises
     ------
@@ -433,14 +439,19 @@ def load_study(manifest: StudyManifest, settings: Settings,
     timings = {"read": 0.0, "register": 0.0, "resample": 0.0}
     volumes: dict[SequenceRole, SeriesVolume] = {}
     skipped: dict[str, str] = {}
-    for n, (role, item) in enumerate(sorted(chosen.items(), key=lambda pair: pair[0].value)):
-        if progress:
-            progress(100 * n / (len(chosen) + 1), f"reading {role.value} ({item.instance_count} files)")
-        try:
-            volumes[role] = load_series(item)
-        except InputError as exc:
-            log.warning("study %s: %s skipped: %s", manifest.study_instance_uid, role.value, exc)
-            skipped[role.value] = str(exc)
+    if progress:
+        progress(0.0, f"reading {len(chosen)} series ({sum(item.instance_count for item in chosen.values())} files)")
+    ordered = sorted(chosen.items(), key=lambda pair: pair[0].value)
+    with ThreadPoolExecutor(max_workers=len(ordered), thread_name_prefix="neuroseg-read") as pool:
+        futures = [(role, pool.submit(load_series, item)) for role, item in ordered]
+        for n, (role, future) in enumerate(futures):
+            try:
+                volumes[role] = future.result()
+            except InputError as exc:
+                log.warning("study %s: %s skipped: %s", manifest.study_instance_uid, role.value, exc)
+                skipped[role.value] = str(exc)
+            if progress:
+                progress(100 * (n + 1) / (len(chosen) + 1), f"read {role.value}")
     timings["read"] = time.perf_counter() - started
     preference = [SequenceRole.parse(settings.reference_role), SequenceRole.FLAIR, SequenceRole.T1CE]
     reference_role = next((role for role in preference if role in volumes), None)
@@ -456,7 +467,8 @@ def load_study(manifest: StudyManifest, settings: Settings,
         transform = None
         started = time.perf_counter()
         if role is not reference_role:
-            transform, note = register_to_reference(volume, reference, role, reference_role, settings)
+            transform, note = register_to_reference(volume, reference, role, reference_role, settings,
+                                                    registration_spacing_mm=registration_spacing_mm)
             if note:
                 notes.append(note)
         timings["register"] += time.perf_counter() - started

@@ -7,7 +7,7 @@ import pytest
 
 from neuroseg.model.io import read_nifti
 from neuroseg.model.phantom import PhantomConfig, make_phantom
-from neuroseg.model.registration import register_rigid, resample_onto, to_sitk
+from neuroseg.model.registration import WORKING_SPACING_MM, register_rigid, resample_onto, to_sitk
 
 
 @pytest.fixture(scope="module")
@@ -70,3 +70,63 @@ def test_patient_motion_in_the_real_tcga_study_is_found(shared_data):
     assert outcome.accepted, outcome.reason
     assert 5.0 < outcome.rotation_deg < 15.0
     assert outcome.metric_after < outcome.metric_before - 0.1
+
+
+# --- the fast path (registration at the network's working resolution) against the reference path -------
+
+
+def _labels_of_both_paths(images: dict[str, tuple[np.ndarray, np.ndarray]], reference_key: str):
+    """Labels after co-registering every (array, affine) to ``reference_key`` at working resolution and at full."""
+    from neuroseg.model.inference import load_model, segment
+
+    model = load_model(None, "cpu")
+    fixed, fixed_affine = images[reference_key]
+    labels = []
+    for spacing in (WORKING_SPACING_MM, None):
+        aligned = {}
+        for key, (array, affine) in images.items():
+            outcome = None if key == reference_key else register_rigid(array, affine, fixed, fixed_affine,
+                                                                         working_spacing_mm=spacing)
+            aligned[key] = resample_onto(array, affine, fixed.shape, fixed_affine, outcome and outcome.transform)
+        labels.append(segment(aligned, fixed_affine, model, mc_samples=1, gradcam=False).labels)
+    return labels
+
+
+def _assert_same_labels(fast: np.ndarray, reference: np.ndarray) -> None:
+    agreement = float(np.mean(fast == reference))
+    whole_fast, whole_reference = fast > 0, reference > 0
+    dice = 2 * np.sum(whole_fast & whole_reference) / max(1, whole_fast.sum() + whole_reference.sum())
+    assert whole_reference.sum() > 0, "the reference path found no tumour: the comparison would prove nothing"
+    assert agreement >= 0.995, agreement
+    assert dice >= 0.99, dice
+
+
+def test_working_resolution_registration_finds_the_same_movement(head):
+    t1, flair, affine = head
+    moved_flair = _moved(flair, affine, (6.0, -4.0, 5.0), (4.0, -6.0, 3.0))
+    fast = register_rigid(moved_flair, affine, t1, affine)
+    reference = register_rigid(moved_flair, affine, t1, affine, working_spacing_mm=None)
+    assert fast.accepted and reference.accepted, (fast.reason, reference.reason)
+    assert abs(fast.rotation_deg - reference.rotation_deg) < 1.0, (fast.reason, reference.reason)
+    assert abs(fast.translation_mm - reference.translation_mm) < 1.0, (fast.reason, reference.reason)
+
+
+@pytest.mark.slow
+def test_fast_path_labels_match_the_reference_path_on_a_phantom():
+    config = PhantomConfig(anatomy_spacing_mm=1.5, output_spacing_mm=1.5, skull_probability=1.0,
+                           multifocal_probability=0.0, no_enhancement_probability=0.0)
+    phantom = make_phantom(5, config)
+    images = {key: (array, phantom.affine) for key, array in phantom.images.items()}
+    images["flair"] = (_moved(phantom.images["flair"], phantom.affine, (5.0, -3.0, 4.0), (3.0, -4.0, 2.0)),
+                       phantom.affine)
+    images["t2"] = (_moved(phantom.images["t2"], phantom.affine, (-4.0, 2.0, 0.0), (-2.0, 3.0, 1.0)), phantom.affine)
+    fast, reference = _labels_of_both_paths(images, "t1ce")
+    _assert_same_labels(fast, reference)
+
+
+@pytest.mark.slow
+def test_fast_path_labels_match_the_reference_path_on_the_real_tcga_study(shared_data):
+    folder = shared_data / "real-mri" / "tcga-fg-6692-native"
+    images = {key: read_nifti(folder / f"{key}.nii.gz") for key in ("t1", "t1ce", "t2", "flair")}
+    fast, reference = _labels_of_both_paths(images, "t1ce")
+    _assert_same_labels(fast, reference)

@@ -29,6 +29,7 @@ COMMAND_MODULES = (
     "neuroseg.worker.cli.training_commands",
     "neuroseg.worker.cli.output_commands",
     "neuroseg.worker.cli.reliability_commands",
+    "neuroseg.worker.cli.study_bench",
 )
 
 
