@@ -271,7 +271,9 @@ class Settings(BaseSettings):
     job_max_attempts: int = Field(5, ge=1, description="times a job may be started before it fails for good")
 
     # --- model ------------------------------------------------------------------
-    model_path: Path | None = Field(None, description="weights to load; unset means the shipped demo weights")
+    model_path: Path | None = Field(
+        None, description="our checkpoint (.pt) or a MONAI bundle folder or zip; unset means the shipped demo weights"
+    )
     mc_samples: int = Field(20, ge=1, le=200, description="Monte Carlo dropout passes")
     tta: bool = Field(False, description="test-time augmentation by flips (7 more passes); its variance is kept apart")
     gradcam_layer: str = Field("", description="Grad-CAM target layer (trunk.output, trunk.decoders.N, "
