@@ -32,6 +32,9 @@ SEG_PROBLEMS = ("Segmentation does not currently handle references to multiple s
 CRASH_SIGNS = ("Error Boundary", "TypeError", "pageerror:")
 # a drawn region or colour map: far above the zero coloured pixels of a grey MR slice
 MIN_COLOURED = 200
+# a probability map drawn with OHIF's colour scale spreads over several hues (0.25 in the most common one
+# for the float maps); near 1.0 means every non-zero value saturates the scale
+MAX_DOMINANT_HUE = 0.75
 
 
 @pytest.fixture(scope="module")
@@ -143,6 +146,11 @@ def test_parametric_map_overlays_in_colour(viewer, pacs):
     crashes = [line for text in CRASH_SIGNS for line in viewer.logged(text)]
     assert not crashes, f"OHIF failed on the Parametric Map: {crashes[:3]}"
     assert count >= MIN_COLOURED, f"the ET probability map drew {count} coloured pixels over the T1ce"
+    share = viewer.dominant_hue_share()
+    assert share <= MAX_DOMINANT_HUE, (
+        f"the ET probability map is drawn in one saturated colour ({share:.0%} of {count} coloured pixels in one "
+        f"hue): OHIF shows the map's values outside its colour window (it windows maps at 0-100 after "
+        f"multiplying by 100, made for probabilities stored as 0-1), not the probabilities")
 
 
 def test_sr_opens_without_an_error_page(viewer, pacs):

@@ -100,6 +100,11 @@ class ViewerPage:
         pixels = self.viewport_pixels()
         return 0 if pixels is None else coloured_pixels(pixels)
 
+    def dominant_hue_share(self) -> float:
+        """Share of the viewport's coloured pixels in its most common hue (see :func:`dominant_hue_share`)."""
+        pixels = self.viewport_pixels()
+        return 1.0 if pixels is None else dominant_hue_share(pixels)
+
     def wait_coloured(self, minimum: int, timeout_s: float) -> int:
         """Coloured pixels once at least ``minimum`` show (or the last count after ``timeout_s``)."""
         deadline = time.monotonic() + timeout_s
@@ -130,3 +135,20 @@ def coloured_pixels(rgb: np.ndarray) -> int:
     channels = rgb.astype(np.int16)
     chroma = channels.max(axis=-1) - channels.min(axis=-1)
     return int((chroma >= CHROMA_THRESHOLD).sum())
+
+
+def dominant_hue_share(rgb: np.ndarray, bins: int = 12) -> float:
+    """Share of the coloured pixels that fall in the most common of ``bins`` hue bins.
+
+    A colour-mapped quantity spreads over the map's scale; a map drawn in one
+    saturated colour (close to 1.0) shows values outside the viewer's window.
+    """
+    from matplotlib.colors import rgb_to_hsv
+
+    channels = rgb.astype(np.int16)
+    coloured = (channels.max(axis=-1) - channels.min(axis=-1)) >= CHROMA_THRESHOLD
+    if not coloured.any():
+        return 1.0
+    hues = rgb_to_hsv(rgb[coloured] / 255.0)[:, 0]
+    counts = np.histogram(hues, bins=bins, range=(0.0, 1.0))[0]
+    return float(counts.max() / counts.sum())
