@@ -19,7 +19,14 @@ import numpy as np
 from highdicom.sr import CodedConcept
 from pydicom.dataset import Dataset
 
-from neuroseg.dicom_out.enum import MapKind, MeshFormat, ReportKind, SegmentationTypeValues, TumorClass
+from neuroseg.dicom_out.enum import (
+    MapCompression,
+    MapKind,
+    MeshFormat,
+    ReportKind,
+    SegmentationTypeValues,
+    TumorClass,
+)
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +141,9 @@ class EncodeOptions:
         Gaussian smoothing (mm) of the masks before marching cubes.
     mesh_target_faces: int
         Upper bound on the faces of each mesh.
+    map_compression: str
+        ``"jpegls"`` (default), ``"rle"`` or ``"none"``: the lossless transfer
+        syntax of the Parametric Maps.
     reports: collection of str
         Subset of ``{"keyimages", "pdf"}`` (default both): Secondary Capture
         key images and the Encapsulated PDF report.
@@ -151,6 +161,7 @@ class EncodeOptions:
     mesh_target_faces: int = 20000
     series_tag: str = "research use"
     reports: frozenset[str] = frozenset({"keyimages", "pdf"})
+    map_compression: str = "jpegls"
 
     def __post_init__(self) -> None:
         value = getattr(self.segmentation_type, "value", self.segmentation_type)
@@ -164,6 +175,8 @@ class EncodeOptions:
         object.__setattr__(self, "mesh_formats", frozenset(
             m.value for m in _enum_set(self.mesh_formats, MeshFormat, "mesh_formats")))
         object.__setattr__(self, "reports", frozenset(r.value for r in _enum_set(self.reports, ReportKind, "reports")))
+        (compression,) = _enum_set(self.map_compression, MapCompression, "map_compression")
+        object.__setattr__(self, "map_compression", compression.value)
         if self.include_brain_surface and self.brain_mask is None:
             raise DicomOutError("EncodeOptions.include_brain_surface=True needs brain_mask")
         if self.mesh_target_faces < 100:

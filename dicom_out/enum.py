@@ -70,6 +70,14 @@ class ReportKind(str, Enum):
     PDF = "pdf"  # Encapsulated PDF report
 
 
+class MapCompression(str, Enum):
+    """Transfer syntax of the Parametric Maps (all lossless)."""
+
+    JPEG_LS = "jpegls"  # JPEG-LS lossless: smallest at half JPEG 2000's time (default)
+    RLE = "rle"  # RLE lossless: 2.5x JPEG-LS's bytes
+    NONE = "none"  # Explicit VR Little Endian, for a viewer that reads the stored bytes as they are
+
+
 class MeshFormat(str, Enum):
     """How tumour surfaces are delivered."""
 

@@ -8,7 +8,7 @@ quantity code, unit and range, a window, BodyPartExamined BRAIN, and
 ContentQualification RESEARCH.
 
 Storage: 16-bit unsigned integers, losslessly compressed (JPEG-LS lossless,
-:data:`MAP_TRANSFER_SYNTAX`). The Real World Value Mapping (slope and
+:data:`MAP_TRANSFER_SYNTAX`, or RLE or none by ``EncodeOptions.map_compression``). The Real World Value Mapping (slope and
 intercept, PS3.3 C.7.6.16.2.11) turns the stored value ``v`` back into the
 quantity: ``value = low + v * (high - low) / 65535``, so a probability is
 kept to 1/65535 (1.5e-5), far below anything a viewer or a threshold can
@@ -57,7 +57,7 @@ from dataclasses import dataclass
 import highdicom as hd
 import numpy as np
 from highdicom.sr import CodedConcept
-from pydicom.uid import JPEGLSLossless
+from pydicom.uid import ExplicitVRLittleEndian, JPEGLSLossless, RLELossless
 
 from neuroseg.dicom_out.common import (
     LOCAL_SCHEME,
@@ -74,7 +74,7 @@ from neuroseg.dicom_out.common import (
     series_description,
     software_versions,
 )
-from neuroseg.dicom_out.enum import MapKind, TumorClass
+from neuroseg.dicom_out.enum import MapCompression, MapKind, TumorClass
 from neuroseg.dicom_out.uids import output_uid
 
 log = logging.getLogger(__name__)
@@ -83,8 +83,12 @@ FRACTIONAL_PROBABILISTIC_SEGMENTATION = CodedConcept("110854", "DCM", "Fractiona
 GRADIENT_WEIGHTED_CLASS_ACTIVATION = CodedConcept("130403", "DCM", "Gradient-weighted class activation")
 #: Stored values run 0..STORED_MAX (unsigned 16 bit).
 STORED_MAX = 65535
-#: Lossless compression of every map (see the module docstring for the choice).
-MAP_TRANSFER_SYNTAX = JPEGLSLossless
+#: Transfer syntax of each ``EncodeOptions.map_compression`` (see the module docstring for the choice).
+MAP_TRANSFER_SYNTAX = {
+    MapCompression.JPEG_LS.value: JPEGLSLossless,
+    MapCompression.RLE.value: RLELossless,
+    MapCompression.NONE.value: ExplicitVRLittleEndian,
+}
 _SHORT = {TumorClass.NCR: "NCR", TumorClass.ED: "ED", TumorClass.ET: "ET"}
 
 
@@ -207,7 +211,7 @@ def build_parametric_map(request: EncodeRequest, spec: MapSpec, instance_number:
         content_creator_name="neuroseg^AI",
         content_qualification=hd.ContentQualificationValues.RESEARCH,
         series_description=series_description(spec.description, request.options),
-        transfer_syntax_uid=MAP_TRANSFER_SYNTAX,
+        transfer_syntax_uid=MAP_TRANSFER_SYNTAX[request.options.map_compression],
         coding_schemes=[hd.coding_schemes.CodingSchemeIdentificationItem(
             designator=LOCAL_SCHEME,
             name="neuroseg local codes",

@@ -268,6 +268,7 @@ def encode_outputs(ctx: JobContext) -> None:
                 maps=frozenset(kind.value for kind in settings.send_maps),
                 mesh_formats=frozenset(kind.value for kind in settings.mesh_formats),
                 reports=frozenset(kind.value for kind in settings.send_reports),
+                map_compression=settings.map_compression.value,
                 series_tag=tag,
             ),
         )

@@ -138,6 +138,14 @@ class MeshFormat(str, Enum):
     SURFACE_SEGMENTATION = "surface"
 
 
+class MapCompression(str, Enum):
+    """Lossless transfer syntax of the Parametric Maps."""
+
+    JPEG_LS = "jpegls"
+    RLE = "rle"
+    NONE = "none"
+
+
 class ReportKind(str, Enum):
     """Renderings for viewers without SEG or Parametric Map support."""
 
@@ -299,6 +307,9 @@ class Settings(BaseSettings):
     )
     mesh_formats: Annotated[list[MeshFormat], NoDecode] = Field(
         default_factory=lambda: [MeshFormat.STL], description="comma list of stl, surface"
+    )
+    map_compression: MapCompression = Field(
+        MapCompression.JPEG_LS, description="Parametric Map transfer syntax: jpegls, rle or none (all lossless)"
     )
     send_reports: Annotated[list[ReportKind], NoDecode] = Field(
         default_factory=lambda: [ReportKind.KEY_IMAGES, ReportKind.PDF],

@@ -8,7 +8,9 @@ import numpy as np
 import pydicom
 import pytest
 
+from neuroseg.dicom_out import EncodeOptions
 from neuroseg.dicom_out.common import NOT_FOR_DIAGNOSTIC_USE
+from neuroseg.dicom_out.pmap import quantise
 from tests.dicom_out.dciodvfy import assert_dciodvfy_clean
 
 EXPECTED_KINDS = (
@@ -167,6 +169,19 @@ def test_maps_are_compressed_integers_that_decode_to_the_values(all_objects, kin
     }[name]()
     np.testing.assert_allclose(decoded, expected, atol=slope / 2 + 1e-7)
     assert decoded.max() > decoded.min()  # a real map, not a constant
+
+
+@pytest.mark.parametrize(("compression", "syntax"), [("rle", "1.2.840.10008.1.2.5"), ("none", "1.2.840.10008.1.2.1")])
+def test_map_compression_option_picks_the_transfer_syntax(study, compression: str, syntax: str) -> None:
+    from neuroseg.dicom_out.pmap import build_parametric_map, map_specs
+
+    request = study.request(EncodeOptions(maps={"probability"}, map_compression=compression))
+    spec = map_specs(request)[0]
+    ds = round_trip(build_parametric_map(request, spec).dataset)
+    assert ds.file_meta.TransferSyntaxUID == syntax
+    np.testing.assert_array_equal(frames_in_source_order(ds, request.reference_series), quantise(spec.array,
+                                                                                                 spec.value_range))
+    assert_dciodvfy_clean(ds)
 
 
 def test_default_maps_are_the_probabilities_and_the_entropy(study) -> None:
