@@ -196,3 +196,62 @@ def test_orientation_jitter_within_the_tolerance_keeps_one_stack():
     ds.NumberOfFrames = 8
     ds.PerFrameFunctionalGroupsSequence = Sequence([frame(c) for c in jittered + tilted])
     assert [stack.frame_numbers for stack in frame_stacks(ds)] == [(1, 2, 3, 4, 5, 6), (7, 8)]
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_neuroseg_serve_takes_an_enhanced_t1ce_and_answers_on_its_frames(tmp_path, make_settings):
+    """Pushed over C-STORE into ``neuroseg serve``: the Enhanced T1ce file is the reference of the results.
+
+    Sent with pynetdicom: DCMTK storescu does not propose the Legacy Converted
+    Enhanced MR SOP class by default, and skips such a file.
+    """
+    from pynetdicom import AE
+
+    from neuroseg.worker.jobstore import JobStore
+    from tests.services import wait_for
+    from tests.worker.helpers import wait_for_state
+    from tests.worker.serve_helpers import ServeProcess
+
+    def send(folder, port: int) -> None:
+        files = sorted(path for path in folder.rglob("*.dcm"))
+        datasets = [pydicom.dcmread(path) for path in files]
+        ae = AE(ae_title="STORESCU")
+        for sop_class in {str(ds.SOPClassUID) for ds in datasets}:
+            ae.add_requested_context(sop_class, [str(datasets[0].file_meta.TransferSyntaxUID)])
+        association = ae.associate("127.0.0.1", port, ae_title="NEUROSEG")
+        assert association.is_established
+        try:
+            for ds in datasets:
+                assert association.send_c_store(ds).Status == 0x0000
+        finally:
+            association.release()
+
+    def to_enhanced(label: str, datasets: list) -> list:
+        return [legacy_converted(datasets[::-1])] if label == "T1ce" else datasets
+
+    data_dir = tmp_path / "data"
+    study = build_study(tmp_path / "send", "serve-enhanced", roles=("T1ce", "FLAIR"), damage=to_enhanced)
+    enhanced = study.series["T1ce"][0]
+    serve = ServeProcess(data_dir, tmp_path / "serve.log").start(timeout=120)
+    try:
+        send(tmp_path / "send", serve.port)
+        settings = make_settings(data_dir=data_dir)
+        store = JobStore.from_settings(settings)
+        wait_for(lambda: bool(store.list_jobs(study_instance_uid=study.study_instance_uid)), 120,
+                 "the listener to hand the study to the queue")
+        job = store.list_jobs(study_instance_uid=study.study_instance_uid)[0]
+        assert wait_for_state(store, job.id, 300) == "done", store.get_job(job.id).error
+        outbox = settings.outbox_dir / study.study_instance_uid
+        seg = pydicom.dcmread(outbox / "seg.dcm", stop_before_pixels=True)
+        items = [item for frame in seg.PerFrameFunctionalGroupsSequence
+                 for item in frame.DerivationImageSequence[0].SourceImageSequence]
+        detail = store.get_job(job.id)
+        if {str(item.ReferencedSOPInstanceUID) for item in items} != {str(enhanced.SOPInstanceUID)}:
+            pytest.fail(f"the SEG is not on the Enhanced T1ce: {detail!r}"[:3000])
+        assert {int(item.ReferencedFrameNumber) for item in items} == set(range(1, int(enhanced.NumberOfFrames) + 1))
+        for path in sorted(outbox.glob("*.dcm")):
+            assert_dciodvfy_clean(path)
+    finally:
+        status = serve.stop()
+    assert status == 0, serve.log()[-3000:]
