@@ -1,4 +1,4 @@
-"""DICOM out: SEG, Parametric Maps, surface meshes, SR, and delivery to the PACS.
+"""DICOM out: SEG, Parametric Maps, surface meshes, SR, key images, PDF report, and delivery to the PACS.
 
 The public surface is kept short; import from the submodules for the rest.
 This package never imports ``neuroseg.worker`` or ``neuroseg.model``: it takes

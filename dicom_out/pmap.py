@@ -14,8 +14,11 @@ quantity: ``value = low + v * (high - low) / 65535``, so a probability is
 kept to 1/65535 (1.5e-5), far below anything a viewer or a threshold can
 tell apart. Against float32 this halves the bytes before compression, and the
 near-constant background compresses to almost nothing; JPEG-LS beat RLE by
-2.5x and matched JPEG 2000 at half its time on 240x240x155 maps, and OHIF,
-Orthanc, DCMTK and 3D Slicer decode it.
+2.5x and matched JPEG 2000 at half its time on 240x240x155 maps, and
+Orthanc and DCMTK decode it. OHIF's map loader reads the pixel bytes as the
+archive sends them, undecoded: Orthanc's DICOMweb sends Explicit VR Little
+Endian unless the client asks for ``transfer-syntax=*``, which works; behind
+an archive that sends stored bytes, use ``map_compression="none"``.
 
 Quantities and their codes
 --------------------------
