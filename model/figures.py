@@ -2,7 +2,8 @@
 
 ``overview.png``: one row per given sequence, then the prediction overlay, the
 tumour probability (1 - P(background)), the uncertainty (predictive entropy)
-and Grad-CAM (the maximum over NCR/ED/ET); columns are axial slices through
+and Grad-CAM (the maximum over NCR/ED/ET, in colour over the FLAIR or T1ce
+slice, opaque where the map is high); columns are axial slices through
 the tumour, then one coronal and one sagittal slice through its centre.
 ``probability.png``, ``uncertainty.png`` and ``gradcam.png``: one row per class
 (NCR, ED, ET), the same columns, as in the seed's per-class figures.
@@ -105,6 +106,22 @@ def _overlay(image_views: list[np.ndarray], label_views: list[np.ndarray], windo
     return out
 
 
+def _heat_overlay(image_views: list[np.ndarray], map_views: list[np.ndarray], window: tuple[float, float],
+                  cmap: str = "jet") -> list[np.ndarray]:
+    """A [0, 1] map in colour over the grey MR slice; the colour's opacity is the map's value (0: the slice shows)."""
+    from matplotlib import colormaps
+
+    colours = colormaps[cmap]
+    out = []
+    for image, heat in zip(image_views, map_views):
+        grey = np.clip((image - window[0]) / (window[1] - window[0]), 0, 1)
+        rgb = np.repeat(grey[..., None], 3, axis=2)
+        value = np.clip(heat, 0, 1)
+        alpha = (0.75 * value)[..., None]
+        out.append((1 - alpha) * rgb + alpha * colours(value)[..., :3])
+    return out
+
+
 def _grid_figure(rows: list[tuple[str, list[np.ndarray], dict[str, Any]]], columns: list[str],
                  aspects: list[float], path: Path, title: str) -> None:
     import matplotlib
@@ -181,7 +198,7 @@ def write_figures(result: Any, images: Mapping[str, np.ndarray], affine: np.ndar
     rows.append(("entropy (nats)", views(result.entropy), {"cmap": "magma", "vmin": 0,
                                                            "vmax": max(1e-6, float(result.entropy.max()))}))
     cam = np.max(np.stack([result.gradcam[k] for k in ("ncr", "ed", "et")]), axis=0)
-    rows.append(("Grad-CAM (max)", views(cam), {"cmap": "jet", "vmin": 0, "vmax": 1}))
+    rows.append(("Grad-CAM (max)", _heat_overlay(first_image[0], views(cam), first_image[1]), {}))
     header = f"{result.model_name} {result.model_version} - not for diagnostic use"
     written = [out / "overview.png"]
     _grid_figure(rows, columns, aspects, written[0], header)
@@ -193,6 +210,10 @@ def write_figures(result: Any, images: Mapping[str, np.ndarray], affine: np.ndar
     for name, what, maps, cmap, top in per_class:
         class_rows = []
         for key in ("ncr", "ed", "et"):
+            if maps is result.gradcam:  # the explanation is read on the anatomy it explains
+                class_rows.append((CLASS_TITLES[key], _heat_overlay(first_image[0], views(maps[key]), first_image[1]),
+                                   {}))
+                continue
             vmax = top if top is not None else max(1e-6, float(maps[key].max()))
             class_rows.append((CLASS_TITLES[key], views(maps[key]), {"cmap": cmap, "vmin": 0, "vmax": vmax}))
         _grid_figure(class_rows, columns, aspects, out / name, f"{what} - {header}")

@@ -142,7 +142,11 @@ def test_predict_writes_the_result_folder_and_figures(tmp_path: Path, tiny_check
     for figure in ("overview.png", "probability.png", "uncertainty.png", "gradcam.png"):
         assert (out / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = json.loads((out / "report.json").read_text())
-    assert report["model"] == {"name": "tiny-cli", "version": "0.1"} and report["mc_samples"] == 2
+    assert report["model"]["name"] == "tiny-cli" and report["model"]["version"] == "0.1"
+    assert report["mc_samples"] == 2
+    # the settings' defaults: Grad-CAM at the second-to-last decoder stage, post-processing on, no TTA
+    assert report["model"]["gradcam_layer"] == "trunk.decoders.0" and report["model"]["tta"] is False
+    assert report["model"]["postprocessing"]["min_et_ml"] == 0.5
     assert "tiny-cli" in capsys.readouterr().out
 
 
