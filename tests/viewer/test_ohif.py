@@ -33,7 +33,7 @@ CRASH_SIGNS = ("Error Boundary", "TypeError", "pageerror:")
 # a drawn region or colour map: far above the zero coloured pixels of a grey MR slice
 MIN_COLOURED = 200
 # a probability map drawn with OHIF's colour scale spreads over several hues (0.25 in the most common one
-# for the float maps); near 1.0 means every non-zero value saturates the scale
+# for float maps); near 1.0 means OHIF drew the map in one saturated colour, not its values
 MAX_DOMINANT_HUE = 0.75
 
 
@@ -149,8 +149,8 @@ def test_parametric_map_overlays_in_colour(viewer, pacs):
     share = viewer.dominant_hue_share()
     assert share <= MAX_DOMINANT_HUE, (
         f"the ET probability map is drawn in one saturated colour ({share:.0%} of {count} coloured pixels in one "
-        f"hue): OHIF shows the map's values outside its colour window (it windows maps at 0-100 after "
-        f"multiplying by 100, made for probabilities stored as 0-1), not the probabilities")
+        f"hue): OHIF does not show the probabilities (its map viewport windows values at 0-100 after "
+        f"multiplying them by 100, and reads the stored pixel bytes as they come from the PACS)")
 
 
 def test_sr_opens_without_an_error_page(viewer, pacs):
