@@ -375,10 +375,12 @@ def build_report(job: Any, *, size: str, instances: int, orthanc_seconds: float,
         "stages_s": {name: round(value, 3) for name, value in stages.items()},
         "stable_seconds": stable_seconds,
         "complete_to_delivered_s": round(complete_to_delivered, 3),
+        "processing_s": round(finished - started, 3),
         "baselines": {"orthanc_receive_s": round(orthanc_seconds, 3),
                       "network_pass_s": round(network["seconds"], 3), "network": network},
         "ratios": {"receive_vs_orthanc": round(receive_seconds / orthanc_seconds, 3),
                    "complete_to_delivered_vs_network_pass": round(complete_to_delivered / network["seconds"], 2),
+                   "processing_vs_network_pass": round((finished - started) / network["seconds"], 2),
                    "inference_vs_network_pass": round(stages.get("inference", 0.0) / network["seconds"], 2)},
         "peak_rss_mb": peaks,
         "cpu_count": os.cpu_count(),
@@ -391,11 +393,13 @@ def format_report(report: dict[str, Any]) -> str:
              f"{report['job']['delivered_instances']} objects delivered to Orthanc"]
     rows = [(name, seconds) for name, seconds in report["stages_s"].items()]
     rows.append(("complete -> delivered", report["complete_to_delivered_s"]))
+    rows.append(("claimed -> delivered (no worker warm-up)", report["processing_s"]))
     rows.append(("baseline: Orthanc receives the study", report["baselines"]["orthanc_receive_s"]))
     rows.append(("baseline: one plain network pass", report["baselines"]["network_pass_s"]))
     width = max(len(name) for name, _ in rows)
     lines += [f"  {name:<{width}}  {seconds:8.2f} s" for name, seconds in rows]
-    lines.append(f"  (assemble includes the listener's {report['stable_seconds']:.0f} s quiet time)")
+    lines.append(f"  (assemble includes the listener's {report['stable_seconds']:.0f} s quiet time; queue_wait is "
+                 "the fresh worker's warm-up before its first job)")
     lines += [f"  ratio {name}: {value}" for name, value in report["ratios"].items()]
     lines += [f"  peak RSS {name}: {mb:.0f} MB" for name, mb in report["peak_rss_mb"].items()]
     return "\n".join(lines)
