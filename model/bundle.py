@@ -141,7 +141,6 @@ class BundleAdapter(ModelAdapter):
     @classmethod
     def load(cls, path: Path, device: str = "auto") -> BundleAdapter:
         """Read a bundle folder or zip with ``monai.bundle``; mismatches raise :class:`ModelMismatchError`."""
-        import torch
         from monai.bundle import ConfigParser
         from monai.inferers import SlidingWindowInferer
 
