@@ -142,8 +142,8 @@ class EncodeOptions:
     mesh_target_faces: int
         Upper bound on the faces of each mesh.
     map_compression: str
-        ``"jpegls"`` (default), ``"rle"`` or ``"none"``: the lossless transfer
-        syntax of the Parametric Maps.
+        ``"deflate"`` (default: float32, deflated), ``"jpegls"``, ``"rle"`` or
+        ``"none"`` (uint16): the lossless encoding of the Parametric Maps.
     reports: collection of str
         Subset of ``{"keyimages", "pdf"}`` (default both): Secondary Capture
         key images and the Encapsulated PDF report.
@@ -161,7 +161,7 @@ class EncodeOptions:
     mesh_target_faces: int = 20000
     series_tag: str = "research use"
     reports: frozenset[str] = frozenset({"keyimages", "pdf"})
-    map_compression: str = "jpegls"
+    map_compression: str = "deflate"
 
     def __post_init__(self) -> None:
         value = getattr(self.segmentation_type, "value", self.segmentation_type)

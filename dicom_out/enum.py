@@ -73,9 +73,10 @@ class ReportKind(str, Enum):
 class MapCompression(str, Enum):
     """Transfer syntax of the Parametric Maps (all lossless)."""
 
-    JPEG_LS = "jpegls"  # JPEG-LS lossless: smallest at half JPEG 2000's time (default)
-    RLE = "rle"  # RLE lossless: 2.5x JPEG-LS's bytes
-    NONE = "none"  # Explicit VR Little Endian, for a viewer that reads the stored bytes as they are
+    DEFLATE = "deflate"  # float32 in Deflated Explicit VR Little Endian: what OHIF displays (default)
+    JPEG_LS = "jpegls"  # uint16 JPEG-LS lossless: smallest at half JPEG 2000's time
+    RLE = "rle"  # uint16 RLE lossless: 2.5x JPEG-LS's bytes
+    NONE = "none"  # uint16 Explicit VR Little Endian, for a viewer that reads the stored bytes as they are
 
 
 class MeshFormat(str, Enum):

@@ -7,18 +7,21 @@ in the Derivation Description), has a Real World Value Mapping with a
 quantity code, unit and range, a window, BodyPartExamined BRAIN, and
 ContentQualification RESEARCH.
 
-Storage: 16-bit unsigned integers, losslessly compressed (JPEG-LS lossless,
-:data:`MAP_TRANSFER_SYNTAX`, or RLE or none by ``EncodeOptions.map_compression``). The Real World Value Mapping (slope and
-intercept, PS3.3 C.7.6.16.2.11) turns the stored value ``v`` back into the
-quantity: ``value = low + v * (high - low) / 65535``, so a probability is
-kept to 1/65535 (1.5e-5), far below anything a viewer or a threshold can
-tell apart. Against float32 this halves the bytes before compression, and the
-near-constant background compresses to almost nothing; JPEG-LS beat RLE by
-2.5x and matched JPEG 2000 at half its time on 240x240x155 maps, and
-Orthanc and DCMTK decode it. OHIF's map loader reads the pixel bytes as the
-archive sends them, undecoded: Orthanc's DICOMweb sends Explicit VR Little
-Endian unless the client asks for ``transfer-syntax=*``, which works; behind
-an archive that sends stored bytes, use ``map_compression="none"``.
+Storage, by ``EncodeOptions.map_compression`` (``NEUROSEG_MAP_COMPRESSION``):
+
+- ``deflate`` (default): 32-bit float values rounded to 1/1024 (so the mostly
+  constant field repeats exact bit patterns) in Deflated Explicit VR Little
+  Endian. OHIF's map loader ignores the Real World Value Mapping and shows the
+  stored values times 100 on a 0..100 window, so only 0..1 floats display
+  graded there; integer maps saturate to one colour. The deflated file is about
+  a hundredth of the raw float bytes on 240x240x155 probability maps; archives
+  that do not take deflate get the same data set uncompressed (the sender
+  falls back), and Orthanc's DICOMweb hands viewers Explicit VR Little Endian.
+- ``jpegls``, ``rle``, ``none``: 16-bit unsigned integers with a Real World
+  Value Mapping (slope and intercept, PS3.3 C.7.6.16.2.11): ``value = low + v
+  * (high - low) / 65535``, a probability kept to 1/65535, losslessly
+  compressed (JPEG-LS beat RLE by 2.5x and matched JPEG 2000 at half its
+  time). For viewers that apply the mapping (3D Slicer, highdicom readers).
 
 Quantities and their codes
 --------------------------
@@ -60,7 +63,7 @@ from dataclasses import dataclass
 import highdicom as hd
 import numpy as np
 from highdicom.sr import CodedConcept
-from pydicom.uid import ExplicitVRLittleEndian, JPEGLSLossless, RLELossless
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, JPEGLSLossless, RLELossless
 
 from neuroseg.dicom_out.common import (
     LOCAL_SCHEME,
@@ -88,6 +91,7 @@ GRADIENT_WEIGHTED_CLASS_ACTIVATION = CodedConcept("130403", "DCM", "Gradient-wei
 STORED_MAX = 65535
 #: Transfer syntax of each ``EncodeOptions.map_compression`` (see the module docstring for the choice).
 MAP_TRANSFER_SYNTAX = {
+    MapCompression.DEFLATE.value: DeflatedExplicitVRLittleEndian,
     MapCompression.JPEG_LS.value: JPEGLSLossless,
     MapCompression.RLE.value: RLELossless,
     MapCompression.NONE.value: ExplicitVRLittleEndian,
@@ -166,6 +170,16 @@ def quantise(array: np.ndarray, value_range: tuple[float, float]) -> np.ndarray:
     return np.rint(scaled).astype(np.uint16)
 
 
+#: Float maps are rounded to this step: far below what a reader or a threshold tells apart, and it lets deflate work.
+FLOAT_STEP = 1.0 / 1024
+
+
+def float_values(array: np.ndarray, value_range: tuple[float, float]) -> np.ndarray:
+    """Stored values (float32) of ``array`` for a float map: clipped to ``value_range``, rounded to FLOAT_STEP."""
+    low, high = value_range
+    return (np.rint(np.clip(array, low, high) / FLOAT_STEP) * FLOAT_STEP).astype(np.float32)
+
+
 def quantisation_step(value_range: tuple[float, float]) -> float:
     """The Real World Value Slope: the quantity per stored unit."""
     low, high = value_range
@@ -175,19 +189,30 @@ def quantisation_step(value_range: tuple[float, float]) -> float:
 def build_parametric_map(request: EncodeRequest, spec: MapSpec, instance_number: int = 1) -> EncodedObject:
     """Build one Parametric Map from ``spec`` on the reference series."""
     study_uid = request.study_instance_uid
-    low = spec.value_range[0]
-    mapping = hd.pm.RealWorldValueMapping(
-        lut_label=spec.label[:16],
-        lut_explanation=spec.explanation[:64],
-        unit=NO_UNITS,
-        value_range=(0, STORED_MAX),  # ints: the stored values this mapping covers
-        slope=quantisation_step(spec.value_range),
-        intercept=float(low),
-        quantity_definition=spec.quantity,
-    )
+    low, high = spec.value_range
+    as_float = request.options.map_compression == MapCompression.DEFLATE.value
+    if as_float:
+        pixel_array = float_values(spec.array, spec.value_range)
+        mapping = hd.pm.RealWorldValueMapping(
+            lut_label=spec.label[:16], lut_explanation=spec.explanation[:64], unit=NO_UNITS,
+            value_range=(float(low), float(high)), slope=1.0, intercept=0.0, quantity_definition=spec.quantity,
+        )
+        window_center, window_width = (low + high) / 2.0, high - low
+    else:
+        pixel_array = quantise(spec.array, spec.value_range)
+        mapping = hd.pm.RealWorldValueMapping(
+            lut_label=spec.label[:16],
+            lut_explanation=spec.explanation[:64],
+            unit=NO_UNITS,
+            value_range=(0, STORED_MAX),  # ints: the stored values this mapping covers
+            slope=quantisation_step(spec.value_range),
+            intercept=float(low),
+            quantity_definition=spec.quantity,
+        )
+        window_center, window_width = STORED_MAX / 2.0, float(STORED_MAX)
     window = hd.VOILUTTransformation(
-        window_center=STORED_MAX / 2.0,
-        window_width=float(STORED_MAX),
+        window_center=window_center,
+        window_width=window_width,
         window_explanation=spec.label[:64],
         voi_lut_function=hd.VOILUTFunctionValues.LINEAR_EXACT,
     )
@@ -197,7 +222,7 @@ def build_parametric_map(request: EncodeRequest, spec: MapSpec, instance_number:
     pmap = hd.pm.ParametricMap(
         source_images=sources,
         plane_positions=plane_positions,
-        pixel_array=quantise(spec.array, spec.value_range),
+        pixel_array=pixel_array,
         series_instance_uid=output_uid(study_uid, request.model_version, spec.kind, "series"),
         series_number=SERIES_NUMBERS[spec.group] + _offset(spec.kind),
         sop_instance_uid=output_uid(study_uid, request.model_version, spec.kind),
@@ -214,7 +239,8 @@ def build_parametric_map(request: EncodeRequest, spec: MapSpec, instance_number:
         content_creator_name="neuroseg^AI",
         content_qualification=hd.ContentQualificationValues.RESEARCH,
         series_description=series_description(spec.description, request.options),
-        transfer_syntax_uid=MAP_TRANSFER_SYNTAX[request.options.map_compression],
+        # highdicom builds float maps only uncompressed; deflate is applied when the data set is written or sent
+        transfer_syntax_uid=ExplicitVRLittleEndian if as_float else MAP_TRANSFER_SYNTAX[request.options.map_compression],
         coding_schemes=[hd.coding_schemes.CodingSchemeIdentificationItem(
             designator=LOCAL_SCHEME,
             name="neuroseg local codes",
@@ -222,6 +248,8 @@ def build_parametric_map(request: EncodeRequest, spec: MapSpec, instance_number:
         )] if spec.quantity.scheme_designator == LOCAL_SCHEME else None,
     )
     pmap.BodyPartExamined = "BRAIN"
+    if as_float:
+        pmap.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
     describe_derivation(pmap, request)
     mark_encapsulated(pmap)
     return EncodedObject(spec.kind, str(pmap.SOPClassUID), str(pmap.SOPInstanceUID), pmap)

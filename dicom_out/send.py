@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pydicom
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from neuroseg.common.files import atomic_write
 from neuroseg.dicom_out.common import EncodedObject
@@ -133,6 +133,9 @@ def _as_accepted(obj: EncodedObject, accepted: set[tuple[str, str]]) -> pydicom.
     if own in UNCOMPRESSED:
         return obj.dataset  # pynetdicom re-encodes between the little-endian syntaxes
     dataset = copy.deepcopy(obj.dataset)
+    if own == DeflatedExplicitVRLittleEndian:  # the pixels are not compressed: only the encoding changes
+        dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        return dataset
     dataset.decompress(generate_instance_uid=False)  # lossless: the same object, so the same UID
     return dataset
 

@@ -139,8 +139,9 @@ class MeshFormat(str, Enum):
 
 
 class MapCompression(str, Enum):
-    """Lossless transfer syntax of the Parametric Maps."""
+    """Lossless encoding of the Parametric Maps (dicom_out.enum.MapCompression)."""
 
+    DEFLATE = "deflate"
     JPEG_LS = "jpegls"
     RLE = "rle"
     NONE = "none"
@@ -309,7 +310,8 @@ class Settings(BaseSettings):
         default_factory=lambda: [MeshFormat.STL], description="comma list of stl, surface"
     )
     map_compression: MapCompression = Field(
-        MapCompression.JPEG_LS, description="Parametric Map transfer syntax: jpegls, rle or none (all lossless)"
+        MapCompression.DEFLATE,
+        description="Parametric Map encoding: deflate (float32, deflated; OHIF shows it), jpegls, rle or none (uint16)",
     )
     send_reports: Annotated[list[ReportKind], NoDecode] = Field(
         default_factory=lambda: [ReportKind.KEY_IMAGES, ReportKind.PDF],

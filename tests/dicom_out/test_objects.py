@@ -129,8 +129,18 @@ def test_seg_frames_reference_only_the_reference_series(all_objects) -> None:
                                                           for item in seg.get("SourceImageSequence", [])}
 
 
-def test_probability_map_has_quantity_unit_range_and_values(all_objects) -> None:
-    request, objects = all_objects
+@pytest.fixture(scope="module")
+def integer_maps(study):
+    """Every map kind as uint16 JPEG-LS with a Real World Value Mapping (``map_compression="jpegls"``)."""
+    from neuroseg.dicom_out import encode_study
+
+    request = study.request(EncodeOptions(maps={"probability", "uncertainty", "gradcam"}, map_compression="jpegls",
+                                          mesh_formats=(), reports=()))
+    return request, encode_study(request)
+
+
+def test_probability_map_has_quantity_unit_range_and_values(integer_maps) -> None:
+    request, objects = integer_maps
     obj = next(item for item in objects if item.kind == "pmap-probability-et")
     ds = round_trip(obj.dataset)
     mapping = ds.SharedFunctionalGroupsSequence[0].RealWorldValueMappingSequence[0]
@@ -149,9 +159,9 @@ def test_probability_map_has_quantity_unit_range_and_values(all_objects) -> None
 
 @pytest.mark.parametrize("kind", ["pmap-probability-ncr", "pmap-uncertainty-entropy", "pmap-uncertainty-sd-ed",
                                   "pmap-gradcam-et"])
-def test_maps_are_compressed_integers_that_decode_to_the_values(all_objects, kind: str) -> None:
+def test_maps_are_compressed_integers_that_decode_to_the_values(integer_maps, kind: str) -> None:
     """uint16 + JPEG-LS lossless + RWVM: stored * slope + intercept is the float within one step."""
-    request, objects = all_objects
+    request, objects = integer_maps
     ds = round_trip(next(item for item in objects if item.kind == kind).dataset)
     assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.80"  # JPEG-LS lossless
     assert ds.file_meta.TransferSyntaxUID.is_compressed
@@ -169,6 +179,37 @@ def test_maps_are_compressed_integers_that_decode_to_the_values(all_objects, kin
     }[name]()
     np.testing.assert_allclose(decoded, expected, atol=slope / 2 + 1e-7)
     assert decoded.max() > decoded.min()  # a real map, not a constant
+
+
+@pytest.mark.parametrize("kind", ["pmap-probability-ncr", "pmap-uncertainty-entropy", "pmap-gradcam-et"])
+def test_default_maps_are_deflated_floats_that_ohif_shows_graded(all_objects, tmp_path, kind: str) -> None:
+    """float32 rounded to 1/1024 in Deflated Explicit VR LE: OHIF shows stored values on a 0..1 scale."""
+    from neuroseg.dicom_out.pmap import FLOAT_STEP
+
+    request, objects = all_objects
+    obj = next(item for item in objects if item.kind == kind)
+    path = tmp_path / "map.dcm"
+    obj.dataset.save_as(path, enforce_file_format=True)
+    ds = pydicom.dcmread(path)
+    plain = tmp_path / "plain.dcm"
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    ds.save_as(plain, enforce_file_format=True)
+    assert path.stat().st_size < plain.stat().st_size / 2  # deflate does its work on the mostly constant field
+    ds = pydicom.dcmread(path)
+    assert ds.file_meta.TransferSyntaxUID == pydicom.uid.DeflatedExplicitVRLittleEndian
+    assert "FloatPixelData" in ds and ds.BitsAllocated == 32
+    decoded = frames_in_source_order(ds, request.reference_series)
+    name, _, key = kind.removeprefix("pmap-").partition("-")
+    expected = {
+        "probability": lambda: request.probabilities[key],
+        "gradcam": lambda: request.gradcam[key],
+        "uncertainty": lambda: request.entropy,
+    }[name]()
+    np.testing.assert_allclose(decoded, expected, atol=FLOAT_STEP / 2 + 1e-6)
+    assert decoded.max() > decoded.min()
+    mapping = ds.SharedFunctionalGroupsSequence[0].RealWorldValueMappingSequence[0]
+    assert (float(mapping.RealWorldValueSlope), float(mapping.RealWorldValueIntercept)) == (1.0, 0.0)
+    assert_dciodvfy_clean(path)
 
 
 @pytest.mark.parametrize(("compression", "syntax"), [("rle", "1.2.840.10008.1.2.5"), ("none", "1.2.840.10008.1.2.1")])
