@@ -33,21 +33,28 @@ SEQUENCES = ("t1", "t1ce", "t2", "flair")
 LABEL_NCR, LABEL_ED, LABEL_ET = 1, 2, 4
 
 # Relative intensity of each tissue per sequence (white matter on T1 = 1).
-# Chosen from published relaxation behaviour and checked against the real
-# cases with ``neuroseg phantom --compare-real`` (see MODEL_CARD.md).
+# Brain tissues and tumour sub-regions are calibrated so that
+# ``neuroseg phantom --compare-real`` measures the same ratios to white matter
+# on phantoms as on the real four-sequence cases (MODEL_CARD.md, "Intensity
+# realism"); bone, marrow and scalp come from published relaxation behaviour.
 TISSUE_INTENSITY: dict[str, dict[str, float]] = {
     #            t1     t1ce   t2     flair
     "wm":      {"t1": 1.00, "t1ce": 1.00, "t2": 0.55, "flair": 0.70},
-    "gm":      {"t1": 0.74, "t1ce": 0.78, "t2": 0.62, "flair": 0.78},
-    "csf":     {"t1": 0.28, "t1ce": 0.38, "t2": 1.35, "flair": 0.22},
-    "edema":   {"t1": 0.74, "t1ce": 0.76, "t2": 1.15, "flair": 1.60},
-    "et":      {"t1": 0.64, "t1ce": 1.55, "t2": 0.95, "flair": 1.15},
-    "net":     {"t1": 0.58, "t1ce": 0.60, "t2": 1.05, "flair": 1.10},
-    "ncr":     {"t1": 0.40, "t1ce": 0.42, "t2": 1.35, "flair": 0.80},
+    "gm":      {"t1": 0.78, "t1ce": 0.78, "t2": 0.64, "flair": 0.76},
+    "csf":     {"t1": 0.30, "t1ce": 0.43, "t2": 1.18, "flair": 0.24},
+    "edema":   {"t1": 0.70, "t1ce": 0.64, "t2": 1.46, "flair": 1.80},
+    "et":      {"t1": 0.52, "t1ce": 1.34, "t2": 1.46, "flair": 1.51},
+    "net":     {"t1": 0.55, "t1ce": 0.58, "t2": 1.40, "flair": 1.35},
+    "ncr":     {"t1": 0.42, "t1ce": 0.54, "t2": 1.76, "flair": 1.24},
     "bone":    {"t1": 0.08, "t1ce": 0.08, "t2": 0.06, "flair": 0.06},
     "marrow":  {"t1": 1.10, "t1ce": 1.12, "t2": 0.75, "flair": 0.90},
     "scalp":   {"t1": 1.05, "t1ce": 1.20, "t2": 0.80, "flair": 0.85},
 }
+# Tumour contrast varies between patients and scanners far more than that of
+# healthy tissue (enhancement strength, edema water content), so it is jittered more.
+TUMOUR_TISSUES = ("edema", "et", "net", "ncr")
+TISSUE_JITTER = 0.10
+TUMOUR_JITTER = 0.20
 
 # Scalp soft tissue, same scale. Fat is bright on T1 and, with fast spin echo,
 # on T2 and FLAIR too; muscle is darker than white matter everywhere.
@@ -393,7 +400,8 @@ def _tissue_intensities(rng: np.random.Generator) -> dict[str, dict[str, float]]
     """Jitter the tissue table per case (scanner and patient variability)."""
     table = {}
     for tissue, values in TISSUE_INTENSITY.items():
-        table[tissue] = {seq: v * float(rng.uniform(0.9, 1.1)) for seq, v in values.items()}
+        jitter = TUMOUR_JITTER if tissue in TUMOUR_TISSUES else TISSUE_JITTER
+        table[tissue] = {seq: v * float(rng.uniform(1 - jitter, 1 + jitter)) for seq, v in values.items()}
     return table
 
 
@@ -601,22 +609,31 @@ def generate_phantoms(out_dir: Path, count: int, seed: int, config: PhantomConfi
 # --- comparison with real images ------------------------------------------------
 
 COMPARISON_BINS = np.linspace(-4.0, 6.0, 81)
+COMPARED_TISSUES = ("gm", "csf", "tumour", "ed", "et", "ncr")
+
+
+def sub_regions(label: np.ndarray | None, kind: str = "brats") -> dict[str, np.ndarray]:
+    """NCR, ED and ET masks of a multi-class label; empty for a whole-tumour-only label."""
+    if label is None or kind != "brats":
+        return {}
+    return {"ncr": label == LABEL_NCR, "ed": label == LABEL_ED, "et": label == LABEL_ET}
 
 
 def intensity_statistics(images: dict[str, np.ndarray], tumour: np.ndarray | None = None,
-                         seed: int = 0) -> dict:
+                         seed: int = 0, regions: dict[str, np.ndarray] | None = None) -> dict:
     """Tissue contrast ratios and a normalised histogram per sequence of one skull-stripped case.
 
     White matter, grey matter and CSF are found the same way on real and
     synthetic images: a 3-component Gaussian mixture on the T1 intensities of
     the non-zero (brain) voxels outside the tumour (when a tumour mask is
-    known). Ratios are medians relative to white matter; the histogram is of
-    the z-scored brain intensities.
+    known). Ratios are medians relative to white matter, also of each tumour
+    sub-region in ``regions`` (``ncr``, ``ed``, ``et``) when a multi-class
+    label defines them; the histogram is of the z-scored brain intensities.
 
     Returns
     -------
     dict
-        ``{"ratios": {seq: {"gm": r, "csf": r, "tumour": r}}, "histograms": {seq: array}}``
+        ``{"ratios": {seq: {"gm": r, "csf": r, "tumour": r, ...}}, "histograms": {seq: array}}``
     """
     from sklearn.mixture import GaussianMixture
 
@@ -641,6 +658,9 @@ def intensity_statistics(images: dict[str, np.ndarray], tumour: np.ndarray | Non
                   "csf": float(np.median(image[classes == 0])) / wm}
         if tumour is not None and tumour.any():
             ratios["tumour"] = float(np.median(image[tumour & brain])) / wm
+        for name, region in (regions or {}).items():
+            if (region & brain).sum() >= 50:  # a median of a few voxels says nothing
+                ratios[name] = float(np.median(image[region & brain])) / wm
         stats["ratios"][seq] = ratios
         inside = image[brain]
         z = (inside - inside.mean()) / (inside.std() or 1.0)
@@ -683,7 +703,7 @@ def compare_with_real(real_dirs: list[Path], count: int = 4, seed: int = 9000,
                 log.info("skipping %s: not skull-stripped", files.case_id)
                 continue
             tumour = case.label > 0 if case.label is not None else None
-            real_stats.append(intensity_statistics(case.images, tumour))
+            real_stats.append(intensity_statistics(case.images, tumour, regions=sub_regions(case.label, case.label_kind)))
             real_names.append(files.case_id)
     if not real_stats:
         raise ValueError(f"no skull-stripped real case with a T1 found in {', '.join(map(str, real_dirs))}")
@@ -691,7 +711,8 @@ def compare_with_real(real_dirs: list[Path], count: int = 4, seed: int = 9000,
     phantom_stats = []
     for index in tqdm(range(count), desc="phantoms", disable=not progress):
         phantom = make_phantom(seed + index, config)
-        phantom_stats.append(intensity_statistics(phantom.images, phantom.label > 0))
+        phantom_stats.append(intensity_statistics(phantom.images, phantom.label > 0,
+                                                  regions=sub_regions(phantom.label)))
     report: dict = {"real_cases": real_names, "phantoms": count, "sequences": {}}
     for seq in SEQUENCES:
         entry: dict = {}
@@ -700,7 +721,7 @@ def compare_with_real(real_dirs: list[Path], count: int = 4, seed: int = 9000,
             if not have:
                 continue
             summary = {}
-            for key in ("gm", "csf", "tumour"):
+            for key in COMPARED_TISSUES:
                 values = [s["ratios"][seq][key] for s in have if key in s["ratios"][seq]]
                 if values:
                     summary[key] = {"mean": float(np.mean(values)), "sd": float(np.std(values)), "n": len(values)}
@@ -719,11 +740,13 @@ def format_comparison(report: dict) -> str:
     lines = [f"real cases: {', '.join(report['real_cases'])}; phantoms: {report['phantoms']}",
              f"{'sequence':<8} {'ratio to WM':<12} {'real':>16} {'phantom':>16}"]
     for seq, entry in report["sequences"].items():
-        for key in ("gm", "csf", "tumour"):
+        for key in COMPARED_TISSUES:
             cells = []
             for side in ("real", "phantom"):
                 value = entry.get(side, {}).get(key)
                 cells.append(f"{value['mean']:.2f} +- {value['sd']:.2f}" if value else "-")
+            if cells == ["-", "-"]:
+                continue
             lines.append(f"{seq:<8} {key:<12} {cells[0]:>16} {cells[1]:>16}")
         if "histogram_overlap" in entry:
             lines.append(f"{seq:<8} {'hist overlap':<12} {entry['histogram_overlap']:>16.2f}")

@@ -84,13 +84,21 @@ class TrainConfig:
     version: str = "0.1.0"
     val_dirs: tuple[Path, ...] = ()
     """Folders of validation-only cases (never trained on), besides the ``val_fraction`` split."""
+    data_weights: tuple[float, ...] = ()
+    """Share of the drawn patches per ``data_dirs`` folder (spread evenly over its cases);
+    empty: every case equally likely. Lets a few real cases weigh as much as many phantoms."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dirs", tuple(Path(p) for p in self.data_dirs))
         object.__setattr__(self, "val_dirs", tuple(Path(p) for p in self.val_dirs))
         object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
+        object.__setattr__(self, "data_weights", tuple(float(w) for w in self.data_weights))
         if not self.data_dirs:
             raise ValueError("give at least one --data folder")
+        if self.data_weights and (len(self.data_weights) != len(self.data_dirs)
+                                  or min(self.data_weights) <= 0):
+            raise ValueError(f"give one positive --data-weight per --data folder "
+                             f"({len(self.data_dirs)} folders, weights {list(self.data_weights)})")
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError(f"steps={self.steps} and batch_size={self.batch_size} must be positive")
         divisor = 2 ** (len(self.channels) - 1)
@@ -116,6 +124,7 @@ class TrainConfig:
         data["data_dirs"] = [str(p) for p in self.data_dirs]
         data["val_dirs"] = [str(p) for p in self.val_dirs]
         data["channels"] = list(self.channels)
+        data["data_weights"] = list(self.data_weights)
         return data
 
 
@@ -191,7 +200,19 @@ def _device(name: str):
     return torch.device(name)
 
 
-def _make_batch(cases: list[CachedCase], step: int, config: TrainConfig, sequences: tuple[str, ...]):
+def _case_probabilities(cases: list[CachedCase], case_dirs: dict[str, int],
+                        config: TrainConfig) -> np.ndarray | None:
+    """Drawing probability of each training case from ``config.data_weights`` (None: uniform)."""
+    if not config.data_weights:
+        return None
+    counts = np.bincount([case_dirs[c.case_id] for c in cases], minlength=len(config.data_dirs))
+    weights = np.array([config.data_weights[case_dirs[c.case_id]] / counts[case_dirs[c.case_id]]
+                        for c in cases])
+    return weights / weights.sum()
+
+
+def _make_batch(cases: list[CachedCase], step: int, config: TrainConfig, sequences: tuple[str, ...],
+                probabilities: np.ndarray | None = None):
     """The (deterministic given seed and step) batch of one step."""
     import torch
 
@@ -199,7 +220,8 @@ def _make_batch(cases: list[CachedCase], step: int, config: TrainConfig, sequenc
     augment_seed = int(rng.integers(2**32))
     images, labels, presence, wt_only = [], [], [], []
     for _ in range(config.batch_size):
-        case = cases[int(rng.integers(len(cases)))]
+        index = rng.integers(len(cases)) if probabilities is None else rng.choice(len(cases), p=probabilities)
+        case = cases[int(index)]
         image, label = sample_patch(case, rng, config.patch_size, config.tumour_fraction)
         flags = case.presence.copy()
         if rng.random() < config.sequence_dropout:
@@ -322,8 +344,13 @@ def train(config: TrainConfig, out: Path, work_dir: Path | None = None, *, resum
     sequences = net_config.in_sequences
     if tuple(sequences) != SEQUENCES:
         raise ValueError(f"the network's sequences {sequences} differ from the data's {SEQUENCES}")
-    cases = cache_cases(config.data_dirs, work_dir / "cache", config.spacing_mm, progress=progress)
+    cases, case_dirs = [], {}
+    for index, data_dir in enumerate(config.data_dirs):
+        folder_cases = cache_cases((data_dir,), work_dir / "cache", config.spacing_mm, progress=progress)
+        case_dirs.update({c.case_id: index for c in folder_cases})
+        cases += folder_cases
     train_cases, val_cases = split_cases(cases, config.val_fraction, config.seed)
+    probabilities = _case_probabilities(train_cases, case_dirs, config)
     if config.val_dirs:
         val_cases += cache_cases(config.val_dirs, work_dir / "cache", config.spacing_mm, progress=progress)
         both = {c.case_id for c in train_cases} & {c.case_id for c in val_cases}
@@ -381,7 +408,7 @@ def train(config: TrainConfig, out: Path, work_dir: Path | None = None, *, resum
     bar = tqdm(total=config.steps, initial=step, desc="train", unit="step", disable=not progress)
     while step < end:
         tick = time.perf_counter()
-        images, labels, presence, wt_only = _make_batch(train_cases, step, config, sequences)
+        images, labels, presence, wt_only = _make_batch(train_cases, step, config, sequences, probabilities)
         x = with_presence(images, presence).to(device)
         labels, wt_only = labels.to(device), wt_only.to(device)
         torch.manual_seed(config.seed * 1_000_003 + step)  # dropout masks of this step

@@ -187,3 +187,21 @@ def test_export_state_writes_the_weights_of_an_interrupted_run(tiny_phantoms, tm
     state = torch.load(tmp_path / "w" / "state.pt", weights_only=False)
     for key, value in network.state_dict().items():
         torch.testing.assert_close(value, state["model"][key])
+
+
+def test_data_weights_give_each_folder_its_share_of_the_patches():
+    from neuroseg.model.train import _case_probabilities
+
+    class Case:
+        def __init__(self, case_id: str):
+            self.case_id = case_id
+
+    cases = [Case(f"phantom{i}") for i in range(9)] + [Case("real0")]
+    dirs = {**{f"phantom{i}": 0 for i in range(9)}, "real0": 1}
+    config = TrainConfig(data_dirs=(Path("phantoms"), Path("real")), data_weights=(2.0, 1.0))
+    probabilities = _case_probabilities(cases, dirs, config)
+    assert probabilities[-1] == pytest.approx(1 / 3)
+    assert probabilities[:9].sum() == pytest.approx(2 / 3)
+    assert _case_probabilities(cases, dirs, TrainConfig(data_dirs=(Path("p"), Path("r")))) is None
+    with pytest.raises(ValueError, match="one positive --data-weight per --data folder"):
+        TrainConfig(data_dirs=(Path("phantoms"), Path("real")), data_weights=(1.0,))

@@ -45,6 +45,9 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     )
     train.add_argument("--data", type=Path, action="append", metavar="DIR",
                        help="folder of cases (repeatable): BraTS 2021/2023 layout or T1/FLAIR/GT_W")
+    train.add_argument("--data-weight", type=float, action="append", metavar="W",
+                       help="share of the patches drawn from each --data folder, in the same order "
+                            "(default: every case equally likely)")
     train.add_argument("--out", type=Path, required=True, metavar="CKPT", help="checkpoint to write")
     train.add_argument("--work-dir", type=Path, metavar="DIR",
                        help="cache, metrics and plots (default: <out>.work next to the checkpoint)")
@@ -164,6 +167,7 @@ def run_train(args: argparse.Namespace) -> int:
             val_every=args.val_every, checkpoint_every=args.checkpoint_every,
             wt_only_weight=args.wt_only_weight, background_dice=not args.no_background_dice,
             seed=args.seed, device=args.device, val_dirs=tuple(args.val_data or ()),
+            data_weights=tuple(args.data_weight or ()),
             threads=args.threads, name=args.name, version=args.model_version,
         )
         result = train(config, out=args.out, work_dir=args.work_dir, resume=args.resume,
