@@ -4,6 +4,12 @@
 processed as it is": the job fails for good and the message says why. It is a
 ``ValueError`` so that callers of ``model`` and ``dicom_out`` outside the
 service can keep catching that. Any other exception from our code is a bug.
+
+Its members in the stages: ``model.adapters.ModelMismatchError`` (weights that
+do not fit the study) and ``dicom_out.common.DicomOutError`` with its
+``SourceSeriesError`` and ``GridMismatchError`` (a reference series, array or
+encoding setting that cannot be written as DICOM). A plain ``ValueError`` from
+a library or from our own code is not one of them: it is a bug and is retried.
 """
 
 

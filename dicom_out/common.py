@@ -19,6 +19,7 @@ import numpy as np
 from highdicom.sr import CodedConcept
 from pydicom.dataset import Dataset
 
+from neuroseg.common.errors import InputError
 from neuroseg.dicom_out.enum import (
     MapCompression,
     MapKind,
@@ -40,6 +41,14 @@ NOT_FOR_DIAGNOSTIC_USE = "Research use only - not for diagnostic use"
 LOCAL_SCHEME = "99NEUROSEG"
 PREDICTIVE_ENTROPY = CodedConcept("PRED-ENTROPY", LOCAL_SCHEME, "Predictive entropy")
 MC_DROPOUT = CodedConcept("MC-DROPOUT", LOCAL_SCHEME, "Monte Carlo dropout")
+#: model_card["uncertainty"]["method"] (the model adapter's one statement of it) -> the method's code and the
+#: short words the map explanations use; a model card without it is our own network's MC dropout.
+UNCERTAINTY_METHODS: dict[str, tuple[CodedConcept, str]] = {
+    "mc-dropout": (MC_DROPOUT, "MC dropout"),
+    "test-time-flips": (CodedConcept("TTA-FLIPS", LOCAL_SCHEME, "Test-time flips"), "flip TTA"),
+    "test-time-flips-and-fold-ensemble": (
+        CodedConcept("TTA-FLIPS-FOLDS", LOCAL_SCHEME, "Test-time flips and fold ensemble"), "flip+fold"),
+}
 # standard codes used by more than one object
 NO_UNITS = CodedConcept("1", "UCUM", "no units")
 STANDARD_DEVIATION = CodedConcept("113061", "DCM", "Standard Deviation")
@@ -82,8 +91,13 @@ def class_code(tumor_class: TumorClass) -> CodedConcept:
     return _CLASS_CODES[TumorClass(tumor_class)]
 
 
-class DicomOutError(ValueError):
-    """The inputs cannot be encoded; the message names the offending item."""
+class DicomOutError(InputError):
+    """The inputs cannot be encoded; the message names the offending item.
+
+    Bad input (a source series, an array on the wrong grid, an encoding setting
+    out of range), so retrying will not help. Still a ``ValueError`` for callers
+    outside the service.
+    """
 
 
 class SourceSeriesError(DicomOutError):
@@ -342,7 +356,22 @@ class EncodeRequest:
         others = [f"{role} {series[0].SeriesInstanceUID}" for role, series in self.other_series.items()]
         if others:
             text += f"; other source series: {'; '.join(others)}"
+        text += f"; uncertainty: {self.uncertainty_method()[0].meaning}"
+        if self.gradcam_layer():
+            text += f"; Grad-CAM layer: {self.gradcam_layer()}"
         return text[:1024]
+
+    def uncertainty_method(self) -> tuple[CodedConcept, str]:
+        """The code and short words of the model card's uncertainty method (:data:`UNCERTAINTY_METHODS`)."""
+        method = ((self.model_card or {}).get("uncertainty") or {}).get("method") or "mc-dropout"
+        if method not in UNCERTAINTY_METHODS:
+            raise DicomOutError(f"model card: unknown uncertainty method {method!r}; one of "
+                                f"{', '.join(UNCERTAINTY_METHODS)}")
+        return UNCERTAINTY_METHODS[method]
+
+    def gradcam_layer(self) -> str:
+        """The layer the Grad-CAM maps were taken at (model card ``gradcam.layer``); "" when not known."""
+        return str(((self.model_card or {}).get("gradcam") or {}).get("layer") or "")
 
     def reference_slices(self) -> list[tuple[Dataset, int | None]]:
         """``(dataset, frame number)`` of each slice ``k`` of the grid; the frame is None for single-frame images."""

@@ -207,6 +207,10 @@ def run_model(ctx: JobContext) -> None:
             ctx.enter(stage)
             current["stage"] = stage
     ctx.result = result
+    card = ctx.model_metadata.get("model_card")
+    if card is not None:  # the layer Grad-CAM ran at (a setting may name another than the card's), for the outputs
+        ctx.model_metadata["model_card"] = {**card, "gradcam": {**(card.get("gradcam") or {}),
+                                                                "layer": result.gradcam_layer}}
     ctx.device = device
     ctx.store.set_model(ctx.job_id, model_name=str(result.model_name), model_version=str(result.model_version),
                         device=device, sequences_used=list(result.sequences_used),
@@ -241,7 +245,7 @@ def _release_cuda() -> None:
 
 def encode_outputs(ctx: JobContext) -> None:
     """Write SEG, Parametric Maps, meshes, SR, key images and PDF on the reference grid; keep them on disk."""
-    from neuroseg.dicom_out import EncodeOptions, EncodeRequest, encode_study
+    from neuroseg.dicom_out import DicomOutError, EncodeOptions, EncodeRequest, encode_study
 
     assert ctx.loaded is not None and ctx.result is not None
     result, loaded = ctx.result, ctx.loaded
@@ -274,7 +278,7 @@ def encode_outputs(ctx: JobContext) -> None:
         )
         ctx.progress(5, "building DICOM objects")
         objects = list(encode_study(request))
-    except ValueError as exc:
+    except DicomOutError as exc:  # bad input only: any other ValueError is a bug and must surface as one
         raise InputError(f"the results cannot be encoded on the reference series: {exc}") from exc
     save_objects(ctx, objects)
     ctx.objects = objects
