@@ -157,6 +157,9 @@ class SegmentationResult:
         The Grad-CAM target layer ("" when Grad-CAM did not run).
     postprocessing: dict
         The post-processing settings and what they changed (empty when off).
+    sample_volumes_ml: dict[str, list[float]]
+        "ncr", "ed", "et", "tc", "wt": each MC sample's argmax volume on the model grid (mL);
+        empty without MC samples (one pass, ``mc_scheme="full"``, or another adapter).
     """
 
     labels: np.ndarray
@@ -174,6 +177,7 @@ class SegmentationResult:
     tta_variance: dict[str, np.ndarray] = field(default_factory=dict)
     gradcam_layer: str = ""
     postprocessing: dict[str, Any] = field(default_factory=dict)
+    sample_volumes_ml: dict[str, list[float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -188,6 +192,7 @@ class ModelGridOutput:
     timings: dict[str, float]
     tta_variance: np.ndarray | None = None
     gradcam_layer: str = ""
+    sample_volumes_ml: dict[str, list[float]] = field(default_factory=dict)
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -304,7 +309,8 @@ def _chunk_size(device: torch.device) -> int:
 
 
 def mc_head(model: LoadedModel, features: torch.Tensor, mc_samples: int, seed: int,
-            progress: Callable[[float], None] | None = None) -> tuple[torch.Tensor, ...]:
+            progress: Callable[[float], None] | None = None,
+            sample_counts: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
     """Monte Carlo dropout of the head over a feature volume.
 
     Parameters
@@ -313,6 +319,9 @@ def mc_head(model: LoadedModel, features: torch.Tensor, mc_samples: int, seed: i
         (C, V) trunk features of V voxels.
     mc_samples: int
         Number of stochastic passes; 1 means one deterministic pass.
+    sample_counts: torch.Tensor, optional
+        (mc_samples, K) int64 buffer, zeroed and filled with each sample's argmax voxel count per
+        class (the per-sample volumes that :mod:`neuroseg.model.quality` compares).
 
     Returns
     -------
@@ -327,6 +336,8 @@ def mc_head(model: LoadedModel, features: torch.Tensor, mc_samples: int, seed: i
     expected_entropy = torch.empty(total, device=features.device)
     devices = [features.device.index or 0] if features.device.type == "cuda" else []
     chunk = _chunk_size(features.device)
+    if sample_counts is not None:
+        sample_counts.zero_()
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         # one mask per sample, shared by every chunk: sample s is one thinned network
@@ -349,6 +360,10 @@ def mc_head(model: LoadedModel, features: torch.Tensor, mc_samples: int, seed: i
             m = p.mean(dim=0)
             mean[:, start:stop] = m
             variance[:, start:stop] = (p - m).square_().mean(dim=0)
+            if sample_counts is not None and masks is not None:
+                winner = logits.argmax(dim=1)  # (N, V)
+                for k in range(n_classes):
+                    sample_counts[:, k] += (winner == k).sum(dim=1)
             expected_entropy[start:stop] = -(p * log_p).sum(dim=1).mean(dim=0)
             if progress is not None:
                 progress(stop / total)
@@ -622,9 +637,13 @@ def infer_model_grid(case: PreprocessedCase, model: LoadedModel, *, mc_samples: 
         features = features[0].flatten(1)
         timings["inference"] = time.perf_counter() - started
         started = time.perf_counter()
+        counts = torch.zeros(mc_samples, model.config.n_classes, dtype=torch.int64, device=features.device) \
+            if mc_samples > 1 else None
         mean, variance, entropy, mutual = mc_head(model, features, mc_samples, seed,
-                                                  progress=lambda f: report("inference", 0.9 + 0.1 * f))
+                                                  progress=lambda f: report("inference", 0.9 + 0.1 * f),
+                                                  sample_counts=counts)
     else:
+        counts = None
         timings["inference"] = 0.0
         mean, variance, entropy, mutual = mc_full_network(model, inputs, mc_samples, seed, overlap=overlap)
         with torch.inference_mode():
@@ -659,7 +678,17 @@ def infer_model_grid(case: PreprocessedCase, model: LoadedModel, *, mc_samples: 
     return ModelGridOutput(probabilities=grid(mean), variance=grid(variance), entropy=grid(entropy),
                            mutual_information=grid(mutual), gradcam=cams, timings=timings,
                            tta_variance=None if tta_variance is None else grid(tta_variance),
-                           gradcam_layer=gradcam_layer if gradcam else "")
+                           gradcam_layer=gradcam_layer if gradcam else "",
+                           sample_volumes_ml=_region_volumes(counts, model.config.spacing_mm))
+
+
+def _region_volumes(counts: torch.Tensor | None, spacing_mm: float) -> dict[str, list[float]]:
+    """Per-sample volumes (mL, model grid) of the classes and BraTS regions from (N, K) argmax counts."""
+    if counts is None:
+        return {}
+    c = counts.cpu().numpy().astype(np.float64) * spacing_mm ** 3 / 1000.0  # classes: bg, ncr, ed, et
+    regions = {"ncr": c[:, 1], "ed": c[:, 2], "et": c[:, 3], "tc": c[:, 1] + c[:, 3], "wt": c[:, 1:].sum(axis=1)}
+    return {name: [round(float(v), 3) for v in values] for name, values in regions.items()}
 
 
 def segment(images: Mapping[str, np.ndarray], affine: np.ndarray, model: LoadedModel, *, mc_samples: int = 20,
@@ -783,6 +812,7 @@ def to_result(case: PreprocessedCase, grid: ModelGridOutput, model: LoadedModel,
         tta_variance=tta_variance,
         gradcam_layer=grid.gradcam_layer,
         postprocessing=postprocessing,
+        sample_volumes_ml=grid.sample_volumes_ml,
     )
 
 
