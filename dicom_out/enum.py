@@ -4,6 +4,13 @@ from __future__ import annotations
 
 from enum import Enum
 
+from neuroseg.common.enums import MapCompression  # the setting names it too: defined once there
+
+__all__ = [
+    "DeliveryStatus", "MapCompression", "MapKind", "MeshFormat", "ReportKind", "SegmentationTypeValues",
+    "TumorClass", "TumorRegion",
+]
+
 
 class TumorClass(str, Enum):
     """The three BraTS tumour classes (the keys of the per-class arrays)."""
@@ -68,15 +75,6 @@ class ReportKind(str, Enum):
 
     KEY_IMAGES = "keyimages"  # Secondary Capture key images, one per plane
     PDF = "pdf"  # Encapsulated PDF report
-
-
-class MapCompression(str, Enum):
-    """Transfer syntax of the Parametric Maps (all lossless)."""
-
-    DEFLATE = "deflate"  # float32 in Deflated Explicit VR Little Endian: what OHIF displays (default)
-    JPEG_LS = "jpegls"  # uint16 JPEG-LS lossless: smallest at half JPEG 2000's time
-    RLE = "rle"  # uint16 RLE lossless: 2.5x JPEG-LS's bytes
-    NONE = "none"  # uint16 Explicit VR Little Endian, for a viewer that reads the stored bytes as they are
 
 
 class MeshFormat(str, Enum):

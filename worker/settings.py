@@ -35,6 +35,8 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from neuroseg.common.enums import MapCompression
+
 log = logging.getLogger(__name__)
 
 ENV_PREFIX = "NEUROSEG_"
@@ -136,15 +138,6 @@ class MapKind(str, Enum):
 class MeshFormat(str, Enum):
     STL = "stl"
     SURFACE_SEGMENTATION = "surface"
-
-
-class MapCompression(str, Enum):
-    """Lossless encoding of the Parametric Maps (dicom_out.enum.MapCompression)."""
-
-    DEFLATE = "deflate"
-    JPEG_LS = "jpegls"
-    RLE = "rle"
-    NONE = "none"
 
 
 class ReportKind(str, Enum):
