@@ -253,6 +253,10 @@ class EncodeRequest:
         For an Enhanced (multi-frame) reference: ``reference_series`` is its
         one dataset and ``reference_frames[k]`` (1-based) the frame of slice
         ``k``; the objects then reference those frames (ReferencedFrameNumber).
+    quality: Mapping or None
+        The per-study quality estimate: ``expected_dice`` (``"WT"``, ``"TC"``, ``"ET"`` -> float
+        or None), ``review_recommended`` (bool) and ``reasons`` (plain words); stated in the SR,
+        on the first key image and on the first page of the PDF. It informs; it never blocks.
     """
 
     reference_series: Sequence[Dataset]
@@ -270,6 +274,7 @@ class EncodeRequest:
     reference_role: str = "reference"
     model_card: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
     reference_frames: Sequence[int] | None = None
+    quality: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.options, EncodeOptions):

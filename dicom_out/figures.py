@@ -118,6 +118,18 @@ def _model_line(request: EncodeRequest) -> str:
     return f"Model {request.model_name} {request.model_version} (AI, automatic)"
 
 
+def quality_lines(request: EncodeRequest) -> list[str]:
+    """The quality estimate in words: headline (review or not), expected Dice, then one line per reason."""
+    quality = request.quality
+    if not quality:
+        return []
+    expected = quality.get("expected_dice") or {}
+    dice = ", ".join(f"{key} {value:.2f}" for key, value in expected.items() if value is not None) or "n/a"
+    if quality.get("review_recommended"):
+        return [f"REVIEW RECOMMENDED - expected Dice {dice}", *(f"- {reason}" for reason in quality.get("reasons", []))]
+    return [f"Quality estimate: no review flag - expected Dice {dice}"]
+
+
 def draw_plane(ax: Any, plane: Plane, *, overlay: np.ndarray | None = None, overlay_label: str = "",
                outline: bool = True) -> None:
     """The plane in grey, optionally a heat overlay, and the class outlines."""
@@ -147,6 +159,11 @@ def key_image(request: EncodeRequest, plane: Plane) -> np.ndarray:
     legend = figure.legend(handles=_volume_legend(request), loc="lower left", bbox_to_anchor=(0.02, 0.0),
                            fontsize=9, frameon=False, ncol=2, labelcolor="white")
     legend.set_in_layout(False)
+    lines = quality_lines(request)
+    if lines:
+        flagged = bool(request.quality.get("review_recommended"))
+        figure.text(0.5, 0.895, "\n".join([lines[0], *lines[1:3]])[:300], color="#ffb000" if flagged else "#a0e0a0",
+                    ha="center", va="top", fontsize=9, weight="bold" if flagged else "normal")
     figure.text(0.98, 0.01, _model_line(request), color="#c0c0c0", ha="right", va="bottom", fontsize=8)
     return _rgb(figure)
 
@@ -182,6 +199,8 @@ def pdf_report(request: EncodeRequest, views: list[Plane], model_card: Mapping[s
     buffer = io.BytesIO()
     metadata = {"Title": "neuroseg AI glioma segmentation report", "Creator": "neuroseg",
                 "CreationDate": None, "Subject": NOT_FOR_DIAGNOSTIC_USE}
+    if quality_lines(request):  # also in the document information, where a search finds it
+        metadata["Keywords"] = quality_lines(request)[0]
     volumes = request.region_volumes_ml()
     with PdfPages(buffer, metadata=metadata) as pdf:
         page = plt.figure(figsize=(8.27, 11.69), facecolor="white")  # A4 portrait
@@ -207,6 +226,14 @@ def pdf_report(request: EncodeRequest, views: list[Plane], model_card: Mapping[s
         table.table(cellText=rows, colLabels=["Region", "Volume (ml)"], loc="center", cellLoc="left")
         page.text(0.06, 0.28, "\n".join(textwrap.wrap(request.derivation_description(), 110)), fontsize=7,
                   va="top", color="#404040")
+        lines = quality_lines(request)
+        if lines:
+            flagged = bool(request.quality.get("review_recommended"))
+            page.text(0.06, 0.19, lines[0], fontsize=11, va="top", weight="bold",
+                      color="#c06000" if flagged else "#206020")
+            details = [part for line in lines[1:6] for part in textwrap.wrap(line, 100)]
+            details.append("The estimate informs the reader; the results are delivered either way.")
+            page.text(0.06, 0.165, "\n".join(details), fontsize=8, va="top", color="#202020")
         pdf.savefig(page)
         plt.close(page)
 

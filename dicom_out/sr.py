@@ -70,6 +70,7 @@ from neuroseg.dicom_out.common import (
     software_versions,
 )
 from neuroseg.dicom_out.enum import TumorClass, TumorRegion
+from neuroseg.dicom_out.sr_quality import quality_evaluations, quality_measurements
 from neuroseg.dicom_out.uids import output_uid
 
 log = logging.getLogger(__name__)
@@ -201,7 +202,9 @@ def build_measurement_report(request: EncodeRequest, segmentation: EncodedObject
             finding_type=_finding_type(region),
             finding_sites=[hd.sr.FindingSite(BRAIN)],
             algorithm_id=algorithm,
-            measurements=_measurements(request, region, volumes[region.value], algorithm),
+            measurements=[*_measurements(request, region, volumes[region.value], algorithm),
+                          *quality_measurements(request, region, algorithm)],
+            qualitative_evaluations=quality_evaluations(request, region) or None,
             source_images=[seg_source],
         ))
     observer = hd.sr.ObserverContext(
