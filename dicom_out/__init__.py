@@ -11,7 +11,7 @@ Typical use (the worker)::
                             model_name="neuroseg-unet3d", model_version="1.0",
                             options=EncodeOptions(segmentation_type="BINARY"))
     objects = encode_study(request)
-    results = deliver(objects, ae_title="PACS", host="pacs", port=104)
+    results = deliver(objects, Peer(ae_title="PACS", host="pacs", port=104))
 """
 
 from neuroseg.dicom_out.common import (
@@ -25,7 +25,7 @@ from neuroseg.dicom_out.common import (
 from neuroseg.dicom_out.encode import encode_study
 from neuroseg.dicom_out.mesh import Mesh, surface_mesh
 from neuroseg.dicom_out.mr_series import StudyIdentity, build_mr_series, write_mr_series, write_study_from_nifti
-from neuroseg.dicom_out.send import DeliveryResult, DeliveryUnavailable, deliver, write_outbox
+from neuroseg.dicom_out.send import DeliveryResult, DeliveryUnavailable, Peer, deliver, write_outbox
 
 __all__ = [
     "DeliveryResult",
@@ -36,6 +36,7 @@ __all__ = [
     "EncodedObject",
     "GridMismatchError",
     "Mesh",
+    "Peer",
     "SourceSeriesError",
     "StudyIdentity",
     "build_mr_series",

@@ -23,7 +23,8 @@ duplicates.
 STOW-RS and gives the same results (the DICOM status of each object from the
 response's Referenced/Failed SOP Sequence); an unreachable or overloaded server
 raises :class:`DeliveryUnavailable` too. :func:`echo` and :func:`association`
-are the one C-ECHO and association of every command.
+are the one C-ECHO and association of every command; a :class:`Peer` says
+whom they talk to and how, once for all three.
 """
 
 from __future__ import annotations
@@ -95,6 +96,29 @@ class DeliveryResult:
         }
 
 
+@dataclass(frozen=True)
+class Peer:
+    """A DICOM peer and how we talk to it: the options of :func:`association`, :func:`echo` and :func:`deliver`.
+
+    ``ae_title``, ``host`` and ``port`` are the called AE; ``timeout`` is the
+    seconds for connecting, association negotiation and each response; ``tls``
+    (a client :class:`ssl.SSLContext`, see :func:`client_tls_context`) turns on
+    DICOM TLS, and the server's certificate must name ``tls_server_name``
+    (default ``host``).
+    """
+
+    ae_title: str
+    host: str
+    port: int
+    calling_ae_title: str = "NEUROSEG"
+    timeout: float = 60.0
+    tls: ssl.SSLContext | None = None
+    tls_server_name: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.ae_title}@{self.host}:{self.port}"
+
+
 #: pynetdicom's Verification SOP class (C-ECHO).
 VERIFICATION = "1.2.840.10008.1.1"
 UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
@@ -141,22 +165,11 @@ def _as_accepted(obj: EncodedObject, accepted: set[tuple[str, str]]) -> pydicom.
 
 
 @contextmanager
-def association(
-    contexts: Iterable[tuple[str, Sequence[str]]],
-    *,
-    ae_title: str,
-    host: str,
-    port: int,
-    calling_ae_title: str = "NEUROSEG",
-    timeout: float = 60.0,
-    tls: ssl.SSLContext | None = None,
-    tls_server_name: str | None = None,
-) -> Iterator[Association]:
-    """An established association to ``ae_title@host:port`` proposing ``contexts``, released on exit.
+def association(peer: Peer, contexts: Iterable[tuple[str, Sequence[str]]]) -> Iterator[Association]:
+    """An established association to ``peer`` proposing ``contexts``, released on exit.
 
     ``contexts`` pairs an abstract syntax (SOP class UID) with its transfer
-    syntaxes. ``tls`` (a client :class:`ssl.SSLContext`) turns on DICOM TLS;
-    the server's name is checked against ``tls_server_name`` (default ``host``).
+    syntaxes.
 
     Raises
     ------
@@ -165,14 +178,14 @@ def association(
     """
     from pynetdicom import AE
 
-    destination = f"{ae_title}@{host}:{port}"
-    ae = AE(ae_title=calling_ae_title)
-    ae.connection_timeout = ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    destination = str(peer)
+    ae = AE(ae_title=peer.calling_ae_title)
+    ae.connection_timeout = ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = peer.timeout
     for abstract_syntax, syntaxes in contexts:
         ae.add_requested_context(abstract_syntax, list(syntaxes))
-    tls_args = (tls, tls_server_name or host) if tls is not None else None
+    tls_args = (peer.tls, peer.tls_server_name or peer.host) if peer.tls is not None else None
     try:
-        assoc = ae.associate(host, int(port), ae_title=ae_title, tls_args=tls_args)
+        assoc = ae.associate(peer.host, int(peer.port), ae_title=peer.ae_title, tls_args=tls_args)
     except (OSError, RuntimeError, ssl.SSLError) as exc:
         raise DeliveryUnavailable(f"cannot reach {destination}: {exc}") from exc
     if not assoc.is_established:
@@ -186,14 +199,11 @@ def association(
             assoc.release()
 
 
-def echo(*, ae_title: str, host: str, port: int, calling_ae_title: str = "NEUROSEG", timeout: float = 10.0,
-         tls: ssl.SSLContext | None = None, tls_server_name: str | None = None) -> float | None:
-    """C-ECHO ``ae_title@host:port``: the seconds from connecting to the answer, or None when it did not succeed."""
+def echo(peer: Peer) -> float | None:
+    """C-ECHO ``peer``: the seconds from connecting to the answer, or None when it did not succeed."""
     started = time.monotonic()
     try:
-        with association([(VERIFICATION, UNCOMPRESSED)], ae_title=ae_title, host=host, port=port,
-                         calling_ae_title=calling_ae_title, timeout=timeout, tls=tls,
-                         tls_server_name=tls_server_name) as assoc:
+        with association(peer, [(VERIFICATION, UNCOMPRESSED)]) as assoc:
             status = assoc.send_c_echo()
     except DeliveryUnavailable as exc:
         log.debug("C-ECHO: %s", exc)
@@ -215,14 +225,8 @@ def client_tls_context(ca_file: str | os.PathLike[str] | None = None,
 
 def deliver(
     objects: Sequence[EncodedObject],
+    peer: Peer,
     *,
-    ae_title: str,
-    host: str,
-    port: int,
-    calling_ae_title: str = "NEUROSEG",
-    timeout: float = 60.0,
-    tls: ssl.SSLContext | None = None,
-    tls_server_name: str | None = None,
     on_result: Callable[[DeliveryResult], object] | None = None,
 ) -> list[DeliveryResult]:
     """Send ``objects`` to one DICOM destination with C-STORE.
@@ -231,16 +235,8 @@ def deliver(
     ----------
     objects: Sequence[EncodedObject]
         What to send, in order (:func:`load_objects` makes them from files).
-    ae_title, host, port:
-        The destination (called AE title, host name or address, TCP port).
-    calling_ae_title: str, optional
-        Our AE title.
-    timeout: float, optional
-        Seconds for connecting, association negotiation and each C-STORE
-        response.
-    tls, tls_server_name: optional
-        A client TLS context (see :func:`client_tls_context`) and the name
-        the server's certificate must carry (default ``host``).
+    peer: Peer
+        The destination, our AE title, the timeout and TLS.
     on_result: callable, optional
         Called with each result as it comes (progress bars, acknowledgements).
 
@@ -255,7 +251,7 @@ def deliver(
     DeliveryUnavailable
         When no association can be established, or it is lost mid-way.
     """
-    destination = f"{ae_title}@{host}:{port}"
+    destination = str(peer)
     if not objects:
         return []
     contexts = _contexts(objects)
@@ -269,9 +265,7 @@ def deliver(
         if on_result is not None:
             on_result(result)
 
-    with association([(sop, syntaxes) for (sop, _), syntaxes in contexts.items()], ae_title=ae_title, host=host,
-                     port=port, calling_ae_title=calling_ae_title, timeout=timeout, tls=tls,
-                     tls_server_name=tls_server_name) as assoc:
+    with association(peer, [(sop, syntaxes) for (sop, _), syntaxes in contexts.items()]) as assoc:
         accepted = {(context.abstract_syntax, context.transfer_syntax[0]) for context in assoc.accepted_contexts}
         for obj in objects:
             if not assoc.is_established:

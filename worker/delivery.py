@@ -65,14 +65,15 @@ def send_objects(objects: Sequence[Any], destination: DicomDestination | DicomWe
 
     Raises ``dicom_out.send.DeliveryUnavailable`` when the destination cannot take them now.
     """
-    from neuroseg.dicom_out.send import deliver, deliver_stow
+    from neuroseg.dicom_out.send import Peer, deliver, deliver_stow
 
     if isinstance(destination, DicomWebDestination):
         return deliver_stow(objects, url=destination.url, username=settings.dicomweb_username,
                             password=_secret(settings.dicomweb_password), token=_secret(settings.dicomweb_token),
                             ca_bundle=settings.dicomweb_ca, on_result=on_result)
-    return deliver(objects, ae_title=destination.ae_title, host=destination.host, port=destination.port,
-                   calling_ae_title=calling_ae_title or settings.calling_ae_title, on_result=on_result)
+    peer = Peer(destination.ae_title, destination.host, destination.port,
+                calling_ae_title=calling_ae_title or settings.calling_ae_title)
+    return deliver(objects, peer, on_result=on_result)
 
 
 def send_to(objects: Sequence[Any], destination: DicomDestination | DicomWebDestination,

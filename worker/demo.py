@@ -29,12 +29,13 @@ DEMO_STABLE_SECONDS = 3.0
 
 def echo(settings: Settings, host: str = "127.0.0.1", timeout: float = 3.0) -> bool:
     """Whether a DICOM service answers C-ECHO as ``settings.ae_title`` on ``settings.port``."""
+    from neuroseg.dicom_out.send import Peer
     from neuroseg.dicom_out.send import echo as c_echo
 
     if _port_free(settings.port, host):
         return False  # nothing listens: no need to ask (and no connection errors in the log)
-    return c_echo(ae_title=settings.ae_title, host=host, port=settings.port, calling_ae_title=_calling_ae(settings),
-                  timeout=timeout) is not None
+    return c_echo(Peer(settings.ae_title, host, settings.port, calling_ae_title=_calling_ae(settings),
+                       timeout=timeout)) is not None
 
 
 def _calling_ae(settings: Settings) -> str:

@@ -11,7 +11,7 @@ import pydicom
 import pytest
 from scipy import ndimage
 
-from neuroseg.dicom_out import EncodedObject, EncodeOptions, EncodeRequest, deliver, encode_study
+from neuroseg.dicom_out import EncodedObject, EncodeOptions, EncodeRequest, Peer, deliver, encode_study
 from neuroseg.dicom_out.mr_series import StudyIdentity, write_study_from_nifti
 from tests.dicom_out.dciodvfy import assert_dciodvfy_clean
 from tests.dicom_out.synthetic import synthetic_study
@@ -35,8 +35,7 @@ def as_objects(datasets) -> list[EncodedObject]:
 
 
 def send_all(orthanc, objects: list[EncodedObject]) -> None:
-    results = deliver(objects, ae_title=orthanc.ae_title, host="127.0.0.1", port=orthanc.dicom_port,
-                      calling_ae_title="NEUROSEG", timeout=60)
+    results = deliver(objects, Peer(orthanc.ae_title, "127.0.0.1", orthanc.dicom_port, timeout=60))
     failed = [result.to_dict() for result in results if not result.ok]
     assert not failed, failed
 

@@ -10,7 +10,7 @@ import pytest
 from pynetdicom import AE, evt
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from neuroseg.dicom_out import DeliveryUnavailable, EncodeOptions, deliver, encode_study, write_outbox
+from neuroseg.dicom_out import DeliveryUnavailable, EncodeOptions, Peer, deliver, encode_study, write_outbox
 from neuroseg.dicom_out.enum import DeliveryStatus
 from neuroseg.dicom_out.send import VERIFICATION, echo, load_objects
 from tests.dicom_out.synthetic import synthetic_study
@@ -69,7 +69,7 @@ def pacs_factory() -> Iterator:
 
 def test_every_object_is_stored(objects, pacs_factory) -> None:
     pacs = pacs_factory(sop_classes={obj.sop_class_uid for obj in objects})
-    results = deliver(objects, ae_title="TESTPACS", host="127.0.0.1", port=pacs.port, timeout=10)
+    results = deliver(objects, Peer("TESTPACS", "127.0.0.1", pacs.port, timeout=10))
     assert [result.kind for result in results] == [obj.kind for obj in objects]
     assert all(result.outcome is DeliveryStatus.SUCCESS and result.status == 0 for result in results)
     assert pacs.received == [obj.sop_instance_uid for obj in objects]
@@ -77,7 +77,7 @@ def test_every_object_is_stored(objects, pacs_factory) -> None:
 
 def test_a_sop_class_the_pacs_does_not_support_fails_alone(objects, pacs_factory) -> None:
     pacs = pacs_factory(sop_classes={obj.sop_class_uid for obj in objects} - {ENCAPSULATED_STL})
-    results = deliver(objects, ae_title="TESTPACS", host="127.0.0.1", port=pacs.port, timeout=10)
+    results = deliver(objects, Peer("TESTPACS", "127.0.0.1", pacs.port, timeout=10))
     failed = [result for result in results if not result.ok]
     assert {result.kind for result in failed} == {obj.kind for obj in objects if obj.sop_class_uid == ENCAPSULATED_STL}
     assert all(result.status is None and "did not accept SOP class 1.2.840.10008.5.1.4.1.1.104.3" in result.message
@@ -88,7 +88,7 @@ def test_a_sop_class_the_pacs_does_not_support_fails_alone(objects, pacs_factory
 def test_a_failure_status_is_recorded_and_the_rest_still_go(objects, pacs_factory) -> None:
     pacs = pacs_factory(sop_classes={obj.sop_class_uid for obj in objects},
                         refuse_with={COMPREHENSIVE_3D_SR: 0xA700})
-    results = deliver(objects, ae_title="TESTPACS", host="127.0.0.1", port=pacs.port, timeout=10)
+    results = deliver(objects, Peer("TESTPACS", "127.0.0.1", pacs.port, timeout=10))
     sr = next(result for result in results if result.kind == "sr")
     assert sr.outcome is DeliveryStatus.FAILURE and sr.status == 0xA700
     assert sr.message.startswith("refused with status 0xA700")
@@ -99,7 +99,7 @@ def test_a_failure_status_is_recorded_and_the_rest_still_go(objects, pacs_factor
 def test_a_warning_status_counts_as_stored(objects, pacs_factory) -> None:
     pacs = pacs_factory(sop_classes={obj.sop_class_uid for obj in objects},
                         refuse_with={COMPREHENSIVE_3D_SR: 0xB000})
-    results = deliver(objects, ae_title="TESTPACS", host="127.0.0.1", port=pacs.port, timeout=10)
+    results = deliver(objects, Peer("TESTPACS", "127.0.0.1", pacs.port, timeout=10))
     sr = next(result for result in results if result.kind == "sr")
     assert sr.outcome is DeliveryStatus.WARNING and sr.ok
 
@@ -107,20 +107,20 @@ def test_a_warning_status_counts_as_stored(objects, pacs_factory) -> None:
 def test_no_listener_raises_delivery_unavailable(objects) -> None:
     port = free_port()
     with pytest.raises(DeliveryUnavailable, match=f"cannot deliver to TESTPACS@127.0.0.1:{port}"):
-        deliver(objects, ae_title="TESTPACS", host="127.0.0.1", port=port, timeout=5)
+        deliver(objects, Peer("TESTPACS", "127.0.0.1", port, timeout=5))
 
 
 def test_a_rejected_association_raises_delivery_unavailable(objects, pacs_factory) -> None:
     pacs = pacs_factory(sop_classes={obj.sop_class_uid for obj in objects}, require_called_ae=True)
     with pytest.raises(DeliveryUnavailable, match="association rejected"):
-        deliver(objects, ae_title="WRONGAE", host="127.0.0.1", port=pacs.port, timeout=5)
+        deliver(objects, Peer("WRONGAE", "127.0.0.1", pacs.port, timeout=5))
 
 
 def test_echo_times_an_answering_peer_and_gives_none_for_a_silent_one(pacs_factory) -> None:
     pacs = pacs_factory(sop_classes=set(), require_called_ae=True)
-    assert 0 < echo(ae_title="TESTPACS", host="127.0.0.1", port=pacs.port, timeout=5) < 5
-    assert echo(ae_title="WRONGAE", host="127.0.0.1", port=pacs.port, timeout=5) is None
-    assert echo(ae_title="TESTPACS", host="127.0.0.1", port=free_port(), timeout=2) is None
+    assert 0 < echo(Peer("TESTPACS", "127.0.0.1", pacs.port, timeout=5)) < 5
+    assert echo(Peer("WRONGAE", "127.0.0.1", pacs.port, timeout=5)) is None
+    assert echo(Peer("TESTPACS", "127.0.0.1", free_port(), timeout=2)) is None
 
 
 def test_each_result_is_reported_as_it_comes_and_hidden_files_are_not_sent(objects, pacs_factory, tmp_path) -> None:
@@ -131,7 +131,7 @@ def test_each_result_is_reported_as_it_comes_and_hidden_files_are_not_sent(objec
     assert sorted(obj.kind for obj in loaded) == sorted(obj.kind for obj in objects[:3])
     pacs = pacs_factory(sop_classes={obj.sop_class_uid for obj in loaded})
     seen = []
-    results = deliver(loaded, ae_title="TESTPACS", host="127.0.0.1", port=pacs.port, timeout=10, on_result=seen.append)
+    results = deliver(loaded, Peer("TESTPACS", "127.0.0.1", pacs.port, timeout=10), on_result=seen.append)
     assert seen == results and all(result.ok for result in results) and len(pacs.received) == 3
 
 
@@ -149,29 +149,29 @@ def test_tls_with_a_client_certificate(pacs_factory, tmp_path) -> None:
     objects = some_objects("tls")
     pacs = pacs_factory(sop_classes={obj.sop_class_uid for obj in objects}, ssl_context=server)
     tls = client_tls_context(certs["ca.pem"], certs["client.pem"], certs["client.key"])
-    results = deliver(objects, ae_title="TESTPACS", host="127.0.0.1", port=pacs.port, timeout=10, tls=tls,
-                      tls_server_name="localhost")
+    results = deliver(objects, Peer("TESTPACS", "127.0.0.1", pacs.port, timeout=10, tls=tls,
+                                         tls_server_name="localhost"))
     assert all(result.ok for result in results) and len(pacs.received) == len(objects)
-    assert echo(ae_title="TESTPACS", host="127.0.0.1", port=pacs.port, tls=tls, tls_server_name="localhost")
-    assert echo(ae_title="TESTPACS", host="127.0.0.1", port=pacs.port, timeout=3) is None, "plain TCP is refused"
+    assert echo(Peer("TESTPACS", "127.0.0.1", pacs.port, tls=tls, tls_server_name="localhost"))
+    assert echo(Peer("TESTPACS", "127.0.0.1", pacs.port, timeout=3)) is None, "plain TCP is refused"
     without_certificate = client_tls_context(certs["ca.pem"])
     with pytest.raises(DeliveryUnavailable):
-        deliver(objects, ae_title="TESTPACS", host="127.0.0.1", port=pacs.port, timeout=5, tls=without_certificate,
-                tls_server_name="localhost")
+        deliver(objects, Peer("TESTPACS", "127.0.0.1", pacs.port, timeout=5, tls=without_certificate,
+                              tls_server_name="localhost"))
 
 
 def test_compressed_objects_go_decompressed_to_a_peer_without_their_compression(objects, pacs_factory) -> None:
     compressed = [obj for obj in objects if obj.dataset.file_meta.TransferSyntaxUID.is_compressed]
     assert compressed, "the encoders compress some objects (Parametric Maps, key images)"
     pacs = pacs_factory(sop_classes={obj.sop_class_uid for obj in compressed})  # little-endian only
-    results = deliver(compressed, ae_title="TESTPACS", host="127.0.0.1", port=pacs.port, timeout=10)
+    results = deliver(compressed, Peer("TESTPACS", "127.0.0.1", pacs.port, timeout=10))
     assert all(result.outcome is DeliveryStatus.SUCCESS for result in results)
     assert pacs.received == [obj.sop_instance_uid for obj in compressed], "same UIDs: lossless, the same objects"
     assert all(obj.dataset.file_meta.TransferSyntaxUID.is_compressed for obj in compressed), "originals untouched"
 
 
 def test_delivering_nothing_opens_no_association() -> None:
-    assert deliver([], ae_title="X", host="127.0.0.1", port=1) == []
+    assert deliver([], Peer("X", "127.0.0.1", 1)) == []
 
 
 def test_outbox_writes_each_object_atomically_and_replaces_on_rewrite(objects, tmp_path: Path) -> None:

@@ -203,7 +203,7 @@ def build_studies(root: Path, count: int) -> dict[str, list[Path]]:
 
 def send_one_association(port: int, called_ae: str, paths: list[Path], on_ack) -> bool:  # noqa: ANN001
     """Send ``paths`` in one association; True when every one got Success."""
-    from neuroseg.dicom_out.send import DeliveryUnavailable, deliver, load_objects
+    from neuroseg.dicom_out.send import DeliveryUnavailable, Peer, deliver, load_objects
 
     objects = load_objects(paths)
     by_uid = dict(zip((obj.sop_instance_uid for obj in objects), paths, strict=True))
@@ -213,17 +213,17 @@ def send_one_association(port: int, called_ae: str, paths: list[Path], on_ack) -
             on_ack(by_uid[result.sop_instance_uid])
 
     try:
-        results = deliver(objects, ae_title=called_ae, host="127.0.0.1", port=port, calling_ae_title="BENCHSCU",
-                          timeout=20, on_result=acknowledge)
+        results = deliver(objects, Peer(called_ae, "127.0.0.1", port, calling_ae_title="BENCHSCU", timeout=20),
+                          on_result=acknowledge)
     except (DeliveryUnavailable, RuntimeError, OSError):
         return False
     return all(result.status == 0x0000 for result in results)
 
 
 def echo_seconds(port: int, called_ae: str) -> float | None:
-    from neuroseg.dicom_out.send import echo
+    from neuroseg.dicom_out.send import Peer, echo
 
-    return echo(ae_title=called_ae, host="127.0.0.1", port=port, calling_ae_title="BENCHPROBE", timeout=10)
+    return echo(Peer(called_ae, "127.0.0.1", port, calling_ae_title="BENCHPROBE", timeout=10))
 
 
 class _Probe:
