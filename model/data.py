@@ -542,12 +542,22 @@ def augment_batch(images, labels, seed: int, *, spatial: bool = True):
     """
     import torch
 
+    from monai.data import get_track_meta, set_track_meta
+
     channels, patch = images.shape[1], images.shape[2]
     transform = augmentation(channels, patch, spatial)
     out_images, out_labels = [], []
-    for b in range(images.shape[0]):
-        transform.set_random_state(seed=(seed + b) % (2**32))
-        sample = transform({"image": images[b].float(), "label": labels[b][None].float()})
-        out_images.append(torch.as_tensor(sample["image"]).float())
-        out_labels.append(torch.as_tensor(sample["label"])[0].round().long())
+    # Plain tensors: MONAI's MetaTensor would halve the transforms' speed and,
+    # worse, route every operation of the network's forward and backward pass
+    # through its metadata hook (a training step 10x slower).
+    tracking = get_track_meta()
+    set_track_meta(False)
+    try:
+        for b in range(images.shape[0]):
+            transform.set_random_state(seed=(seed + b) % (2**32))
+            sample = transform({"image": images[b].float(), "label": labels[b][None].float()})
+            out_images.append(torch.as_tensor(sample["image"]).as_subclass(torch.Tensor).float())
+            out_labels.append(torch.as_tensor(sample["label"]).as_subclass(torch.Tensor)[0].round().long())
+    finally:
+        set_track_meta(tracking)
     return torch.stack(out_images), torch.stack(out_labels)

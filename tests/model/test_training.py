@@ -205,3 +205,9 @@ def test_data_weights_give_each_folder_its_share_of_the_patches():
     assert _case_probabilities(cases, dirs, TrainConfig(data_dirs=(Path("p"), Path("r")))) is None
     with pytest.raises(ValueError, match="one positive --data-weight per --data folder"):
         TrainConfig(data_dirs=(Path("phantoms"), Path("real")), data_weights=(1.0,))
+
+
+def test_augmented_batches_are_plain_tensors():
+    # a MONAI MetaTensor here sends every operation of the training step through its metadata hook
+    images, labels = augment_batch(torch.randn(2, 4, 16, 16, 16), torch.randint(0, 4, (2, 16, 16, 16)), seed=3)
+    assert type(images) is torch.Tensor and type(labels) is torch.Tensor
