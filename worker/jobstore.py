@@ -18,6 +18,8 @@ written here; nothing lives only in memory.
 - :mod:`~neuroseg.worker.jobs.timeline`: events and stage runs;
 - :mod:`~neuroseg.worker.jobs.queries`: the read model of the admin app,
   metrics, recovery and retention (SQL aggregates);
+- :mod:`~neuroseg.worker.jobs.followups`: each job's time point (patient
+  identity, study date) and the prior it was compared with;
 - :mod:`~neuroseg.worker.jobs.records`: the pydantic records handed out;
 - :mod:`~neuroseg.worker.jobs.tables` and :mod:`~neuroseg.worker.jobs.database`:
   the tables, engines and Alembic migrations, run on start-up under a lock.
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 from neuroseg.worker.jobs.database import SCHEMA_VERSION, engine_for, migrate, schema_version
 from neuroseg.worker.jobs.deliveries import DELIVERY_STATUSES, DeliveryLog
+from neuroseg.worker.jobs.followups import FollowupLog, PatientIdentity, PriorSearch, TimePoint
 from neuroseg.worker.jobs.intake import JobIntake, manifest_fingerprint
 from neuroseg.worker.jobs.lifecycle import JobLifecycle, worker_identity
 from neuroseg.worker.jobs.queries import ReadModel
@@ -72,13 +75,14 @@ __all__ = [
     "DELIVERY_STATUSES", "FINAL_STATES", "RUNNING_STATES", "SCHEMA_VERSION", "STAGE_ORDER", "STAGE_RANK",
     "TIMED_STEPS", "TRANSITIONS", "WAITING_STATES", "Base", "Claim", "ClaimOutcome", "DeliveryRecord",
     "DeliveryRow", "EventRecord", "EventRow", "JobDetail", "JobRow", "JobState", "JobStore", "JobSummary",
+    "FollowupLog", "PatientIdentity", "PriorSearch", "TimePoint",
     "OutputRecord", "OutputRow", "RetentionCandidate", "SeriesRecord", "SeriesRow", "StageRecord", "StageRow",
     "StudyRow", "TransitionError", "check_transition", "engine_for", "manifest_fingerprint", "migrate",
     "schema_version", "utcnow", "worker_identity",
 ]
 
 
-class JobStore(JobIntake, JobLifecycle, DeliveryLog, Timeline, ReadModel):
+class JobStore(JobIntake, JobLifecycle, DeliveryLog, Timeline, ReadModel, FollowupLog):
     """Reads and writes the job store; one instance per process is enough (thread-safe).
 
     ``JobStore(url, stale_after_s=120.0)``: see :class:`~neuroseg.worker.jobs.base.StoreBase`.
