@@ -34,8 +34,10 @@ import math
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from scipy import ndimage
 
 from neuroseg.model.data import CaseFiles, LabelKind, find_cases, read_case
 
@@ -137,6 +139,10 @@ class CaseMetrics:
     auroc_variance: float | None = None
     label_source: str = "expert"
     """``"algorithm"`` when the truth is a machine label (not an expert one)."""
+    expected_dice: dict[str, float | None] = field(default_factory=dict)
+    """The per-study quality estimate (:mod:`neuroseg.model.quality`), regions ``wt``/``tc``/``et``."""
+    review_recommended: bool | None = None
+    reasons: list[str] = field(default_factory=list)
 
 
 def _class_index(label: np.ndarray) -> np.ndarray:
@@ -218,8 +224,11 @@ class EvaluationResult:
     mean: dict[str, float | None] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"source": self.source, "hd95_max_mm": HD95_MAX_MM, "mean": self.mean,
+        data = {"source": self.source, "hd95_max_mm": HD95_MAX_MM, "mean": self.mean,
                 "cases": [asdict(c) for c in self.cases]}
+        if any(c.review_recommended is not None for c in self.cases):
+            data["quality"] = quality_summary(self)
+        return data
 
 
 def summarise(cases: list[CaseMetrics]) -> dict[str, float | None]:
@@ -256,7 +265,51 @@ def format_table(result: EvaluationResult) -> str:
     lines.append(f"{'mean':<24}" + "".join(fmt(result.mean.get(c)) for c in columns))
     if any(case.label_source == "algorithm" for case in result.cases):
         lines.append("* scored against a machine label (made by a segmentation algorithm), not an expert one")
+    if any(case.review_recommended is not None for case in result.cases):
+        lines += ["", format_quality_table(result)]
     return "\n".join(lines)
+
+
+def _quality_cases(result: EvaluationResult) -> list[dict]:
+    return [{"case": c.case_id, "true_dice": {r.upper(): v for r, v in c.dice.items()},
+             "expected_dice": {r.upper(): v for r, v in c.expected_dice.items()},
+             "review_recommended": c.review_recommended, "reasons": c.reasons}
+            for c in result.cases if c.review_recommended is not None]
+
+
+def quality_summary(result: EvaluationResult, bad_dice: float = 0.7) -> dict:
+    """Rank correlation of expected and true Dice per region; bad (WT < ``bad_dice``) and good cases flagged."""
+    from neuroseg.model.quality import calibration_summary
+
+    return calibration_summary(_quality_cases(result), bad_dice=bad_dice)
+
+
+def format_quality_table(result: EvaluationResult, bad_dice: float = 0.7) -> str:
+    """Expected next to true Dice per case, the flag, the rank correlations and the flag counts."""
+    def fmt(value: float | None) -> str:
+        return f"{'-':>8}" if value is None else f"{value:>8.3f}"
+
+    lines = [f"{'case':<24}" + "".join(f"{f'{k} {r}':>8}" for r in ("WT", "TC", "ET") for k in ("true", "exp"))
+             + "  review"]
+    for c in result.cases:
+        if c.review_recommended is None:
+            continue
+        cells = "".join(fmt(c.dice.get(r)) + fmt(c.expected_dice.get(r)) for r in ("wt", "tc", "et"))
+        lines.append(f"{c.case_id[:22]:<24}{cells}  {'yes' if c.review_recommended else 'no'}")
+    summary = quality_summary(result, bad_dice)
+    lines.append(f"rank correlation (Spearman) of expected and true Dice: " + ", ".join(
+        f"{r} {v:.3f} (n={summary['n'][r]})" if v is not None else f"{r} - (n={summary['n'][r]})"
+        for r, v in summary["spearman"].items()))
+    lines.append(f"flagged for review: {summary['bad_flagged']} of {summary['bad_cases']} cases with WT Dice < "
+                 f"{bad_dice}, {summary['good_flagged']} of {summary['good_cases']} others")
+    return "\n".join(lines)
+
+
+def reliability_png(result: EvaluationResult, path: Path) -> Path:
+    """The reliability plot (expected vs true Dice per region) of an evaluation with quality estimates."""
+    from neuroseg.model.quality import reliability_plot
+
+    return reliability_plot(_quality_cases(result), path, title=f"expected vs true Dice ({Path(result.source).name})")
 
 
 def _spacing(affine: np.ndarray) -> tuple[float, float, float]:
@@ -354,15 +407,20 @@ def evaluate_model(data_dir: Path, model_path: Path | None = None, *, device: st
     if not cases:
         raise ValueError(f"{data_dir} holds no case with a ground-truth label")
     model = load_model(model_path, device=device)
+    from neuroseg.model.quality import load_quality_model
+
+    quality = load_quality_model(model_path)
     results = []
     for files in tqdm(cases, desc="evaluate", unit="case", disable=not progress):
-        results.append(_evaluate_one(model, segment, files, mc_samples, sequences, tta=tta, postprocess=postprocess))
+        results.append(_evaluate_one(model, segment, files, mc_samples, sequences, tta=tta, postprocess=postprocess,
+                                     quality=quality))
     source = str(model_path) if model_path is not None else "shipped demo weights"
     return EvaluationResult(cases=results, source=source, mean=summarise(results))
 
 
-def _evaluate_one(model, segment, files: CaseFiles, mc_samples: int,
-                  sequences: tuple[str, ...] | None, *, tta: bool = False, postprocess=None) -> CaseMetrics:  # noqa: ANN001
+def _evaluate_one(model, segment, files: CaseFiles, mc_samples: int,  # noqa: ANN001
+                  sequences: tuple[str, ...] | None, *, tta: bool = False, postprocess=None,  # noqa: ANN001
+                  quality=None) -> CaseMetrics:  # noqa: ANN001
     case = read_case(files)
     images = {k: v for k, v in case.images.items() if sequences is None or k in sequences}
     if not images:
@@ -376,6 +434,13 @@ def _evaluate_one(model, segment, files: CaseFiles, mc_samples: int,
                          _spacing(case.affine), sequences=sorted(images), probabilities=probabilities,
                          entropy=output.entropy, variance=variance, mask=mask)
     metrics.label_source = files.label_source
+    if quality is not None:
+        from neuroseg.model.quality import assess_result
+
+        verdict = assess_result(output, images, case.affine, model=quality)
+        metrics.expected_dice = {r.lower(): v for r, v in verdict.expected_dice.items()}
+        metrics.review_recommended = verdict.review_recommended
+        metrics.reasons = verdict.reasons
     return metrics
 
 
@@ -386,3 +451,92 @@ def write_json(result: EvaluationResult, path: Path) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(result.to_dict(), indent=1))
     tmp.replace(path)
+
+
+# --- quality: expected vs true Dice (neuroseg.model.quality) --------------------------------------
+
+QUALITY_VARIANTS: tuple[str, ...] = ("easy", "noise", "thick8", "bias", "thick8-bias", "flair-noise",
+                                     "drop-flair", "drop-t1ce", "misaligned")
+"""The phantoms of a quality fit: one easy, the others made hard on purpose (see :func:`hard_phantom`)."""
+
+
+def hard_phantom(seed: int, variant: str, anatomy_spacing_mm: float = 2.0):  # noqa: ANN201 - a Case
+    """A phantom case made hard in one way.
+
+    ``easy``: BraTS-like 1 mm axial grid, no skull; ``noise``: Rician noise at 35 % of white
+    matter; ``thick8``: a clinical grid with 8 mm slices; ``bias``: a strong bias field
+    (peak-to-peak log amplitude 1.6); ``thick8-bias``: both; ``flair-noise``: FLAIR replaced
+    by noise of its own mean and sd inside the head; ``drop-flair``/``drop-t1ce``: that
+    sequence missing; ``misaligned``: FLAIR and T2 moved by 8 degrees and 6 mm (uncorrected motion).
+    """
+    from neuroseg.model.data import Case
+    from neuroseg.model.phantom import PhantomConfig, make_phantom
+
+    if variant not in QUALITY_VARIANTS:
+        raise ValueError(f"phantom variant {variant!r} is not one of {', '.join(QUALITY_VARIANTS)}")
+    base = dict(anatomy_spacing_mm=anatomy_spacing_mm, skull_probability=0.0, clinical_grid_probability=0.0,
+                multifocal_probability=0.0)
+    knobs = {"noise": dict(noise_fraction=(0.35, 0.35)),
+             "thick8": dict(clinical_grid_probability=1.0, slice_thickness_mm=(8.0, 8.0)),
+             "bias": dict(bias_amplitude=(1.6, 1.6)),
+             "thick8-bias": dict(clinical_grid_probability=1.0, slice_thickness_mm=(8.0, 8.0),
+                                 bias_amplitude=(1.6, 1.6))}.get(variant, {})
+    phantom = make_phantom(seed, PhantomConfig(**{**base, **knobs}))
+    images = dict(phantom.images)
+    rng = np.random.default_rng(seed)
+    if variant == "flair-noise":
+        flair = images["flair"]
+        head = flair > 0
+        noise = rng.normal(flair[head].mean(), flair[head].std(), flair.shape).astype(np.float32)
+        images["flair"] = np.where(head, np.abs(noise), 0.0).astype(np.float32)
+    elif variant == "drop-flair":
+        images.pop("flair")
+    elif variant == "drop-t1ce":
+        images.pop("t1ce")
+    elif variant == "misaligned":
+        for key in ("flair", "t2"):
+            moved = ndimage.rotate(images[key], 8.0, axes=(0, 1), reshape=False, order=1)
+            images[key] = ndimage.shift(moved, (0.0, 6.0 / float(_spacing(phantom.affine)[1]), 0.0), order=1)
+    return Case(case_id=f"Phantom_{seed:05d}_{variant}", images=images, affine=phantom.affine,
+                label=phantom.label, label_kind=LabelKind.BRATS, info=dict(phantom.info, variant=variant))
+
+
+def quality_sample(model, case, mc_samples: int = 5, sequences: tuple[str, ...] | None = None,  # noqa: ANN001
+                   kind: str = "") -> dict:
+    """Segment one labelled case and pair its quality measurements with its true Dice."""
+    from neuroseg.model.inference import segment
+    from neuroseg.model.quality import measure
+
+    images = {k: v for k, v in case.images.items() if sequences is None or k in sequences}
+    output = segment(images, case.affine, model, mc_samples=mc_samples, gradcam=False, seed=0)
+    metrics = score_case(case.case_id, np.asarray(output.labels), case.label, case.label_kind,
+                         _spacing(case.affine), sequences=sorted(images))
+    dice = {region.upper(): value for region, value in metrics.dice.items()}
+    return {"case": case.case_id, "kind": kind, "dice": dice,
+            "measurements": measure(output, images, case.affine)}
+
+
+def collect_quality_samples(model, case_dirs: list[Path], *, phantom_seeds: list[int],  # noqa: ANN001
+                            variants: tuple[str, ...] = QUALITY_VARIANTS, mc_samples: int = 5,
+                            progress: bool = True) -> list[dict]:
+    """Quality samples of real labelled cases (each folder one case or a folder of cases) and hard phantoms.
+
+    Phantom seed ``i`` of ``phantom_seeds`` gets variant ``variants[i % len(variants)]``.
+    """
+    from tqdm import tqdm
+
+    from neuroseg.model.data import find_case_files
+
+    jobs: list[tuple[str, Any]] = []
+    for folder in case_dirs:
+        folder = Path(folder)
+        files = [find_case_files(folder)] if any(p.is_file() for p in folder.iterdir()) else find_cases(folder)
+        jobs += [("real", f) for f in files if f.label is not None]
+    jobs += [("phantom", (seed, variants[i % len(variants)])) for i, seed in enumerate(phantom_seeds)]
+    samples = []
+    for kind, job in tqdm(jobs, desc="quality", unit="case", disable=not progress):
+        case = read_case(job) if kind == "real" else hard_phantom(*job)
+        samples.append(quality_sample(model, case, mc_samples, kind=kind if kind == "real" else job[1]))
+        log.info("%s: true WT %.3f soft WT %s", samples[-1]["case"], samples[-1]["dice"]["WT"] or float("nan"),
+                 samples[-1]["measurements"].soft_dice.get("WT"))
+    return samples

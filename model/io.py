@@ -247,8 +247,11 @@ def _write_json(data: dict[str, Any], path: Path) -> None:
 
 
 def build_report(result: Any, shape: tuple[int, ...], affine: np.ndarray, model_metadata: Mapping[str, Any] | None = None,
-                 notes: list[str] | None = None) -> dict[str, Any]:
-    """The ``report.json`` content for a :class:`~neuroseg.model.inference.SegmentationResult`."""
+                 notes: list[str] | None = None, quality: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The ``report.json`` content for a :class:`~neuroseg.model.inference.SegmentationResult`.
+
+    ``quality`` is the per-study estimate (:meth:`neuroseg.model.quality.StudyQuality.to_report`).
+    """
     report: dict[str, Any] = {
         "report_version": REPORT_VERSION,
         "model": {"name": result.model_name, "version": result.model_version,
@@ -267,6 +270,8 @@ def build_report(result: Any, shape: tuple[int, ...], affine: np.ndarray, model_
     }
     if notes:
         report["notes"] = list(notes)
+    if quality:
+        report["quality"] = dict(quality)
     if model_metadata:
         card = model_metadata.get("model_card")
         if card is not None:
@@ -277,7 +282,8 @@ def build_report(result: Any, shape: tuple[int, ...], affine: np.ndarray, model_
 def write_result_folder(result: Any, images: Mapping[str, np.ndarray], affine: np.ndarray,
                         out_dir: str | os.PathLike[str], *,
                         model_metadata: Mapping[str, Any] | None = None,
-                        notes: list[str] | None = None) -> dict[str, Any]:
+                        notes: list[str] | None = None,
+                        quality: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Write a segmentation result and its inputs as NIfTI files plus ``report.json``.
 
     Parameters
@@ -294,6 +300,8 @@ def write_result_folder(result: Any, images: Mapping[str, np.ndarray], affine: n
         Checkpoint metadata; its ``model_card`` is copied into the report.
     notes: list, optional
         Lines about how the inputs were prepared (co-registration), kept in ``report.json``.
+    quality: Mapping, optional
+        The per-study quality estimate, kept in ``report.json`` as ``quality``.
 
     Returns
     -------
@@ -325,7 +333,7 @@ def write_result_folder(result: Any, images: Mapping[str, np.ndarray], affine: n
     for key in SEQUENCE_KEYS:
         if key in images:
             save(f"image_{key}", np.asarray(images[key], dtype=np.float32))
-    report = build_report(result, shape, affine, model_metadata, notes)
+    report = build_report(result, shape, affine, model_metadata, notes, quality)
     report["files"] = files
     _write_json(report, out / "report.json")
     log.info("wrote result folder %s (%d files)", out, len(files) + 1)

@@ -70,6 +70,7 @@ class JobContext:
     partial_reasons: list[str] = field(default_factory=list)
     device: str = ""
     model_metadata: dict[str, Any] = field(default_factory=dict)
+    quality: dict[str, Any] = field(default_factory=dict)
     _last_report: float = field(default=0.0, repr=False)
 
     def progress(self, percent: float, message: str | None = None) -> None:
@@ -215,7 +216,25 @@ def run_model(ctx: JobContext) -> None:
     ctx.store.set_model(ctx.job_id, model_name=str(result.model_name), model_version=str(result.model_version),
                         device=device, sequences_used=list(result.sequences_used),
                         volumes_ml=dict(result.volumes_ml))
+    assess_quality(ctx)
     write_viewer_data(ctx)
+
+
+def assess_quality(ctx: JobContext) -> None:
+    """Expected Dice and the review flag (:mod:`neuroseg.worker.review`): it informs, it never stops the job."""
+    from neuroseg.worker.review import assess_job
+
+    try:
+        ctx.quality = assess_job(ctx.loaded, ctx.result, ctx.settings.model_path)
+    except Exception as exc:  # noqa: BLE001 - a failed estimate must not cost the radiologist the result
+        log.exception("job %s: quality estimate failed", ctx.job_id)
+        ctx.store.record_event("note", f"quality estimate failed ({type(exc).__name__}: {exc}); results sent "
+                               "without it", job_id=ctx.job_id)
+        return
+    ctx.store.set_quality(ctx.job_id, ctx.quality)
+    if ctx.quality["review_recommended"]:
+        ctx.store.record_event("review", "review recommended: " + "; ".join(ctx.quality["reasons"]),
+                               job_id=ctx.job_id, study_instance_uid=ctx.manifest.study_instance_uid)
 
 
 def write_viewer_data(ctx: JobContext) -> None:
@@ -223,7 +242,7 @@ def write_viewer_data(ctx: JobContext) -> None:
     from neuroseg.model.io import write_result_folder
 
     write_result_folder(ctx.result, ctx.loaded.images, ctx.loaded.affine, ctx.viewer_folder,
-                        model_metadata=ctx.model_metadata)
+                        model_metadata=ctx.model_metadata, quality=ctx.quality or None)
 
 
 def cuda_out_of_memory_errors() -> tuple[type[BaseException], ...]:
@@ -266,7 +285,7 @@ def encode_outputs(ctx: JobContext) -> None:
             other_series=others, probabilities=_classes(result.probabilities), variance=_classes(result.variance),
             gradcam=_classes(result.gradcam), entropy=result.entropy, volumes_ml=None,
             sequences_used=tuple(result.sequences_used), reference_role=reference_role,
-            model_card=ctx.model_metadata.get("model_card"),
+            model_card=ctx.model_metadata.get("model_card"), quality=ctx.quality or None,
             options=EncodeOptions(
                 segmentation_type=settings.segmentation_type.value,
                 maps=frozenset(kind.value for kind in settings.send_maps),

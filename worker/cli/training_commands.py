@@ -106,6 +106,8 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     evaluate.add_argument("--postprocess", action="store_true",
                           help="post-process the labels as the service does (NEUROSEG_MIN_ET_ML, NEUROSEG_MIN_COMPONENT_ML)")
     evaluate.add_argument("--json", type=Path, metavar="FILE", help="write per-case and mean metrics as JSON")
+    evaluate.add_argument("--reliability", type=Path, metavar="PNG",
+                          help="plot the quality estimate's expected Dice against the true Dice (with --model)")
     evaluate.set_defaults(handler=run_evaluate)
 
 
@@ -203,4 +205,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
     print(format_table(result))
     if args.json:
         write_json(result, args.json)
+    if args.reliability is not None:
+        if args.pred is not None:
+            print("neuroseg evaluate: --reliability needs the model's own output (--model), not --pred",
+                  file=sys.stderr)
+            return 2
+        from neuroseg.model.evaluate import reliability_png
+
+        print(f"wrote {reliability_png(result, args.reliability)}")
     return 0
