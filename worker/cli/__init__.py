@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "neuroseg.worker.cli.admin_commands",
     "neuroseg.worker.cli.model_commands",
     "neuroseg.worker.cli.training_commands",
+    "neuroseg.worker.cli.quality_commands",
     "neuroseg.worker.cli.output_commands",
     "neuroseg.worker.cli.reliability_commands",
     "neuroseg.worker.cli.study_bench",

@@ -155,6 +155,12 @@ class JobLifecycle(StoreBase):
             values["volumes_ml"] = {key: float(value) for key, value in volumes_ml.items()}
         self._update(job_id, **values)
 
+    def set_quality(self, job_id: str, quality: dict[str, Any]) -> None:
+        """Record the per-study quality estimate (expected Dice, ``review_recommended``, reasons)."""
+        self._update(job_id, review_recommended=bool(quality["review_recommended"]),
+                     quality={key: quality[key] for key in ("expected_dice", "review_recommended", "reasons")
+                              if key in quality})
+
     def set_resume_stage(self, job_id: str, stage: JobState | str | None) -> None:
         """Remember the stage a retry should start from (``delivering`` once outputs exist)."""
         self._update(job_id, resume_stage=JobState(stage).value if stage else "")

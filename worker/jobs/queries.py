@@ -67,9 +67,12 @@ class ReadModel(StoreBase):
 
     def list_jobs(self, *, state: str | Sequence[str] | None = None, study_instance_uid: str | None = None,
                   since: datetime | None = None, until: datetime | None = None,
-                  limit: int = 100, offset: int = 0) -> list[JobSummary]:
-        """Jobs, newest first, filtered by state(s), study and creation time (UTC)."""
+                  review: bool | None = None, limit: int = 100, offset: int = 0) -> list[JobSummary]:
+        """Jobs, newest first, filtered by state(s), study, creation time (UTC) and the review flag."""
         query = _job_query(JobSummary)
+        if review is not None:
+            query = query.where(JobRow.review_recommended.is_(True) if review
+                                else JobRow.review_recommended.is_not(True))
         if state:
             query = query.where(JobRow.state.in_(_values([state] if isinstance(state, str) else state)))
         if study_instance_uid:
@@ -99,6 +102,12 @@ class ReadModel(StoreBase):
         """The state of a job (cheap), or None when the id is unknown."""
         with self.session() as session:
             return session.scalar(select(JobRow.state).where(JobRow.id == job_id))
+
+    def review_count(self) -> int:
+        """Jobs whose result the quality estimate flagged for review (for metrics)."""
+        with self.session() as session:
+            return int(session.scalar(select(func.count()).select_from(JobRow)
+                                      .where(JobRow.review_recommended.is_(True))) or 0)
 
     def counts_by_state(self) -> dict[str, int]:
         """Number of jobs in each state (every state present, zero included), for metrics."""

@@ -112,6 +112,8 @@ class JobSummary(Record):
     model_version: str
     reason: str
     replaces_job_id: str | None
+    review_recommended: bool | None = Field(default=None, description="quality flag: review this result "
+                                            "(null until the model has run)")
     created_at: UtcTime
     updated_at: UtcTime
     started_at: UtcTime | None
@@ -131,6 +133,7 @@ class JobDetail(JobSummary):
     manifest: dict[str, Any] = Field(default_factory=dict)
     sequences_used: list[str] = Field(default_factory=list)
     volumes_ml: dict[str, float] = Field(default_factory=dict)
+    quality: dict[str, Any] = Field(default_factory=dict, description="expected Dice, review flag and reasons")
     resume_stage: str = ""
     cancel_requested: bool = False
     series: list[SeriesRecord] = Field(default_factory=list)

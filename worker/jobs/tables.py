@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -59,6 +59,9 @@ class JobRow(Base):
     model_version: Mapped[str] = mapped_column(String(64), default="")
     sequences_used: Mapped[list[Any]] = mapped_column(JSON, default=list)
     volumes_ml: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # the per-study quality estimate (neuroseg.model.quality); NULL until the model has run
+    review_recommended: Mapped[bool | None] = mapped_column(Boolean, nullable=True, index=True)
+    quality: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     resume_stage: Mapped[str] = mapped_column(String(16), default="")
     cancel_requested: Mapped[int] = mapped_column(Integer, default=0)
     replaces_job_id: Mapped[str | None] = mapped_column(String(32), nullable=True)

@@ -134,6 +134,8 @@ def list_jobs(
     since: Annotated[datetime | None, Query(description="created at or after (ISO date or date-time, UTC)")] = None,
     until: Annotated[datetime | None, Query(description="created before (ISO date or date-time, UTC)")] = None,
     study: Annotated[str | None, Query(description="StudyInstanceUID", max_length=64)] = None,
+    review: Annotated[bool | None, Query(description="true: only jobs whose quality estimate recommends review; "
+                                                     "false: only the others")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> dict[str, Any]:
@@ -147,7 +149,7 @@ def list_jobs(
             detail=f"unknown state {', '.join(unknown)}; use {', '.join(s.value for s in JobState)}",
         )
     jobs = store.list_jobs(state=states or None, study_instance_uid=study, since=_utc(since), until=_utc(until),
-                           limit=limit, offset=offset)
+                           review=review, limit=limit, offset=offset)
     durations = store.latest_stage_durations([job.id for job in jobs])
     return {
         "jobs": [summary_dict(request, job, durations.get(job.id, {})) for job in jobs],

@@ -8,6 +8,7 @@ process). Metric names:
 ========================================== ========= =============================================
 ``neuroseg_studies_received_total``        counter   distinct studies handed to the queue
 ``neuroseg_jobs``                          gauge     jobs per ``state``
+``neuroseg_jobs_review_recommended``       gauge     jobs whose quality estimate recommends review
 ``neuroseg_stage_duration_seconds``        histogram finished stage runs per ``stage``
 ``neuroseg_delivery_failures_total``       counter   delivery attempts that did not deliver all
 ``neuroseg_queue_depth``                   gauge     task messages waiting in the broker
@@ -69,6 +70,7 @@ class NeurosegCollector(Collector):
             studies = store.study_count()
             durations = store.stage_duration_histogram(STAGE_BUCKETS)
             delivery_failures = store.delivery_failure_count()
+            flagged = store.review_count()
         except Exception as exc:  # noqa: BLE001 - a scrape reports the outage instead of failing
             log.warning("metrics: job store unavailable: %s", exc)
             store_up.add_metric(["job_store"], 0)
@@ -81,6 +83,9 @@ class NeurosegCollector(Collector):
             for state, count in sorted(counts.items()):
                 jobs.add_metric([state], count)
             yield jobs
+            yield GaugeMetricFamily("neuroseg_jobs_review_recommended",
+                                    "Jobs whose quality estimate recommends review (delivered all the same)",
+                                    value=flagged)
             histogram = HistogramMetricFamily(
                 "neuroseg_stage_duration_seconds", "Duration of finished stage runs", labels=["stage"]
             )

@@ -45,6 +45,8 @@ class JobDetailOut(JobSummaryOut):
 
     sequences_used: list[str]
     volumes_ml: dict[str, float]
+    quality: dict[str, Any] = Field(default_factory=dict,
+                                    description="expected Dice, review_recommended and reasons (empty until assessed)")
     cancel_requested: bool
     series: list[SeriesRecord]
     stages: list[StageTiming]

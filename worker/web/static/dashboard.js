@@ -14,6 +14,8 @@
     const state = document.getElementById("filter-state").value;
     if (state === "running") STAGES.forEach((stage) => params.append("state", stage));
     else if (state) params.append("state", state);
+    const review = document.getElementById("filter-review").value;
+    if (review) params.set("review", review);
     const since = document.getElementById("filter-since").value;
     const until = document.getElementById("filter-until").value;
     if (since) params.set("since", new Date(since + "T00:00:00").toISOString());
@@ -100,7 +102,7 @@
         el("td", { title: job.created_at }, fmtTime(job.created_at)),
         el("td", {}, ...patient),
         el("td", {}, ...study),
-        el("td", {}, stateBadge(job.state)),
+        el("td", {}, stateBadge(job.state), ...reviewBadge(job)),
         progressCell(job),
         stagesCell(job),
         el("td", {}, fmtDuration(job.duration_s)),
@@ -110,6 +112,13 @@
     });
     NS.replaceRows(document.querySelector("#jobs-table tbody"), rows);
     document.getElementById("jobs-empty").hidden = rows.length > 0;
+  }
+
+  // the quality estimate's flag: it informs the reader, the results were delivered either way
+  function reviewBadge(job) {
+    if (!job.review_recommended) return [];
+    return [" ", el("span", { class: "badge badge-warn badge-review", title: "the quality estimate recommends "
+      + "that a reader checks this result (see the job's details)" }, "review")];
   }
 
   async function refresh() {
