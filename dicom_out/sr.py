@@ -70,6 +70,7 @@ from neuroseg.dicom_out.common import (
     software_versions,
 )
 from neuroseg.dicom_out.enum import TumorClass, TumorRegion
+from neuroseg.dicom_out.sr_followup import CURRENT, PriorTimePoint, prior_groups
 from neuroseg.dicom_out.sr_quality import quality_evaluations, quality_measurements
 from neuroseg.dicom_out.uids import output_uid
 
@@ -170,8 +171,9 @@ def _finding_type(region: TumorRegion) -> CodedConcept:
     return REGION_FINDINGS.get(region) or class_code(TumorClass(region.value))
 
 
-def build_measurement_report(request: EncodeRequest, segmentation: EncodedObject) -> EncodedObject:
-    """Build the TID 1500 SR of the region volumes, referencing ``segmentation``.
+def build_measurement_report(request: EncodeRequest, segmentation: EncodedObject,
+                             prior: PriorTimePoint | None = None) -> EncodedObject:
+    """Build the TID 1500 SR of the region volumes, referencing ``segmentation``; with ``prior``, both time points.
 
     Parameters
     ----------
@@ -206,7 +208,14 @@ def build_measurement_report(request: EncodeRequest, segmentation: EncodedObject
                           *quality_measurements(request, region, algorithm)],
             qualitative_evaluations=quality_evaluations(request, region) or None,
             source_images=[seg_source],
+            time_point_context=CURRENT if prior is not None else None,
         ))
+    evidence = [*request.source_datasets(), seg_ds]
+    if prior is not None:  # the follow-up: see dicom_out/sr_followup.py
+        earlier, more = prior_groups(prior, list(TumorRegion), REGION_NAMES, _finding_type,
+                                     lambda region: _tracking_uid(request, region), algorithm)
+        groups.extend(earlier)
+        evidence.extend(more)
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
@@ -224,7 +233,7 @@ def build_measurement_report(request: EncodeRequest, segmentation: EncodedObject
         title=codes.DCM.ImagingMeasurementReport,
     )
     sr = hd.sr.Comprehensive3DSR(
-        evidence=[*request.source_datasets(), seg_ds],
+        evidence=evidence,
         content=report,
         series_instance_uid=output_uid(study_uid, request.model_version, "sr", "series"),
         series_number=SERIES_NUMBERS["sr"],

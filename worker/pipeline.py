@@ -265,6 +265,7 @@ def _release_cuda() -> None:
 def encode_outputs(ctx: JobContext) -> None:
     """Write SEG, Parametric Maps, meshes, SR, key images and PDF on the reference grid; keep them on disk."""
     from neuroseg.dicom_out import DicomOutError, EncodeOptions, EncodeRequest, encode_study
+    from neuroseg.worker.followup import add_followup_objects
 
     assert ctx.loaded is not None and ctx.result is not None
     result, loaded = ctx.result, ctx.loaded
@@ -297,6 +298,7 @@ def encode_outputs(ctx: JobContext) -> None:
         )
         ctx.progress(5, "building DICOM objects")
         objects = list(encode_study(request))
+        objects = add_followup_objects(ctx, request, objects)  # the prior study, when there is one
     except DicomOutError as exc:  # bad input only: any other ValueError is a bug and must surface as one
         raise InputError(f"the results cannot be encoded on the reference series: {exc}") from exc
     save_objects(ctx, objects)

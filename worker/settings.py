@@ -310,6 +310,8 @@ class Settings(BaseSettings):
         default_factory=lambda: [ReportKind.KEY_IMAGES, ReportKind.PDF],
         description="comma list of keyimages (Secondary Capture), pdf (Encapsulated PDF report); empty for none",
     )
+    followup: bool = Field(True, description="compare each study with the patient's newest earlier processed "
+                           "study: volumes at both time points, a change SEG, the prior in the SR")
     delivery_max_retries: int = Field(
         12, ge=0, description="retries with backoff (PACS or DICOMweb server down) before giving up"
     )

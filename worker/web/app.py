@@ -184,7 +184,7 @@ def create_app(settings: Settings) -> FastAPI:
     SettingsError
         When the admin token is set but shorter than 16 characters.
     """
-    from neuroseg.worker.web import api, pages, viewer
+    from neuroseg.worker.web import api, followup_pages, pages, viewer
     from neuroseg.worker.web.metrics import register_operations
 
     app = FastAPI(
@@ -245,6 +245,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(pages.router)
     app.include_router(api.router)
     app.include_router(viewer.router)
+    app.include_router(followup_pages.router)  # per-patient time line (follow-up)
     app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
     return app
 
