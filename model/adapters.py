@@ -11,7 +11,14 @@ order), its label convention, its uncertainty method and its provenance, and
   :func:`neuroseg.model.inference.load_model` and
   :func:`~neuroseg.model.inference.segment` (MC dropout);
 - :class:`neuroseg.model.bundle.BundleAdapter`: a MONAI bundle folder or zip
-  (test-time flips, MONAI's Grad-CAM).
+  (test-time flips, MONAI's Grad-CAM);
+- :class:`neuroseg.model.nnunet.NnunetAdapter`: an nnU-Net v2 trained-model
+  folder, run by nnU-Net's own predictor (test-time mirroring and the fold
+  ensemble, MONAI's Grad-CAM).
+
+The uncertainty method (:data:`MC_DROPOUT`, :data:`TEST_TIME_FLIPS`,
+:data:`FLIPS_AND_FOLDS`) is one fact, ``model_card["uncertainty"]["method"]``,
+from which the DICOM outputs take their wording.
 
 Label conventions are declared, never guessed (:data:`LABEL_CONVENTIONS`):
 BraTS 2021 (1 NCR, 2 ED, 4 ET), BraTS 2023+ (1 NCR, 2 ED/SNFH, 3 ET), and the
@@ -36,6 +43,7 @@ CLASS_NAMES = ("background", "ncr", "ed", "et")
 REGION_NAMES = ("tc", "wt", "et")
 MC_DROPOUT = "mc-dropout"
 TEST_TIME_FLIPS = "test-time-flips"
+FLIPS_AND_FOLDS = "test-time-flips-and-fold-ensemble"
 
 
 class ModelMismatchError(InputError):
@@ -184,7 +192,7 @@ class ModelAdapter(ABC):
     @property
     @abstractmethod
     def uncertainty_method(self) -> str:
-        """:data:`MC_DROPOUT` or :data:`TEST_TIME_FLIPS`."""
+        """:data:`MC_DROPOUT`, :data:`TEST_TIME_FLIPS` or :data:`FLIPS_AND_FOLDS`."""
 
     @property
     @abstractmethod
@@ -290,6 +298,11 @@ def as_adapter(model: Any) -> ModelAdapter:
     return model if isinstance(model, ModelAdapter) else CheckpointAdapter(model)
 
 
+def is_nnunet_folder(path: Path) -> bool:
+    """An nnU-Net v2 trained-model folder: ``dataset.json`` and ``plans.json`` side by side."""
+    return path.is_dir() and (path / "dataset.json").is_file() and (path / "plans.json").is_file()
+
+
 def is_bundle(path: Path) -> bool:
     """A MONAI bundle: a folder with ``configs/metadata.json`` or a ``.zip``."""
     return (path.is_dir() and (path / "configs" / "metadata.json").is_file()) or \
@@ -297,14 +310,15 @@ def is_bundle(path: Path) -> bool:
 
 
 def load_adapter(path: Path | str | None = None, device: str = "auto") -> ModelAdapter:
-    """The adapter for ``path``: our checkpoint (None: the shipped weights) or a MONAI bundle folder/zip.
+    """The adapter for ``path``: our checkpoint (None: the shipped weights), a MONAI bundle folder/zip or an
+    nnU-Net v2 trained-model folder.
 
     Raises
     ------
     FileNotFoundError
         If ``path`` does not exist.
     ModelMismatchError
-        For a folder of an unsupported kind (an nnU-Net v2 folder) or an unusable bundle.
+        For a folder of an unsupported kind, or a bundle or nnU-Net folder that does not fit.
     """
     from neuroseg.model.inference import load_model
 
@@ -317,10 +331,16 @@ def load_adapter(path: Path | str | None = None, device: str = "auto") -> ModelA
         from neuroseg.model.bundle import BundleAdapter
 
         return BundleAdapter.load(path, device)
+    if is_nnunet_folder(path):
+        from neuroseg.model.nnunet import NnunetAdapter
+
+        return NnunetAdapter.load(path, device)
     if path.is_dir():
         if (path / "plans.json").is_file() or (path / "dataset.json").is_file():
-            raise ModelMismatchError(f"model {path} looks like an nnU-Net v2 folder; this version runs our "
-                                     "checkpoints and MONAI bundles only")
-        raise ModelMismatchError(f"model {path} is a folder without configs/metadata.json; give a neuroseg "
-                                 "checkpoint (.pt) or a MONAI bundle folder or zip")
+            missing = "plans.json" if (path / "dataset.json").is_file() else "dataset.json"
+            raise ModelMismatchError(f"model {path} looks like an nnU-Net v2 folder but has no {missing}; give the "
+                                     "trained-model folder (dataset.json, plans.json, fold_*/checkpoint_final.pth)")
+        raise ModelMismatchError(f"model {path} is a folder without configs/metadata.json or plans.json; give a "
+                                 "neuroseg checkpoint (.pt), a MONAI bundle folder or zip, or an nnU-Net v2 "
+                                 "trained-model folder")
     return CheckpointAdapter(load_model(path, device), source=path)

@@ -413,3 +413,58 @@ def format_report(report: dict[str, Any]) -> str:
                              f"{row['auroc_variance']:.3f}, MI {row['auroc_mutual_information']:.3f} "
                              f"(error rate {row['error_rate']:.4f}, {row['seconds']:.0f} s)")
     return "\n".join(lines)
+
+
+def run_adapter_benchmark(path: Path, shape: tuple[int, int, int] = (240, 240, 155), mc_samples: int = 8,
+                          device: str = "auto") -> dict[str, Any]:
+    """A MONAI bundle or nnU-Net folder: its uncertainty method's cost against one plain pass, in one run.
+
+    On a synthetic head of ``shape`` (1 mm voxels), through the adapter's own ``segment``: ``one_pass`` is one
+    unflipped pass of one network (the first fold of an nnU-Net model), the faster of two runs;
+    ``uncertainty`` the model's method with ``mc_samples`` (flips, times the folds for nnU-Net), then
+    ``gradcam`` and the whole call. Ratios are to ``one_pass``'s inference time.
+    """
+    from neuroseg.model.adapters import load_adapter
+
+    adapter = load_adapter(path, device)
+    images = {key: value for key, value in _synthetic_head(tuple(int(n) for n in shape)).items()
+              if key in adapter.sequences}
+    affine = np.eye(4)
+
+    def run(**options: Any) -> Any:
+        return adapter.segment(images, affine, seed=0, **options)
+
+    small = {key: value[:48, :48, :48] for key, value in images.items()}
+    adapter.segment(small, affine, mc_samples=1, gradcam=True, folds=1)  # warm-up, out of the timings
+    plain = [run(mc_samples=1, gradcam=False, folds=1) for _ in range(2)]
+    base = min(result.timings["tta"] for result in plain)
+    full = run(mc_samples=mc_samples, gradcam=True)
+    times: dict[str, dict[str, Any]] = {
+        "one_pass": {"seconds": base, "passes": 1, "runs": 2},
+        "uncertainty": {"seconds": full.timings["tta"], "passes": full.mc_samples,
+                        "note": f"{adapter.uncertainty_method}, {full.mc_samples} passes"},
+        "gradcam": {"seconds": full.timings.get("gradcam", 0.0), "note": f"layer {full.gradcam_layer or 'none'}"},
+        "segment_total": {"seconds": full.timings["total"], "note": "preprocessing to results on the input grid"},
+    }
+    for row in times.values():
+        row["ratio"] = round(row["seconds"] / base, 3) if base > 0 else None
+        row["seconds"] = round(row["seconds"], 3)
+    times["uncertainty"]["ratio_per_pass"] = round(times["uncertainty"]["ratio"] / max(1, full.mc_samples), 3)
+    return {"device": str(adapter.device), "torch_threads": torch.get_num_threads(), "shape": list(shape),
+            "mc_samples": mc_samples, "model": {"name": adapter.name, "version": adapter.version,
+                                                "kind": adapter.provenance.kind, "weights": str(path)},
+            "timings": times, "peak_rss_mb_bench_process": round(_peak_rss_mb(), 1)}
+
+
+def format_adapter_report(report: dict[str, Any]) -> str:
+    """:func:`run_adapter_benchmark`'s report as a plain-text table."""
+    model = report["model"]
+    lines = [f"neuroseg bench model: {model['name']} {model['version']} ({model['kind']}, {model['weights']}) on "
+             f"{report['device']}, {report['torch_threads']} threads, synthetic head "
+             f"{'x'.join(map(str, report['shape']))} at 1 mm, --mc-samples {report['mc_samples']}",
+             f"{'measurement':<22}{'seconds':>10}{'x one pass':>12}  note"]
+    for name, row in report["timings"].items():
+        ratio = f"{row['ratio']:>12.2f}" if row["ratio"] is not None else f"{'-':>12}"
+        lines.append(f"{name:<22}{row['seconds']:>10.2f}{ratio}  {row.get('note', '')}")
+    lines.append(f"peak RSS of this benchmark process: {report['peak_rss_mb_bench_process']:.0f} MB")
+    return "\n".join(lines)

@@ -75,7 +75,10 @@ OUTPUT_NAMES = {
     "et": "et", "enhancing tumor": "et", "enhancing tumour": "et",
     "background": "background", "bg": "background",
     "ncr": "ncr", "necrotic core": "ncr", "necrosis": "ncr", "ncr/net": "ncr", "necrotic tumor core": "ncr",
+    "netc": "ncr", "non-enhancing tumor core": "ncr",
     "ed": "ed", "edema": "ed", "oedema": "ed", "peritumoral edema": "ed", "snfh": "ed",
+    "surrounding non-enhancing flair hyperintensity": "ed",
+    "gd-enhancing tumor": "et", "enhancing tumor core": "et",
 }
 # which output channel explains each tumour class in Grad-CAM
 REGION_FOR_CLASS = {"ncr": "tc", "ed": "wt", "et": "et"}
@@ -416,26 +419,37 @@ class BundleAdapter(ModelAdapter):
 
     def _grad_cam(self, image: np.ndarray, mask: np.ndarray, layer: str) -> np.ndarray:
         """(3, X, Y, Z) Grad-CAM of NCR, ED, ET at ``layer``, each in [0, 1] inside the head."""
-        import torch
-        from monai.transforms import DivisiblePad
-        from monai.visualize import GradCAM
-        from scipy import ndimage
+        channels = [self.labels.channels.index(REGION_FOR_CLASS[name] if self.labels.is_regions else name)
+                    for name in CLASS_NAMES[1:]]
+        return grad_cam_maps(self.network, image, mask, layer, channels, DEFAULT_DIVISOR, self.device)
 
-        shape = image.shape[1:]
-        pad = DivisiblePad(k=DEFAULT_DIVISOR, mode="constant")
-        inputs = pad(torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)))
-        inputs = torch.as_tensor(inputs).as_subclass(torch.Tensor)[None].to(self.device)
-        crop = tuple(slice((p - n) // 2, (p - n) // 2 + n) for p, n in zip(inputs.shape[2:], shape))
-        head = ndimage.binary_dilation(mask, iterations=2)
-        # MONAI's hooks stay on the module they are put on: a copy keeps them off the inference network
-        cam = GradCAM(nn_module=copy.deepcopy(self.network), target_layers=layer,
-                      postprocessing=lambda x: x)
-        maps = []
-        with torch.enable_grad():
-            for name in CLASS_NAMES[1:]:
-                channel = self.labels.channels.index(REGION_FOR_CLASS[name] if self.labels.is_regions else name)
-                raw = cam(inputs, class_idx=channel)[0, 0].detach()
-                raw = raw[crop].float().cpu().numpy() * head
-                top = float(raw.max())
-                maps.append((raw / top if top > 0 else raw * 0).astype(np.float32))
-        return np.stack(maps)
+
+def grad_cam_maps(network: Any, image: np.ndarray, mask: np.ndarray, layer: str, channels: list[int],
+                  divisor: int | tuple[int, ...], device: Any) -> np.ndarray:
+    """(len(channels), X, Y, Z) MONAI Grad-CAM of output ``channels`` at ``layer`` of any PyTorch network.
+
+    The (C, X, Y, Z) ``image`` is padded to a multiple of ``divisor`` (per axis, or one for all), the ReLU
+    map is kept inside ``mask`` (dilated by 2 voxels) and divided by its maximum (all zero where the ReLU
+    leaves nothing); MONAI's own normaliser is off, since it inverts the scale.
+    """
+    import torch
+    from monai.transforms import DivisiblePad
+    from monai.visualize import GradCAM
+    from scipy import ndimage
+
+    shape = image.shape[1:]
+    pad = DivisiblePad(k=divisor, mode="constant")
+    inputs = pad(torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)))
+    inputs = torch.as_tensor(inputs).as_subclass(torch.Tensor)[None].to(device)
+    crop = tuple(slice((p - n) // 2, (p - n) // 2 + n) for p, n in zip(inputs.shape[2:], shape))
+    head = ndimage.binary_dilation(mask, iterations=2)
+    # MONAI's hooks stay on the module they are put on: a copy keeps them off the inference network
+    cam = GradCAM(nn_module=copy.deepcopy(network), target_layers=layer, postprocessing=lambda x: x)
+    maps = []
+    with torch.enable_grad():
+        for channel in channels:
+            raw = cam(inputs, class_idx=channel)[0, 0].detach()
+            raw = raw[crop].float().cpu().numpy() * head
+            top = float(raw.max())
+            maps.append((raw / top if top > 0 else raw * 0).astype(np.float32))
+    return np.stack(maps)

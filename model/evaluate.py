@@ -387,11 +387,11 @@ def evaluate_model(data_dir: Path, model_path: Path | None = None, *, device: st
     data_dir: Path
         Case folders (BraTS 2021/2023 or T1/FLAIR/GT_W layout).
     model_path: Path, optional
-        Checkpoint; default the shipped demo weights.
+        Checkpoint, MONAI bundle or nnU-Net v2 trained-model folder; default the shipped demo weights.
     device: str
         ``cpu`` or ``cuda``.
     mc_samples: int
-        Monte Carlo dropout passes (uncertainty for the AUROCs).
+        Passes of the model's uncertainty method (MC dropout; flips for bundles and nnU-Net) for the AUROCs.
     sequences: tuple of str, optional
         Use only these sequences of each case (e.g. ``("t1", "flair")``).
     tta: bool
@@ -401,12 +401,16 @@ def evaluate_model(data_dir: Path, model_path: Path | None = None, *, device: st
     """
     from tqdm import tqdm
 
-    from neuroseg.model.inference import load_model, segment
+    from neuroseg.model.adapters import load_adapter
 
     cases = [c for c in find_cases(data_dir) if c.label is not None]
     if not cases:
         raise ValueError(f"{data_dir} holds no case with a ground-truth label")
-    model = load_model(model_path, device=device)
+    model = load_adapter(model_path, device=device)  # our checkpoint, a MONAI bundle or an nnU-Net folder
+
+    def segment(images, affine, adapter, **options):  # noqa: ANN001, ANN202 - the adapter's own segment
+        return adapter.segment(images, affine, **options)
+
     from neuroseg.model.quality import load_quality_model
 
     quality = load_quality_model(model_path)

@@ -130,7 +130,7 @@ _MODELS: dict[tuple[str, str], Any] = {}
 
 
 def get_model(settings: Settings, device: str) -> Any:
-    """The model adapter for ``settings.model_path`` (checkpoint or MONAI bundle) on ``device``, loaded once."""
+    """The adapter for ``settings.model_path`` (checkpoint, MONAI bundle, nnU-Net folder) on ``device``, loaded once."""
     from neuroseg.model.adapters import load_adapter
 
     key = (str(settings.model_path or ""), device)

@@ -57,7 +57,9 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
                        help="naive MC passes actually run; the cost of N is extrapolated (default 2)")
     model.add_argument("--device", default=None, help="default NEUROSEG_DEVICE")
     model.add_argument("--model", type=Path, default=None, metavar="PATH",
-                       help="checkpoint (default: NEUROSEG_MODEL_PATH, else the shipped weights, else a random network)")
+                       help="checkpoint, MONAI bundle or nnU-Net v2 folder (default: NEUROSEG_MODEL_PATH, else the "
+                            "shipped weights, else a random network); for a bundle or nnU-Net model, the cost of "
+                            "its flips (and folds) against one plain pass of the same run")
     model.add_argument("--random", action="store_true",
                        help="benchmark a randomly initialised network of the default architecture instead")
     model.add_argument("--threads", type=int, default=None, metavar="N", help="torch CPU threads (default: torch's)")
@@ -133,23 +135,32 @@ def run_predict(args: argparse.Namespace) -> int:
 
 def run_bench_model(args: argparse.Namespace) -> int:
     """Handler of ``neuroseg bench model``."""
-    from neuroseg.model.benchmark import format_report, run_benchmark
+    from neuroseg.model.adapters import is_bundle, is_nnunet_folder
+    from neuroseg.model.benchmark import format_adapter_report, format_report, run_adapter_benchmark, run_benchmark
 
     import torch
 
     settings = get_settings()
     if args.threads is not None:
         torch.set_num_threads(max(1, args.threads))
+    model_path = None if args.random else (args.model or settings.model_path)
     try:
-        report = run_benchmark(
-            shape=tuple(args.shape), mc_samples=args.mc_samples, naive_passes=args.naive_passes,
-            device=args.device or settings.device, model_path=args.model or settings.model_path,
-            measure_auroc=not args.skip_auroc, measure_whole_study=not args.skip_segment, random_weights=args.random,
-        )
+        if model_path is not None and (is_bundle(Path(model_path)) or is_nnunet_folder(Path(model_path))):
+            report = run_adapter_benchmark(Path(model_path), shape=tuple(args.shape),
+                                           mc_samples=args.mc_samples, device=args.device or settings.device)
+            text = format_adapter_report(report)
+        else:
+            report = run_benchmark(
+                shape=tuple(args.shape), mc_samples=args.mc_samples, naive_passes=args.naive_passes,
+                device=args.device or settings.device, model_path=model_path,
+                measure_auroc=not args.skip_auroc, measure_whole_study=not args.skip_segment,
+                random_weights=args.random,
+            )
+            text = format_report(report)
     except (FileNotFoundError, ValueError) as exc:
         print(f"neuroseg bench model: {exc}", file=sys.stderr)
         return 2
-    print(format_report(report))
+    print(text)
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2) + "\n")

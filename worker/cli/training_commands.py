@@ -95,7 +95,8 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     )
     evaluate.add_argument("--data", type=Path, required=True, metavar="DIR", help="folder of labelled cases")
     source = evaluate.add_mutually_exclusive_group()
-    source.add_argument("--model", type=Path, metavar="PATH", help="checkpoint (default: the shipped weights)")
+    source.add_argument("--model", type=Path, metavar="PATH",
+                        help="checkpoint, MONAI bundle or nnU-Net v2 folder (default: the shipped weights)")
     source.add_argument("--pred", type=Path, metavar="DIR",
                         help="saved predictions: <DIR>/<case>/seg.nii.gz (neuroseg predict) or <DIR>/<case>.nii.gz")
     evaluate.add_argument("--sequences", default=None,
