@@ -205,12 +205,13 @@ def echo(peer: Peer) -> float | None:
     try:
         with association(peer, [(VERIFICATION, UNCOMPRESSED)]) as assoc:
             status = assoc.send_c_echo()
+            elapsed = time.monotonic() - started  # to the answer, not counting the release
     except DeliveryUnavailable as exc:
         log.debug("C-ECHO: %s", exc)
         return None
     if getattr(status, "Status", None) != 0x0000:
         return None
-    return time.monotonic() - started
+    return elapsed
 
 
 def client_tls_context(ca_file: str | os.PathLike[str] | None = None,
@@ -427,11 +428,14 @@ def _result(obj: EncodedObject, destination: str, status: int, response) -> Deli
 
 
 def write_outbox(objects: Iterable[EncodedObject], folder: str | os.PathLike[str]) -> list[Path]:
-    """Write each object as ``<folder>/<kind>.dcm`` atomically.
+    """Write each object as ``<folder>/<kind>.dcm`` atomically; the folder then holds this set and no other.
 
     Each file is written to a temporary name in the same folder, flushed
     to disk, then renamed over the final name, so a reader never sees a
-    partial file and writing the same study again replaces the files.
+    partial file and writing the same study again replaces the files. A
+    ``<kind>.dcm`` left from an earlier run that this set no longer has (a
+    kind switched off since) is removed after the new files are in place, so
+    whoever picks the folder up never takes a stale result for a current one.
 
     Returns
     -------
@@ -445,7 +449,11 @@ def write_outbox(objects: Iterable[EncodedObject], folder: str | os.PathLike[str
         path = folder / f"{obj.kind}.dcm"
         atomic_write(path, lambda stream, ds=obj.dataset: pydicom.dcmwrite(stream, ds, enforce_file_format=True))
         paths.append(path)
-    log.info("wrote %d objects to %s", len(paths), folder)
+    stale = sorted(set(folder.glob("*.dcm")) - set(paths))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    log.info("wrote %d objects to %s%s", len(paths), folder,
+             f"; removed {len(stale)} no longer made ({', '.join(p.stem for p in stale)})" if stale else "")
     return paths
 
 

@@ -104,7 +104,7 @@ def _secret(value: SecretStr | None) -> str | None:
 
 
 def write_to_outbox(objects: Sequence[Any], settings: Settings, study_instance_uid: str) -> DestinationOutcome:
-    """Write the objects to ``outbox/<StudyInstanceUID>/<kind>.dcm`` (atomic; a rewrite replaces)."""
+    """Write the objects to ``outbox/<StudyInstanceUID>/<kind>.dcm`` (atomic; a rewrite replaces the whole set)."""
     from neuroseg.dicom_out.send import write_outbox
 
     destination = outbox_destination(settings, study_instance_uid)

@@ -312,17 +312,19 @@ def _classes(arrays: dict[str, Any]) -> dict[str, Any]:
 
 
 def save_objects(ctx: JobContext, objects: list[Any]) -> None:
-    """Write each object to ``dicom/<kind>.dcm`` atomically, list them, record them, set resume at delivering."""
+    """Write each object to ``dicom/<kind>.dcm`` atomically, list them, record them, set resume at delivering.
+
+    The folder and the job's outputs then hold this set only: what an earlier run made and this one does
+    not is removed from both (and named in the job's timeline by ``record_outputs``).
+    """
+    from neuroseg.dicom_out.send import write_outbox
+
     folder = ctx.dicom_folder
-    folder.mkdir(parents=True, exist_ok=True)
-    listing = []
-    for item in objects:
-        path = folder / f"{item.kind}.dcm"
-        atomic_write(path, lambda stream, dataset=item.dataset: dataset.save_as(stream, enforce_file_format=True))
-        listing.append({"kind": item.kind, "sop_class_uid": str(item.sop_class_uid),
-                        "sop_instance_uid": str(item.sop_instance_uid),
-                        "series_instance_uid": str(item.dataset.get("SeriesInstanceUID", "")),
-                        "path": path.name})
+    paths = write_outbox(objects, folder)
+    listing = [{"kind": item.kind, "sop_class_uid": str(item.sop_class_uid),
+                "sop_instance_uid": str(item.sop_instance_uid),
+                "series_instance_uid": str(item.dataset.get("SeriesInstanceUID", "")),
+                "path": path.name} for item, path in zip(objects, paths, strict=True)]
     atomic_write(folder / "objects.json", json.dumps(listing, indent=1))
     ctx.store.record_outputs(ctx.job_id, [
         OutputRecord(kind=item["kind"], sop_instance_uid=item["sop_instance_uid"],

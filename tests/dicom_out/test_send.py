@@ -184,3 +184,16 @@ def test_outbox_writes_each_object_atomically_and_replaces_on_rewrite(objects, t
         assert pydicom.dcmread(path).SOPInstanceUID == obj.sop_instance_uid
     loaded = load_objects([folder])
     assert sorted(obj.sop_instance_uid for obj in loaded) == sorted(obj.sop_instance_uid for obj in objects)
+
+
+def test_rewriting_the_outbox_with_fewer_kinds_removes_the_ones_no_longer_made(objects, tmp_path: Path) -> None:
+    folder = tmp_path / "outbox" / "study"
+    write_outbox(objects, folder)
+    (folder / "notes.txt").write_text("not ours to remove")
+    kept = [obj for obj in objects if not obj.kind.startswith("pmap-")]  # maps switched off since
+    assert len(kept) < len(objects)
+    paths = write_outbox(kept, folder)
+    assert sorted(folder.glob("*.dcm")) == sorted(paths)
+    assert sorted(obj.sop_instance_uid for obj in load_objects([folder])) == \
+        sorted(obj.sop_instance_uid for obj in kept)
+    assert (folder / "notes.txt").is_file()

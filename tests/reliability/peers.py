@@ -11,6 +11,8 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.sop_class import MRImageStorage, Verification
 
+from neuroseg.dicom_out.send import Peer, echo
+
 CALLED_AE = "NEUROSEG"
 
 
@@ -45,18 +47,8 @@ def send_files(port: int, files: Iterable[Path], calling_ae_title: str) -> dict[
 
 
 def echo_once(port: int, calling_ae_title: str = "PROBE", timeout: float = 10) -> float | None:
-    """Seconds from opening an association to the C-ECHO answer; None if it failed."""
-    ae = make_ae(calling_ae_title, timeout)
-    started = time.monotonic()
-    assoc = ae.associate("127.0.0.1", port, ae_title=CALLED_AE)
-    if not assoc.is_established:
-        return None
-    try:
-        status = assoc.send_c_echo()
-        elapsed = time.monotonic() - started
-    finally:
-        assoc.release()
-    return elapsed if status and status.Status == 0 else None
+    """Seconds from opening an association to the C-ECHO answer; None if it failed (the service's own SCU)."""
+    return echo(Peer(CALLED_AE, "127.0.0.1", port, calling_ae_title=calling_ae_title, timeout=timeout))
 
 
 class EchoProbe:

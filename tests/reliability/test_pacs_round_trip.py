@@ -1,4 +1,4 @@
-"""Round trips through a real PACS (Orthanc) and a PACS outage during delivery.
+"""Round trips through a real PACS (Orthanc) and a PACS outage during delivery, by C-STORE and by STOW-RS.
 
 Orthanc holds a study uploaded through its REST API and sends it to our
 listener itself (``POST /modalities/neuroseg/store``, or the auto-routing Lua
@@ -72,16 +72,16 @@ def sop_class(orthanc: OrthancServer, instance_id: str) -> str:
 
 
 def start_pair(tmp_path: Path, tiny_checkpoint: Path, broker_url: str, orthanc_extra: dict | None = None,
-               **serve_env: str) -> tuple[ServeProcess, RoutingOrthanc]:
+               dicomweb: bool = False, **serve_env: str) -> tuple[ServeProcess, RoutingOrthanc]:
     """``neuroseg serve`` on Redis (as deployed) and an Orthanc that know each other
-    (Orthanc starts first: it needs our port)."""
+    (Orthanc starts first: it needs our port). With ``dicomweb`` the results go back by STOW-RS."""
     serve = ServeProcess(tmp_path / "data", tmp_path / "serve.log", broker_url=broker_url,
                          NEUROSEG_MODEL_PATH=str(tiny_checkpoint), NEUROSEG_ALLOWED_CALLING_AES="ORTHANC",
                          **serve_env)
     orthanc = RoutingOrthanc(tmp_path / "orthanc", modalities={"neuroseg": ("NEUROSEG", "127.0.0.1", serve.port)},
-                             extra=orthanc_extra)
+                             extra=orthanc_extra, dicomweb=dicomweb)
     orthanc.start()
-    serve.env["NEUROSEG_DESTINATIONS"] = orthanc.destination
+    serve.env["NEUROSEG_DESTINATIONS"] = orthanc.dicomweb_url if dicomweb else orthanc.destination
     serve.start()
     return serve, orthanc
 
@@ -173,12 +173,16 @@ def test_orthanc_auto_routing_script_sends_mr_series_and_never_our_results(tmp_p
 
 
 @pytest.mark.slow
-def test_results_arrive_once_after_the_pacs_comes_back(tmp_path, tiny_checkpoint, make_settings, ledger, redis_server):
-    """Orthanc is down when the worker delivers: the job retries with backoff and, once Orthanc
-    is back (same port, same storage), every output arrives exactly once."""
-    study = build_study(tmp_path / "source", "pacs-down", roles=("T1ce", "FLAIR"))
+@pytest.mark.parametrize("protocol", ["c-store", "stow-rs"])
+def test_results_arrive_once_after_the_destination_comes_back(protocol, tmp_path, tiny_checkpoint, make_settings,
+                                                              ledger, redis_server):
+    """Orthanc is down when the worker delivers (C-STORE to its DICOM port, or STOW-RS to its DICOMweb
+    plugin): Celery retries the job with backoff and, once Orthanc is back (same ports, same storage),
+    every output arrives exactly once."""
+    study = build_study(tmp_path / "source", f"{protocol}-down", roles=("T1ce", "FLAIR"))
     files = source_files(study)
-    serve, orthanc = start_pair(tmp_path, tiny_checkpoint, redis_server.url, NEUROSEG_MC_SAMPLES="30")
+    serve, orthanc = start_pair(tmp_path, tiny_checkpoint, redis_server.url, dicomweb=protocol == "stow-rs",
+                                NEUROSEG_MC_SAMPLES="30")
     try:
         orthanc_study = upload(orthanc, files)
         orthanc.post("/modalities/neuroseg/store", {"Resources": [orthanc_study], "Synchronous": True})
@@ -189,6 +193,7 @@ def test_results_arrive_once_after_the_pacs_comes_back(tmp_path, tiny_checkpoint
         ledger.fault("Orthanc stopped while the job was computing its results")
         assert wait_for_state(store, job_id, 300, states=("retrying",)) == "retrying", serve.log()[-3000:]
         (attempt,) = store.get_job(job_id).deliveries
+        assert attempt.destination == serve.env["NEUROSEG_DESTINATIONS"], attempt
         assert attempt.status in ("retrying", "failed") and attempt.last_error, "the failed delivery is recorded"
         orthanc.start()
         assert wait_for_state(store, job_id, 400) == "done", serve.log()[-4000:]

@@ -24,12 +24,35 @@ def reset_deliveries(session: Session, job_id: str) -> None:
 class DeliveryLog(StoreBase):
     """Writes a job's outputs and delivery attempts; counts the failed attempts."""
 
-    def record_outputs(self, job_id: str, outputs: Iterable[OutputRecord]) -> None:
-        """Replace the job's list of output objects."""
+    def record_outputs(self, job_id: str, outputs: Iterable[OutputRecord]) -> list[OutputRecord]:
+        """Make ``outputs`` the job's whole output set; return the earlier objects it no longer has.
+
+        The earlier objects are this job's own from a previous run and those of
+        the job it replaces (a reprocess). The ones whose SOP Instance UID is
+        not in the new set (a kind switched off since, a region now empty) are
+        no longer current: they are dropped from the job and named in a
+        ``superseded`` event, because a PACS that received them keeps them
+        (DICOM has no delete; the deterministic UIDs only overwrite what is
+        made again).
+        """
+        outputs = list(outputs)
+        current = {item.sop_instance_uid for item in outputs}
         with self.session() as session:
+            job = self._get_row(session, job_id)
+            earlier = [job_id] + ([job.replaces_job_id] if job.replaces_job_id else [])
+            rows = session.scalars(select(OutputRow).where(OutputRow.job_id.in_(earlier))
+                                   .order_by(OutputRow.kind)).all()
+            stale = list({row.sop_instance_uid: OutputRecord.model_validate(row) for row in rows
+                          if row.sop_instance_uid not in current}.values())
             session.execute(delete(OutputRow).where(OutputRow.job_id == job_id))
             session.add_all(OutputRow(job_id=job_id, **item.model_dump()) for item in outputs)
+            if stale:
+                add_event(session, "superseded",
+                          f"{len(stale)} object(s) of an earlier run are no longer made and stay wherever they "
+                          f"were delivered: " + ", ".join(f"{item.kind} {item.sop_instance_uid}" for item in stale),
+                          study_instance_uid=job.study_instance_uid, job_id=job_id)
             session.commit()
+        return stale
 
     def record_delivery_attempt(self, job_id: str, destination: str, *, status: str, sent: int = 0,
                                 failed: int = 0, error: str = "") -> None:
