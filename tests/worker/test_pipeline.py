@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from neuroseg.worker import pipeline, queue
@@ -31,7 +33,11 @@ def test_pipeline_runs_all_stages_and_a_delivery_failure_resumes_at_delivery(tmp
     encoded = pipeline.job_folder(settings, job_id) / "dicom"
     assert {o.kind for o in detail.outputs} >= {"seg", "sr", "pmap-probability-et", "pmap-uncertainty-entropy"}
     assert all((encoded / f"{o.kind}.dcm").is_file() for o in detail.outputs)
-    assert (pipeline.job_folder(settings, job_id) / "viewer" / "report.json").is_file()
+    report = json.loads((pipeline.job_folder(settings, job_id) / "viewer" / "report.json").read_text())
+    # the quality estimate rides along (flagged or not, the job goes on to deliver: it informs, never blocks)
+    assert set(report["quality"]["expected_dice"]) == {"WT", "TC", "ET"}
+    assert detail.review_recommended is report["quality"]["review_recommended"]
+    assert detail.quality["reasons"] == report["quality"]["reasons"]
     store.mark_retrying(job_id, "PACS down", 0)
 
     # the PACS is still down, but now no destination is configured: the outbox takes the stored objects

@@ -78,7 +78,7 @@ def run_fit(args: argparse.Namespace) -> int:
     from neuroseg.model.inference import load_model as _load
 
     fitted.model_version = _load(model_path, device="cpu").version if weights.is_file() else ""
-    fitted.fit["command"] = " ".join(["neuroseg", *sys.argv[1:]])
+    fitted.fit["command"] = " ".join(["neuroseg", *_inputs_only(sys.argv[1:])])
     out = args.out or quality_model_path(model_path)
     write_json(fitted.to_dict(), out)
     if args.reliability is not None:
@@ -100,3 +100,18 @@ def run_fit(args: argparse.Namespace) -> int:
 
 def _f(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
+
+
+def _inputs_only(argv: list[str]) -> list[str]:
+    """The command line without the options that only name outputs (they would record one machine's paths)."""
+    kept, skip = [], False
+    for item in argv:
+        if skip:
+            skip = False
+            continue
+        if item in ("--samples", "--reliability", "--out"):
+            skip = True
+            continue
+        if not item.startswith(("--samples=", "--reliability=", "--out=")):
+            kept.append(item)
+    return kept
