@@ -16,10 +16,10 @@ from neuroseg.model.data import find_cases, read_case
 from neuroseg.model.phantom import (
     SEQUENCES,
     PhantomConfig,
-    intensity_statistics,
     make_phantom,
     write_brats_case,
 )
+from neuroseg.model.phantom_realism import intensity_statistics, sub_regions
 from neuroseg.worker.cli import main
 
 FAST = dict(anatomy_spacing_mm=4.0, output_spacing_mm=4.0, multifocal_probability=0.0)
@@ -151,3 +151,13 @@ def test_phantom_command_rejects_a_bad_probability(tmp_path, capsys):
     code = main(["phantom", "--out", str(tmp_path), "-n", "1", "--skull-probability", "2"])
     assert code == 2
     assert "skull_probability=2.0" in capsys.readouterr().err
+
+
+def test_intensity_statistics_measure_each_sub_region_of_a_multi_class_label(enhancing_phantom):
+    label = enhancing_phantom.label
+    stats = intensity_statistics(enhancing_phantom.images, label > 0, regions=sub_regions(label))
+    ratios = stats["ratios"]
+    assert ratios["t1ce"]["et"] > 1.0 > ratios["t1ce"]["ed"]  # the enhancing rim is bright on T1ce only
+    assert ratios["t1"]["et"] < 1.0
+    assert ratios["t2"]["ed"] > ratios["t2"]["gm"]
+    assert sub_regions(label > 0, "wt") == {}  # a whole-tumour label has no sub-regions

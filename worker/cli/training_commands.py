@@ -113,7 +113,8 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
 
 
 def run_phantom(args: argparse.Namespace) -> int:
-    from neuroseg.model.phantom import PhantomConfig, compare_with_real, format_comparison, generate_phantoms
+    from neuroseg.model.phantom import PhantomConfig, generate_phantoms
+    from neuroseg.model.phantom_realism import compare_with_real, format_comparison
 
     if args.compare_real:
         report = compare_with_real(args.compare_real, count=args.count, seed=args.seed)
