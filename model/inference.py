@@ -51,7 +51,13 @@ How one call of :func:`segment` works
    A class that is not in the final labels gets an all-zero Grad-CAM map.
 
 On CUDA the trunk runs under float16 autocast (AMP); the head and the
-statistics run in float32.
+statistics run in float32. On a CPU the trunk and the Grad-CAM pass run in
+float32 or under bfloat16 autocast (``cpu_backend``, :func:`choose_cpu_backend`):
+``"auto"`` takes bf16 only where the CPU has native bf16 instructions
+(``avx512_bf16``/``amx_bf16``; emulated bf16 is slower than fp32) and the
+labels of one check window at the centre of the head, run both ways, agree on
+at least :data:`BF16_MIN_AGREEMENT` of its head voxels. The choice, the
+flags and the agreement are kept in ``SegmentationResult.cpu_backend``.
 """
 
 from __future__ import annotations
@@ -70,6 +76,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from neuroseg.common.enums import CpuBackend
 from neuroseg.model.checkpoint import SHIPPED_WEIGHTS, load_checkpoint
 from neuroseg.model.network import (
     BRATS_LABELS,
@@ -95,6 +102,10 @@ GRADCAM_MIN_VOXELS = 8
 TTA_FLIPS: tuple[tuple[int, ...], ...] = tuple(
     axes for n in (1, 2, 3) for axes in itertools.combinations((2, 3, 4), n))
 """The flips of test-time augmentation: every non-empty subset of the three spatial axes of (1, C, X, Y, Z)."""
+BF16_MIN_AGREEMENT = 0.999
+"""Share of a check window's head voxels whose bf16 labels must equal the fp32 ones for ``cpu_backend="auto"``."""
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+"""CPU flags (``/proc/cpuinfo``) of native bfloat16 arithmetic."""
 
 
 @dataclass
@@ -160,6 +171,9 @@ class SegmentationResult:
     sample_volumes_ml: dict[str, list[float]]
         "ncr", "ed", "et", "tc", "wt": each MC sample's argmax volume on the model grid (mL);
         empty without MC samples (one pass, ``mc_scheme="full"``, or another adapter).
+    cpu_backend: dict
+        How the network ran (:func:`choose_cpu_backend`): ``name`` ("fp32", "bf16" or "cuda-fp16"),
+        ``requested``, ``reason``, the native bf16 flags and, when checked, ``label_agreement``.
     """
 
     labels: np.ndarray
@@ -178,6 +192,7 @@ class SegmentationResult:
     gradcam_layer: str = ""
     postprocessing: dict[str, Any] = field(default_factory=dict)
     sample_volumes_ml: dict[str, list[float]] = field(default_factory=dict)
+    cpu_backend: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -193,6 +208,7 @@ class ModelGridOutput:
     tta_variance: np.ndarray | None = None
     gradcam_layer: str = ""
     sample_volumes_ml: dict[str, list[float]] = field(default_factory=dict)
+    cpu_backend: dict[str, Any] = field(default_factory=dict)
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -271,6 +287,77 @@ def _autocast(device: torch.device, cpu_bf16: bool = False):
     if cpu_bf16:
         return torch.autocast("cpu", dtype=torch.bfloat16)
     return torch.autocast("cpu", enabled=False)
+
+
+def native_bf16_flags() -> list[str]:
+    """The CPU's native bfloat16 flags among :data:`NATIVE_BF16_FLAGS` (empty where ``/proc/cpuinfo`` is not)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as stream:
+            flags = next((line.split(":", 1)[1].split() for line in stream if line.startswith("flags")), [])
+    except OSError:
+        return []
+    return [flag for flag in NATIVE_BF16_FLAGS if flag in flags]
+
+
+def _check_window(mask: np.ndarray, roi: tuple[int, ...]) -> tuple[slice, ...]:
+    """The window of size ``roi`` centred on the head mask's bounding box, inside the volume."""
+    coords = np.argwhere(mask)
+    centre = (coords.min(axis=0) + coords.max(axis=0)) // 2 if len(coords) else np.array(mask.shape) // 2
+    starts = [int(min(max(0, c - r // 2), max(0, n - r))) for c, r, n in zip(centre, roi, mask.shape)]
+    return tuple(slice(start, start + r) for start, r in zip(starts, roi))
+
+
+def choose_cpu_backend(model: LoadedModel, inputs: torch.Tensor, mask: np.ndarray,
+                       requested: str | CpuBackend = CpuBackend.FP32) -> dict[str, Any]:
+    """How the network runs for this case: fp32 or bf16 autocast on a CPU (see the module docstring).
+
+    For ``auto`` and ``bf16`` on a CPU with native bf16, one check window at the centre of the head
+    (``inputs`` (1, C, X, Y, Z) on the model grid, ``mask`` its head) runs through the whole network
+    in fp32 and in bf16; ``label_agreement`` is the share of its head voxels with the same argmax.
+    ``auto`` keeps fp32 below :data:`BF16_MIN_AGREEMENT`; an explicit ``bf16`` is kept (the admin's
+    override) with the agreement recorded. Returns the record kept in ``SegmentationResult.cpu_backend``.
+    """
+    requested = CpuBackend(requested)
+    if model.device.type != "cpu":
+        return {"name": f"{model.device.type}-fp16", "requested": requested.value,
+                "reason": "float16 autocast on the accelerator"}
+    flags = native_bf16_flags()
+    record: dict[str, Any] = {"requested": requested.value, "native_bf16_flags": flags,
+                              "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    if requested is CpuBackend.FP32:
+        return {"name": "fp32", **record, "reason": "fp32 requested"}
+    if requested is CpuBackend.AUTO and not flags:
+        return {"name": "fp32", **record, "reason": f"the CPU has none of {', '.join(NATIVE_BF16_FLAGS)}"}
+    window = (slice(None), slice(None), *_check_window(mask, window_size(model.config, tuple(inputs.shape[2:]))))
+    x = inputs[window]
+    head = torch.from_numpy(np.ascontiguousarray(mask[window[2:]]))
+    short = [(0, -n % model.config.divisor) for n in x.shape[2:]]  # a small volume: pad as the windows do
+    if any(pad for _, pad in short):
+        flat = [size for pair in reversed(short) for size in pair]
+        x = torch.nn.functional.pad(x, flat)
+        head = torch.nn.functional.pad(head, flat)
+    network = model.network
+    set_dropout(network, head=False)
+    with torch.inference_mode():
+        started = time.perf_counter()
+        reference = network(x).argmax(dim=1)[0]
+        fp32_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        with _autocast(model.device, cpu_bf16=True):
+            fast = network(x).float().argmax(dim=1)[0]
+        bf16_seconds = time.perf_counter() - started
+    voxels = int(head.sum())
+    agreement = float((reference == fast)[head].float().mean()) if voxels else 1.0
+    record.update(label_agreement=round(agreement, 6), checked_voxels=voxels,
+                  check_window=[int(n) for n in x.shape[2:]],
+                  check_seconds={"fp32": round(fp32_seconds, 4), "bf16": round(bf16_seconds, 4)})
+    if requested is CpuBackend.BF16:
+        return {"name": "bf16", **record, "reason": "bf16 requested" + ("" if flags else " (no native bf16)")}
+    if agreement < BF16_MIN_AGREEMENT:
+        return {"name": "fp32", **record, "reason": f"bf16 labels agree on {agreement:.4%} of the check window's "
+                f"head voxels, below {BF16_MIN_AGREEMENT:.1%}"}
+    return {"name": "bf16", **record, "reason": f"native {', '.join(flags)}; check window agrees on "
+            f"{agreement:.4%} of head voxels"}
 
 
 def sliding_window(predictor: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor, model: LoadedModel, *,
@@ -361,9 +448,13 @@ def mc_head(model: LoadedModel, features: torch.Tensor, mc_samples: int, seed: i
             mean[:, start:stop] = m
             variance[:, start:stop] = (p - m).square_().mean(dim=0)
             if sample_counts is not None and masks is not None:
-                winner = logits.argmax(dim=1)  # (N, V)
+                # argmax over the short class axis, written out (argmax itself was a third of the head's
+                # time): the first class whose shifted logit is the maximum, 0, as argmax breaks ties
+                taken = torch.zeros_like(shifted[:, 0], dtype=torch.bool)
                 for k in range(n_classes):
-                    sample_counts[:, k] += (winner == k).sum(dim=1)
+                    first = (shifted[:, k] == 0) & ~taken
+                    sample_counts[:, k] += first.sum(dim=1)
+                    taken |= first
             expected_entropy[start:stop] = -(p * log_p).sum(dim=1).mean(dim=0)
             if progress is not None:
                 progress(stop / total)
@@ -484,7 +575,7 @@ def _frozen_parameters(network: torch.nn.Module) -> Iterator[None]:
 
 
 def grad_cam_layer(model: LoadedModel, inputs: torch.Tensor, score_masks: torch.Tensor, layer: str, *,
-                   mask: torch.Tensor | None = None, overlap: float = 0.0) -> torch.Tensor:
+                   mask: torch.Tensor | None = None, overlap: float = 0.0, cpu_bf16: bool = False) -> torch.Tensor:
     """Segmentation Grad-CAM at a trunk layer, over sliding windows (see the module docstring).
 
     The gradient of each class score weights the layer's activations voxel by
@@ -505,6 +596,9 @@ def grad_cam_layer(model: LoadedModel, inputs: torch.Tensor, score_masks: torch.
         Target layer (:func:`neuroseg.model.network.gradcam_layers`).
     mask: torch.Tensor, optional
         (X, Y, Z) bool: voxels that may carry an explanation.
+    cpu_bf16: bool
+        Forward (and so backward) under bfloat16 autocast on a CPU; the activations and their
+        gradients at the layer stay float32.
 
     Returns
     -------
@@ -534,7 +628,7 @@ def grad_cam_layer(model: LoadedModel, inputs: torch.Tensor, score_masks: torch.
         if not present:
             return maps
         with torch.enable_grad():
-            with _autocast(model.device):
+            with _autocast(model.device, cpu_bf16):
                 logits = network(x).float()
             activations = captured["activations"]
             for index, row in enumerate(present):  # one backward per class in this window, to the layer only
@@ -617,8 +711,12 @@ def mc_full_network(model: LoadedModel, inputs: torch.Tensor, mc_samples: int, s
 def infer_model_grid(case: PreprocessedCase, model: LoadedModel, *, mc_samples: int = 20, gradcam: bool = True,
                      seed: int = 0, mc_scheme: str = "head", overlap: float = 0.25, cpu_bf16: bool = False,
                      progress: Progress | None = None, tta: bool = False,
-                     gradcam_layer: str | None = None) -> ModelGridOutput:
-    """Steps 2-5 of :func:`segment` on a preprocessed case; results stay on the model grid."""
+                     gradcam_layer: str | None = None,
+                     cpu_backend: str | CpuBackend = CpuBackend.FP32) -> ModelGridOutput:
+    """Steps 2-5 of :func:`segment` on a preprocessed case; results stay on the model grid.
+
+    ``cpu_bf16=True`` is ``cpu_backend="bf16"``.
+    """
     if mc_scheme not in MC_SCHEMES:
         raise ValueError(f"mc_scheme={mc_scheme!r}: use one of {', '.join(MC_SCHEMES)}")
     gradcam_layer = gradcam_layer or default_gradcam_layer(model.config)
@@ -630,9 +728,13 @@ def infer_model_grid(case: PreprocessedCase, model: LoadedModel, *, mc_samples: 
     inputs = torch.from_numpy(case.network_input()[None]).to(model.device)
     model.network.eval()
     started = time.perf_counter()
+    backend = choose_cpu_backend(model, inputs, case.mask, CpuBackend.BF16 if cpu_bf16 else cpu_backend)
+    bf16 = backend["name"] == "bf16"
+    timings["backend_check"] = time.perf_counter() - started
+    started = time.perf_counter()
     report("inference", 0.0)
     if mc_scheme == "head":
-        features = sliding_window(model.network.trunk, inputs, model, overlap=overlap, cpu_bf16=cpu_bf16,
+        features = sliding_window(model.network.trunk, inputs, model, overlap=overlap, cpu_bf16=bf16,
                                   progress=lambda f: report("inference", 0.9 * f))
         features = features[0].flatten(1)
         timings["inference"] = time.perf_counter() - started
@@ -653,7 +755,7 @@ def infer_model_grid(case: PreprocessedCase, model: LoadedModel, *, mc_samples: 
     tta_variance = None
     if tta:
         started = time.perf_counter()
-        mean, tta_variance = tta_flips(model, inputs, mean, overlap=overlap, cpu_bf16=cpu_bf16)
+        mean, tta_variance = tta_flips(model, inputs, mean, overlap=overlap, cpu_bf16=bf16)
         entropy = -(mean * mean.clamp_min(1e-30).log()).sum(dim=0)
         timings["tta"] = time.perf_counter() - started
     cams = None
@@ -667,7 +769,7 @@ def infer_model_grid(case: PreprocessedCase, model: LoadedModel, *, mc_samples: 
             cams = grad_cam(model, features, predicted, head, score_masks=score_masks)
         else:
             cams = grad_cam_layer(model, inputs, score_masks.reshape(-1, *shape), gradcam_layer,
-                                  mask=head.reshape(shape))
+                                  mask=head.reshape(shape), cpu_bf16=bf16)
         cams = cams.reshape(-1, *shape).cpu().numpy()
         timings["gradcam"] = time.perf_counter() - started
     del features, inputs
@@ -679,7 +781,7 @@ def infer_model_grid(case: PreprocessedCase, model: LoadedModel, *, mc_samples: 
                            mutual_information=grid(mutual), gradcam=cams, timings=timings,
                            tta_variance=None if tta_variance is None else grid(tta_variance),
                            gradcam_layer=gradcam_layer if gradcam else "",
-                           sample_volumes_ml=_region_volumes(counts, model.config.spacing_mm))
+                           sample_volumes_ml=_region_volumes(counts, model.config.spacing_mm), cpu_backend=backend)
 
 
 def _region_volumes(counts: torch.Tensor | None, spacing_mm: float) -> dict[str, list[float]]:
@@ -695,7 +797,8 @@ def segment(images: Mapping[str, np.ndarray], affine: np.ndarray, model: LoadedM
             gradcam: bool = True, seed: int = 0, progress: Progress | None = None, mc_scheme: str = "head",
             overlap: float = 0.25, cpu_bf16: bool = False, tta: bool = False,
             gradcam_layer: str | None = None,
-            postprocess: PostprocessConfig | None = None) -> SegmentationResult:
+            postprocess: PostprocessConfig | None = None,
+            cpu_backend: str | CpuBackend = CpuBackend.FP32) -> SegmentationResult:
     """Segment a glioma and explain the result (see the module docstring for the method).
 
     Parameters
@@ -721,7 +824,7 @@ def segment(images: Mapping[str, np.ndarray], affine: np.ndarray, model: LoadedM
     overlap: float
         Sliding-window overlap fraction.
     cpu_bf16: bool
-        Run the trunk under bfloat16 autocast on CPU (faster only on CPUs with bf16 units).
+        The same as ``cpu_backend="bf16"``.
     tta: bool
         Test-time augmentation by flips (7 more passes; see the module docstring).
     gradcam_layer: str, optional
@@ -729,6 +832,9 @@ def segment(images: Mapping[str, np.ndarray], affine: np.ndarray, model: LoadedM
         :func:`neuroseg.model.network.default_gradcam_layer`.
     postprocess: PostprocessConfig, optional
         BraTS-style post-processing of the labels; None leaves them as predicted.
+    cpu_backend: str
+        "fp32" (the default, the reference path), "bf16" (autocast of the trunk and Grad-CAM
+        passes) or "auto" (:func:`choose_cpu_backend`); ignored on CUDA.
 
     Returns
     -------
@@ -746,6 +852,11 @@ def segment(images: Mapping[str, np.ndarray], affine: np.ndarray, model: LoadedM
         raise ValueError(f"mc_samples={mc_samples!r}: must be a positive integer")
     if not 0.0 <= overlap < 1.0:
         raise ValueError(f"overlap={overlap!r}: must be in [0, 1)")
+    try:
+        cpu_backend = CpuBackend(cpu_backend)
+    except ValueError:
+        raise ValueError(f"cpu_backend={cpu_backend!r}: use one of "
+                         f"{', '.join(b.value for b in CpuBackend)}") from None
     import monai.inferers  # noqa: F401  (a slow first import; keep it out of the step timings)
 
     report = progress or (lambda stage, fraction: None)
@@ -756,7 +867,7 @@ def segment(images: Mapping[str, np.ndarray], affine: np.ndarray, model: LoadedM
     report("preprocessing", 1.0)
     grid = infer_model_grid(case, model, mc_samples=mc_samples, gradcam=gradcam, seed=seed, mc_scheme=mc_scheme,
                             overlap=overlap, cpu_bf16=cpu_bf16, progress=report, tta=tta,
-                            gradcam_layer=gradcam_layer)
+                            gradcam_layer=gradcam_layer, cpu_backend=cpu_backend)
     timings.update(grid.timings)
     started = time.perf_counter()
     result = to_result(case, grid, model, mc_samples, postprocess)
@@ -813,6 +924,7 @@ def to_result(case: PreprocessedCase, grid: ModelGridOutput, model: LoadedModel,
         gradcam_layer=grid.gradcam_layer,
         postprocessing=postprocessing,
         sample_volumes_ml=grid.sample_volumes_ml,
+        cpu_backend=dict(grid.cpu_backend),
     )
 
 

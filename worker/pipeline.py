@@ -155,10 +155,12 @@ MODEL_STAGES = {"preprocessing": JobState.PREPROCESSING, "inference": JobState.I
 
 
 def model_options(settings: Settings) -> dict[str, Any]:
-    """The inference options of the settings (TTA, Grad-CAM layer, post-processing) as ``segment`` keywords."""
+    """The inference options of the settings (TTA, Grad-CAM layer, post-processing, CPU backend) as ``segment``
+    keywords."""
     from neuroseg.model.postprocess import PostprocessConfig
 
     return {"tta": settings.tta, "gradcam_layer": settings.gradcam_layer or None,
+            "cpu_backend": settings.cpu_backend.value,
             "postprocess": PostprocessConfig(enabled=settings.postprocess, min_et_ml=settings.min_et_ml,
                                              min_component_ml=settings.min_component_ml)}
 

@@ -35,7 +35,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from neuroseg.common.enums import MapCompression
+from neuroseg.common.enums import CpuBackend, MapCompression
 
 log = logging.getLogger(__name__)
 
@@ -286,6 +286,9 @@ class Settings(BaseSettings):
         0.2, ge=0, description="tumour components below this (mL) are removed, the largest kept (with postprocess)"
     )
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+    cpu_backend: CpuBackend = Field(
+        CpuBackend.AUTO, description="network on a CPU: auto (bf16 autocast where the CPU has native bf16 and a "
+        "check window's labels agree on >= 99.9 % of head voxels, else fp32), fp32 or bf16")
 
     # --- DICOM out ----------------------------------------------------------------
     destinations: Annotated[list[Destination], NoDecode] = Field(
