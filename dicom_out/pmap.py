@@ -50,8 +50,11 @@ Grad-CAM maps on request.
 
 ``99NEUROSEG`` is a private coding scheme (PS3.16 8.2 "99" prefix), declared
 in each object's Coding Scheme Identification Sequence. The LUT explanation
-of each mapping says in words what the value is (e.g. "MC dropout SD of
-P(ET)"). The not-for-diagnostic statement is in ContentDescription.
+of each mapping says in words what the value is and by which uncertainty
+method of the model card (e.g. "MC dropout standard deviation of P(ET)",
+"flip+fold standard deviation of P(ET)" for an nnU-Net model), and at which
+layer Grad-CAM ran; the Derivation Description names both in full. The
+not-for-diagnostic statement is in ContentDescription.
 """
 
 from __future__ import annotations
@@ -117,6 +120,7 @@ def map_specs(request: EncodeRequest) -> list[MapSpec]:
     """The maps ``request.options.maps`` asks for, in a fixed order."""
     specs: list[MapSpec] = []
     wanted = request.options.maps
+    method, layer = request.uncertainty_method()[1], request.gradcam_layer()
     if MapKind.PROBABILITY.value in wanted:
         for tumor_class in TumorClass:
             array = request.probabilities.get(tumor_class.value)
@@ -132,7 +136,7 @@ def map_specs(request: EncodeRequest) -> list[MapSpec]:
         top = max(math.log(4.0), float(request.entropy.max()))
         specs.append(MapSpec(
             "pmap-uncertainty-entropy", "pmap-uncertainty", "ENTROPY",
-            "Predictive entropy of the MC dropout mean softmax (nats)",
+            f"Predictive entropy of the {method} mean softmax (nats)",
             PREDICTIVE_ENTROPY, (0.0, top), request.entropy, "AI uncertainty entropy",
         ))
     if MapKind.UNCERTAINTY.value in wanted:
@@ -144,7 +148,7 @@ def map_specs(request: EncodeRequest) -> list[MapSpec]:
             sd = np.sqrt(np.clip(variance, 0.0, None)).astype(np.float32)
             specs.append(MapSpec(
                 f"pmap-uncertainty-sd-{tumor_class.value}", "pmap-uncertainty", f"SD_P_{short}",
-                f"MC dropout standard deviation of P({short})",
+                f"{method} standard deviation of P({short})",
                 STANDARD_DEVIATION, (0.0, max(0.5, float(sd.max()))), sd, f"AI uncertainty SD {short}",
             ))
     if MapKind.GRADCAM.value in wanted:
@@ -156,6 +160,7 @@ def map_specs(request: EncodeRequest) -> list[MapSpec]:
             low = min(0.0, float(array.min()))
             specs.append(MapSpec(
                 f"pmap-gradcam-{tumor_class.value}", "pmap-gradcam", f"GRADCAM_{short}",
+                f"3D Grad-CAM of class {short} at {layer}" if layer else
                 f"3D Grad-CAM of class {short} (gradient-weighted class activation)",
                 GRADIENT_WEIGHTED_CLASS_ACTIVATION, (low, max(low + 1e-6, float(array.max()), 1.0)), array,
                 f"AI Grad-CAM {short}",

@@ -13,15 +13,16 @@ Content (PS3.16 TID 1500):
   - (118565006, SCT, "Volume") in ml, INFERRED FROM a SCOORD POINT on one
     image of the reference series (see "Image coordinates" below);
   - the mean predictive entropy in the region (PRED-ENTROPY, 99NEUROSEG,
-    derivation (373098007, SCT, "Mean"), method MC-DROPOUT), when the
-    entropy is given and the region has voxels;
-  - the mean MC dropout standard deviation of that class's probability
-    ((113061, DCM, "Standard Deviation"), derivation Mean), when the
-    variance is given and the region has voxels;
+    derivation (373098007, SCT, "Mean"), method the model card's uncertainty
+    method: MC-DROPOUT, TTA-FLIPS or TTA-FLIPS-FOLDS), when the entropy is
+    given and the region has voxels;
+  - the mean standard deviation of that class's probability over the same
+    method's passes ((113061, DCM, "Standard Deviation"), derivation Mean),
+    when the variance is given and the region has voxels;
 
 - every group carries the Algorithm Identification (TID 4019): model name,
-  model version and, as Algorithm Parameters, the sequences used and the
-  not-for-diagnostic statement.
+  model version and, as Algorithm Parameters, the sequences used, the
+  uncertainty method, the Grad-CAM layer and the not-for-diagnostic statement.
 
 An empty segmentation still gives a valid report stating zero volumes.
 
@@ -56,7 +57,6 @@ from pydicom.sr.codedict import codes
 from neuroseg.dicom_out.common import (
     LOCAL_SCHEME,
     MANUFACTURER,
-    MC_DROPOUT,
     NOT_FOR_DIAGNOSTIC_USE,
     PREDICTIVE_ENTROPY,
     SERIES_NUMBERS,
@@ -96,7 +96,10 @@ def _algorithm(request: EncodeRequest) -> hd.sr.AlgorithmIdentification:
     return hd.sr.AlgorithmIdentification(
         name=request.model_name[:64],
         version=request.model_version[:64],
-        parameters=[f"sequences used: {sequences}", NOT_FOR_DIAGNOSTIC_USE],
+        parameters=[f"sequences used: {sequences}",
+                    f"uncertainty: {request.uncertainty_method()[0].meaning}",
+                    *([f"Grad-CAM layer: {request.gradcam_layer()}"] if request.gradcam_layer() else []),
+                    NOT_FOR_DIAGNOSTIC_USE],
     )
 
 
@@ -149,14 +152,14 @@ def _measurements(request: EncodeRequest, region: TumorRegion, volume_ml: float,
     if request.entropy is not None:
         items.append(hd.sr.Measurement(
             name=PREDICTIVE_ENTROPY, value=round(float(request.entropy[mask].mean()), 6), unit=NO_UNITS,
-            derivation=MEAN, method=MC_DROPOUT, algorithm_id=algorithm,
+            derivation=MEAN, method=request.uncertainty_method()[0], algorithm_id=algorithm,
         ))
     variance = request.variance.get(region.value)
     if variance is not None:
         sd = np.sqrt(np.clip(variance[mask], 0.0, None))
         items.append(hd.sr.Measurement(
             name=STANDARD_DEVIATION, value=round(float(sd.mean()), 6), unit=NO_UNITS,
-            derivation=MEAN, method=MC_DROPOUT, algorithm_id=algorithm,
+            derivation=MEAN, method=request.uncertainty_method()[0], algorithm_id=algorithm,
         ))
     return items
 

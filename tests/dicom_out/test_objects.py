@@ -281,7 +281,8 @@ def test_sr_reports_volumes_model_and_sequences_and_references_the_seg(all_objec
     assert trackers == ["NCR (necrotic core)", "ED (edema)", "ET (enhancing tumour)", "WT (whole tumour)",
                         "TC (tumour core)"]
     texts = {value for name, value in items if name == "Algorithm Parameters"}
-    assert texts == {"sequences used: t1, t1ce, t2, flair", NOT_FOR_DIAGNOSTIC_USE}
+    assert texts == {"sequences used: t1, t1ce, t2, flair", "uncertainty: Monte Carlo dropout",
+                     NOT_FOR_DIAGNOSTIC_USE}
     assert {value for name, value in items if name == "Algorithm Version"} == {"0.1.0-test"}
     assert [value for _, value in items].count(seg.sop_instance_uid) == 5  # the SEG is every group's source
     entropy = [value for name, value in items if name == "Predictive entropy"]
@@ -361,3 +362,32 @@ def test_labelmap_option_writes_a_label_map_segmentation(study) -> None:
     assert seg.SegmentationType == "LABELMAP" and int(seg.NumberOfFrames) == 24
     for obj in objects:
         assert_dciodvfy_clean(obj.dataset)
+
+
+@pytest.mark.parametrize(("method", "words", "code"), [
+    ("mc-dropout", "MC dropout", "MC-DROPOUT"),
+    ("test-time-flips", "flip TTA", "TTA-FLIPS"),
+    ("test-time-flips-and-fold-ensemble", "flip+fold", "TTA-FLIPS-FOLDS"),
+])
+def test_maps_and_sr_name_the_model_cards_uncertainty_method_and_gradcam_layer(study, method: str, words: str,
+                                                                               code: str) -> None:
+    from neuroseg.dicom_out import encode_study
+
+    card = {"uncertainty": {"method": method}, "gradcam": {"layer": "decoder.stages.1"}}
+    request = study.request(EncodeOptions(maps={"uncertainty", "gradcam"}), model_card=card)
+    objects = {obj.kind: obj.dataset for obj in encode_study(request)}
+    mapping = objects["pmap-uncertainty-sd-ed"].SharedFunctionalGroupsSequence[0].RealWorldValueMappingSequence[0]
+    assert mapping.LUTExplanation == f"{words} standard deviation of P(ED)"
+    cam = objects["pmap-gradcam-ed"].SharedFunctionalGroupsSequence[0].RealWorldValueMappingSequence[0]
+    assert cam.LUTExplanation == "3D Grad-CAM of class ED at decoder.stages.1"
+    derivation = objects["pmap-uncertainty-entropy"].PerFrameFunctionalGroupsSequence[0] \
+        .DerivationImageSequence[0].DerivationDescription
+    assert derivation.endswith("; Grad-CAM layer: decoder.stages.1") and "uncertainty: " in derivation
+    sr = content_items(round_trip(objects["sr"]))
+    assert {value for name, value in sr if name == "Algorithm Parameters"} >= {"Grad-CAM layer: decoder.stages.1"}
+    methods = {item.ConceptCodeSequence[0].CodeValue for item in _walk(objects["sr"])
+               if item.get("ValueType") == "CODE"
+               and item.ConceptNameCodeSequence[0].CodeMeaning == "Measurement Method"}
+    assert methods == {code}
+    for obj in objects.values():
+        assert_dciodvfy_clean(obj)
