@@ -89,7 +89,7 @@ compose() {
   if [ "$compose_kind" = v2 ]; then
     docker compose -p "$project" -f "$compose_dir/compose.yaml" -f "$compose_dir/compose.test.yaml" "$@"
   else
-    # Compose v1 predates the top-level "name" key; the rest of the file is read as it is.
+    # Compose v1 predates the top-level "name" key (see compose.v1.yaml below)
     docker-compose -p "$project" --project-directory "$compose_dir" \
       -f "$work/compose.v1.yaml" -f "$compose_dir/compose.test.yaml" "$@"
   fi
@@ -175,7 +175,8 @@ image_size="$(docker image inspect -f '{{.Size}}' "$image")"
 echo "neuroseg image: $(( image_size / 1000000 )) MB"
 
 step "two real studies as DICOM (from $data)"
-mkdir -p "$work/studies" && chmod 0777 "$work/studies"
+# written once and kept: every run starts with empty volumes, so the same UIDs can be sent again
+studies="${XDG_CACHE_HOME:-$HOME/.cache}/neuroseg-smoke/studies-1"
 write_studies='
 import sys, glob
 DATA, OUT = sys.argv[2], sys.argv[3]
@@ -189,16 +190,19 @@ for name, case in cases.items():
     write_study_from_nifti(paths, OUT + "/" + name, identity)
     print(name, identity.resolved_study_instance_uid)
 '
-seed="$$-$(date +%s)"
-if python3 -c "import neuroseg" 2>/dev/null; then
-  # neuroseg installed here (CI's virtual environment): no 2 GB container copy on a vfs daemon
-  python3 -c "$write_studies" "$seed" "$data" "$work/studies" > "$work/studies/uids"
-else
-  docker run --rm --network none --user "$(id -u):$(id -g)" -v "$data":/data:ro -v "$work/studies":/out \
-    --entrypoint python "$image" -c "$write_studies" "$seed" /data /out > "$work/studies/uids"
-fi || fail "writing the studies failed"
-first_uid="$(awk '$1 == "first" {print $2}' "$work/studies/uids")"
-second_uid="$(awk '$1 == "second" {print $2}' "$work/studies/uids")"
+if [ "$(cat "$studies/uids" 2>/dev/null | wc -l)" != 2 ]; then
+  rm -rf "$studies" && mkdir -p "$studies" && chmod 0777 "$studies"
+  if python3 -c "import neuroseg" 2>/dev/null; then
+    # neuroseg installed here (CI's virtual environment): no 2 GB container copy on a vfs daemon
+    python3 -c "$write_studies" 1 "$data" "$studies" > "$studies/uids.new"
+  else
+    docker run --rm --network none --user "$(id -u):$(id -g)" -v "$data":/data:ro -v "$studies":/out \
+      --entrypoint python "$image" -c "$write_studies" 1 /data /out > "$studies/uids.new"
+  fi || fail "writing the studies failed"
+  mv "$studies/uids.new" "$studies/uids"
+fi
+first_uid="$(awk '$1 == "first" {print $2}' "$studies/uids")"
+second_uid="$(awk '$1 == "second" {print $2}' "$studies/uids")"
 
 step "configuration (free ports, secrets)"
 read -r SMOKE_LISTENER_PORT SMOKE_REDIS_PORT SMOKE_POSTGRES_PORT SMOKE_ORTHANC_DICOM_PORT \
@@ -208,7 +212,10 @@ export SMOKE_LISTENER_PORT SMOKE_REDIS_PORT SMOKE_POSTGRES_PORT SMOKE_ORTHANC_DI
 python3 "$helper" orthanc-config "$compose_dir/orthanc/orthanc.json" "$work/orthanc.json" \
   "$SMOKE_ORTHANC_DICOM_PORT" "$SMOKE_ORTHANC_HTTP_PORT" "$SMOKE_LISTENER_PORT"
 chmod 0644 "$work/orthanc.json" && chmod 0755 "$work"
-sed '/^name:/d' "$compose_dir/compose.yaml" > "$work/compose.v1.yaml"
+# Compose v1 (docker-py) also refuses published ports with the host's network, which v2
+# ignores: its copy of compose.yaml goes without the top-level name and the ports.
+awk '/^name:/ {next} /^    ports:$/ {skip=1; next} skip && /^      - / {next} {skip=0; print}' \
+  "$compose_dir/compose.yaml" > "$work/compose.v1.yaml"
 POSTGRES_PASSWORD="$(python3 -c 'import secrets; print(secrets.token_urlsafe(24))')"
 NEUROSEG_ADMIN_TOKEN="$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))')"
 export POSTGRES_PASSWORD NEUROSEG_ADMIN_TOKEN
@@ -221,6 +228,8 @@ orthanc="http://127.0.0.1:$SMOKE_ORTHANC_HTTP_PORT"
 admin="http://127.0.0.1:$SMOKE_ADMIN_PORT"
 
 step "stack up"
+# creating a container copies its whole image on the vfs storage driver: minutes, not docker-py's 60 s
+export COMPOSE_HTTP_TIMEOUT="${COMPOSE_HTTP_TIMEOUT:-900}"
 up_started=$(date +%s)
 services=(listener worker-cpu admin redis postgres orthanc)
 compose up -d --no-build "${services[@]}" > "$work/up.log" 2>&1 || { cat "$work/up.log"; fail "compose up failed"; }
@@ -245,7 +254,7 @@ echo "stack healthy in $healthy_seconds s"
 
 # Pushes study $1 into Orthanc with storescu (Orthanc's routing script sends it on to the listener).
 push() {
-  storescu -aet SMOKE -aec ORTHANC +sd +r 127.0.0.1 "$SMOKE_ORTHANC_DICOM_PORT" "$work/studies/$1" \
+  storescu -aet SMOKE -aec ORTHANC +sd +r 127.0.0.1 "$SMOKE_ORTHANC_DICOM_PORT" "$studies/$1" \
     > "$work/storescu-$1.log" 2>&1 || { tail -n 20 "$work/storescu-$1.log"; fail "storescu of the $1 study failed"; }
 }
 results_complete() {
