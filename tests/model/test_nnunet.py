@@ -230,7 +230,20 @@ def test_an_nnunet_model_through_the_worker_to_a_real_pacs(nnunet_model: Path, t
     assert "uncertainty: Test-time flips and fold ensemble; Grad-CAM layer: decoder.stages.1" in derivation
     cam = by_kind["pmap-gradcam-et"].SharedFunctionalGroupsSequence[0].RealWorldValueMappingSequence[0]
     assert cam.LUTExplanation == "3D Grad-CAM of class ET at decoder.stages.1"
-    text = str(by_kind["sr"])
-    assert "TTA-FLIPS-FOLDS" in text and "Grad-CAM layer: decoder.stages.1" in text and "MC-DROPOUT" not in text
+    texts, codes = _sr_values(by_kind["sr"])
+    assert "TTA-FLIPS-FOLDS" in codes and "MC-DROPOUT" not in codes
+    assert "Grad-CAM layer: decoder.stages.1" in texts
+    assert "uncertainty: Test-time flips and fold ensemble" in texts
     seg = by_kind["seg"].SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
     assert seg.AlgorithmName == "TinyGlioma" and seg.AlgorithmVersion == "0.1"
+
+
+def _sr_values(dataset) -> tuple[set[str], set[str]]:
+    """Every TEXT value and every code value anywhere in an SR's content tree."""
+    texts, codes = set(), set()
+    for element in dataset.iterall():
+        if element.keyword == "TextValue":
+            texts.add(str(element.value))
+        elif element.keyword == "CodeValue":
+            codes.add(str(element.value))
+    return texts, codes
