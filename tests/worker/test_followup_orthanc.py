@@ -1,0 +1,91 @@
+"""A follow-up pair through a real Orthanc: the change SEG and the follow-up SR come back valid and true to the store."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import highdicom as hd
+import httpx
+import numpy as np
+import pydicom
+import pytest
+
+from neuroseg.worker.jobstore import JobStore
+from tests.dicom_out.dciodvfy import assert_dciodvfy_clean
+from tests.worker.test_followup import _run, _study
+
+pytestmark = pytest.mark.integration
+
+VOLUME = hd.sr.CodedConcept("118565006", "SCT", "Volume")
+TIME_POINT = "C2348792"  # Time Point (NCI), TID 1502
+
+
+def retrieve(orthanc, sop_instance_uid: str, folder: Path) -> Path:
+    """The instance as Orthanc stores it, written to ``folder`` (what a viewer would fetch)."""
+    (found,) = orthanc.post("/tools/lookup", sop_instance_uid)
+    response = httpx.get(f"{orthanc.url}/instances/{found['ID']}/file", timeout=30)
+    response.raise_for_status()
+    path = folder / f"{sop_instance_uid}.dcm"
+    path.write_bytes(response.content)
+    return path
+
+
+def sr_time_points(path: Path) -> dict[str, dict[str, tuple[float, str]]]:
+    """time point text -> {tracking UID: (volume ml, source SEG SOP instance)} read with highdicom."""
+    report = hd.sr.srread(path)
+    out: dict[str, dict[str, tuple[float, str]]] = {}
+    for group in report.content.get_image_measurement_groups():
+        time_point = next(item for item in group[0].ContentSequence
+                          if item.ConceptNameCodeSequence[0].CodeValue == TIME_POINT)
+        volume = group.get_measurements(name=VOLUME)[0]
+        out.setdefault(time_point.TextValue, {})[group.tracking_uid] = (
+            float(volume.value), group.source_images[0].referenced_sop_instance_uid)
+    return out
+
+
+def test_follow_up_pair_round_trips_through_orthanc(tmp_path, make_settings, tiny_checkpoint, orthanc):
+    settings = make_settings(model_path=tiny_checkpoint, mc_samples=1, send_maps="", send_reports="",
+                             destinations=orthanc.destination)
+    store = JobStore.from_settings(settings)
+    first = _run(store, settings, _study(tmp_path / "spool", "fu-pacs-first", "20260105", 0.0))
+    second = _run(store, settings, _study(tmp_path / "spool", "fu-pacs-second", "20260407", 6.0))
+    point = store.get_time_point(second)
+    assert point.status == "compared", point.note
+    current, prior = store.get_job(second), store.get_job(first)
+    assert all(item.status == "delivered" for item in current.deliveries), current.deliveries
+    outputs = {item.kind: item for item in current.outputs}
+    prior_seg = next(item for item in prior.outputs if item.kind == "seg")
+
+    back = tmp_path / "retrieved"
+    back.mkdir()
+    change_path = retrieve(orthanc, outputs["change-seg"].sop_instance_uid, back)
+    sr_path = retrieve(orthanc, outputs["sr"].sop_instance_uid, back)
+    assert_dciodvfy_clean(change_path)
+    assert_dciodvfy_clean(sr_path)
+
+    change = pydicom.dcmread(change_path)
+    assert change.StudyInstanceUID == current.study_instance_uid
+    assert change.PatientID == "FU-1" and change.IssuerOfPatientID == "HOSP-A"
+    assert [item.SegmentLabel.lower() for item in change.SegmentSequence] == [
+        "new", "grown", "stable", "shrunk", "vanished"]
+
+    by_time = sr_time_points(sr_path)
+    prior_label = f"prior {point.summary['prior']['study_date']}"
+    assert set(by_time) == {"current", prior_label}
+    assert set(by_time["current"]) == set(by_time[prior_label])  # one tracked finding per region, both times
+    # each time point's measurements reference their own study's SEG, as the job store lists them
+    assert {uid for _, uid in by_time["current"].values()} == {outputs["seg"].sop_instance_uid}
+    assert {uid for _, uid in by_time[prior_label].values()} == {prior_seg.sop_instance_uid}
+    assert point.summary["prior"]["seg_sop_instance_uid"] == prior_seg.sop_instance_uid
+    # the volumes read back are the store's: the current job's own and the comparison's prior figures
+    regions = point.summary["regions"]
+    assert sorted(round(value, 2) for value, _ in by_time["current"].values()) == sorted(
+        round(current.volumes_ml[key], 2) for key in regions)
+    assert sorted(round(value, 2) for value, _ in by_time[prior_label].values()) == sorted(
+        round(regions[key]["prior_ml"], 2) for key in regions)
+    np.testing.assert_allclose([regions[key]["prior_ml"] for key in regions],
+                               [prior.volumes_ml[key] for key in regions], atol=1e-2)
+    report = pydicom.dcmread(io.BytesIO(sr_path.read_bytes()))
+    other = {item.StudyInstanceUID for item in report.get("PertinentOtherEvidenceSequence", [])}
+    assert prior.study_instance_uid in other
