@@ -240,6 +240,58 @@ class ModelAdapter(ABC):
                 f"(in that order); the study lacks {', '.join(missing)}")
 
 
+class DeclaredModelAdapter(ModelAdapter):
+    """A model whose own files declare its inputs and labels (a MONAI bundle, an nnU-Net folder).
+
+    It needs every declared sequence, and its uncertainty comes from repeated passes, not dropout;
+    a subclass sets :attr:`method` and says in :meth:`uncertainty_description` what the passes are.
+    """
+
+    method: str = ""
+    """:data:`TEST_TIME_FLIPS` or :data:`FLIPS_AND_FOLDS`."""
+
+    def __init__(self, *, root: Path, source: Path, sequences: tuple[str, ...], labels: LabelConvention,
+                 gradcam_layer: str, device: Any) -> None:
+        self.root = root
+        self.source = source
+        self._sequences = sequences
+        self._labels = labels
+        self.gradcam_layer = gradcam_layer
+        self.device = device
+
+    @property
+    def sequences(self) -> tuple[str, ...]:
+        return self._sequences
+
+    @property
+    def required_sequences(self) -> tuple[str, ...]:
+        return self._sequences  # no presence flags: the network was trained with every channel
+
+    @property
+    def labels(self) -> LabelConvention:
+        return self._labels
+
+    @property
+    def uncertainty_method(self) -> str:
+        return self.method
+
+    @abstractmethod
+    def uncertainty_description(self) -> str:
+        """What the passes behind the uncertainty maps are, for the model card."""
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        meta = super().metadata
+        meta["model_card"]["uncertainty"] = {"method": self.method, "description": self.uncertainty_description()}
+        return meta
+
+    def check_inputs(self, images: Mapping[str, Any], mc_samples: Any) -> None:
+        """:meth:`check_sequences`, and ``mc_samples`` must be a positive integer."""
+        self.check_sequences(images)
+        if isinstance(mc_samples, bool) or not isinstance(mc_samples, int) or mc_samples < 1:
+            raise ValueError(f"mc_samples={mc_samples!r}: must be a positive integer")
+
+
 class CheckpointAdapter(ModelAdapter):
     """Our own checkpoint (:func:`neuroseg.model.inference.load_model`), with MC dropout uncertainty."""
 

@@ -48,8 +48,8 @@ from neuroseg.model.adapters import (
     CLASS_NAMES,
     LABEL_CONVENTIONS,
     TEST_TIME_FLIPS,
+    DeclaredModelAdapter,
     LabelConvention,
-    ModelAdapter,
     ModelMismatchError,
     Progress,
     Provenance,
@@ -121,23 +121,21 @@ def _first(fmt: Mapping[str, Any], key: str, source: Path) -> Mapping[str, Any]:
     return next(iter(block.values()))
 
 
-class BundleAdapter(ModelAdapter):
+class BundleAdapter(DeclaredModelAdapter):
     """A MONAI bundle ready for inference (build it with :meth:`load`)."""
+
+    method = TEST_TIME_FLIPS
 
     def __init__(self, *, network: Any, root: Path, source: Path, meta: Mapping[str, Any], inferer: Any,
                  sequences: tuple[str, ...], labels: LabelConvention, gradcam_layer: str, spacing_mm: float,
                  torchscript: bool, device: Any) -> None:
+        super().__init__(root=root, source=source, sequences=sequences, labels=labels, gradcam_layer=gradcam_layer,
+                         device=device)
         self.network = network
-        self.root = root
-        self.source = source
         self.meta = dict(meta)
         self.inferer = inferer
-        self._sequences = sequences
-        self._labels = labels
-        self.gradcam_layer = gradcam_layer
         self.spacing_mm = spacing_mm
         self.torchscript = torchscript
-        self.device = device
 
     # --- loading ------------------------------------------------------------------------------
 
@@ -250,22 +248,6 @@ class BundleAdapter(ModelAdapter):
     # --- the adapter interface ----------------------------------------------------------------
 
     @property
-    def sequences(self) -> tuple[str, ...]:
-        return self._sequences
-
-    @property
-    def required_sequences(self) -> tuple[str, ...]:
-        return self._sequences
-
-    @property
-    def labels(self) -> LabelConvention:
-        return self._labels
-
-    @property
-    def uncertainty_method(self) -> str:
-        return TEST_TIME_FLIPS
-
-    @property
     def provenance(self) -> Provenance:
         meta = self.meta
         authors = meta.get("authors", "")
@@ -298,14 +280,9 @@ class BundleAdapter(ModelAdapter):
         }
         return card
 
-    @property
-    def metadata(self) -> dict[str, Any]:
-        meta = super().metadata
-        meta["model_card"]["uncertainty"] = {
-            "method": TEST_TIME_FLIPS,
-            "description": "variance and entropy of the class probabilities over the unflipped volume and up "
-                           f"to {MAX_PASSES - 1} flipped copies (every subset of the three axes)"}
-        return meta
+    def uncertainty_description(self) -> str:
+        return ("variance and entropy of the class probabilities over the unflipped volume and up "
+                f"to {MAX_PASSES - 1} flipped copies (every subset of the three axes)")
 
     def segment(self, images: Mapping[str, np.ndarray], affine: np.ndarray, *, mc_samples: int = MAX_PASSES,
                 gradcam: bool = True, seed: int = 0, progress: Progress | None = None,
@@ -318,9 +295,7 @@ class BundleAdapter(ModelAdapter):
         from neuroseg.model.inference import ModelGridOutput, label_volumes_ml, to_result
         from neuroseg.model.preprocess import preprocess
 
-        self.check_sequences(images)
-        if isinstance(mc_samples, bool) or not isinstance(mc_samples, int) or mc_samples < 1:
-            raise ValueError(f"mc_samples={mc_samples!r}: must be a positive integer")
+        self.check_inputs(images, mc_samples)
         report = progress or (lambda stage, fraction: None)
         begin = time.perf_counter()
         report("preprocessing", 0.0)

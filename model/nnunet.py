@@ -51,8 +51,8 @@ from neuroseg.model.adapters import (
     CLASS_NAMES,
     FLIPS_AND_FOLDS,
     LABEL_CONVENTIONS,
+    DeclaredModelAdapter,
     LabelConvention,
-    ModelAdapter,
     ModelMismatchError,
     Progress,
     Provenance,
@@ -140,20 +140,18 @@ def fold_folders(root: Path) -> list[str]:
     return sorted(found, key=lambda fold: (fold == "all", int(fold) if fold.isdigit() else 0))
 
 
-class NnunetAdapter(ModelAdapter):
+class NnunetAdapter(DeclaredModelAdapter):
     """An nnU-Net v2 trained-model folder ready for inference (build it with :meth:`load`)."""
+
+    method = FLIPS_AND_FOLDS
 
     def __init__(self, *, predictor: Any, root: Path, dataset: Mapping[str, Any], folds: list[str],
                  sequences: tuple[str, ...], labels: LabelConvention, gradcam_layer: str, device: Any) -> None:
+        super().__init__(root=root, source=root, sequences=sequences, labels=labels, gradcam_layer=gradcam_layer,
+                         device=device)
         self.predictor = predictor
-        self.root = root
-        self.source = root
         self.dataset = dict(dataset)
         self.folds = folds
-        self._sequences = sequences
-        self._labels = labels
-        self.gradcam_layer = gradcam_layer
-        self.device = device
 
     @classmethod
     def load(cls, path: Path | str, device: str = "auto", folds: list[str] | None = None) -> NnunetAdapter:
@@ -209,22 +207,6 @@ class NnunetAdapter(ModelAdapter):
     # --- the adapter interface ----------------------------------------------------------------
 
     @property
-    def sequences(self) -> tuple[str, ...]:
-        return self._sequences
-
-    @property
-    def required_sequences(self) -> tuple[str, ...]:
-        return self._sequences
-
-    @property
-    def labels(self) -> LabelConvention:
-        return self._labels
-
-    @property
-    def uncertainty_method(self) -> str:
-        return FLIPS_AND_FOLDS
-
-    @property
     def configuration(self) -> str:
         """The nnU-Net configuration ("3d_fullres", ...): the last part of the folder's Trainer__Plans__Config name."""
         parts = self.root.name.split("__")
@@ -261,15 +243,10 @@ class NnunetAdapter(ModelAdapter):
                        {"method": "none", "why": "the network has no decoder.stages; declare neuroseg.gradcam_layer"},
         }
 
-    @property
-    def metadata(self) -> dict[str, Any]:
-        meta = super().metadata
-        meta["model_card"]["uncertainty"] = {
-            "method": FLIPS_AND_FOLDS,
-            "description": f"variance and entropy of the class probabilities over the {len(self.folds)} folds and "
-                           f"the {len(self.mirror_combinations)} mirrorings of each (nnU-Net's own test-time "
-                           "augmentation and fold ensemble)"}
-        return meta
+    def uncertainty_description(self) -> str:
+        return (f"variance and entropy of the class probabilities over the {len(self.folds)} folds and the "
+                f"{len(self.mirror_combinations)} mirrorings of each (nnU-Net's own test-time augmentation and "
+                "fold ensemble)")
 
     def segment(self, images: Mapping[str, np.ndarray], affine: np.ndarray, *, mc_samples: int = 8,
                 gradcam: bool = True, seed: int = 0, progress: Progress | None = None,
@@ -282,9 +259,7 @@ class NnunetAdapter(ModelAdapter):
         """
         from neuroseg.model.inference import SegmentationResult, label_volumes_ml
 
-        self.check_sequences(images)
-        if isinstance(mc_samples, bool) or not isinstance(mc_samples, int) or mc_samples < 1:
-            raise ValueError(f"mc_samples={mc_samples!r}: must be a positive integer")
+        self.check_inputs(images, mc_samples)
         layer = self._layer(gradcam_layer)
         report = progress or (lambda stage, fraction: None)
         begin = time.perf_counter()
