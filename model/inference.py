@@ -3,7 +3,7 @@
 How one call of :func:`segment` works
 -------------------------------------
 1. :func:`neuroseg.model.preprocess.preprocess` brings the case onto the
-   network's 1 mm, head-cropped grid.
+   network's working grid (``spacing_mm`` of its config), cropped to the head.
 2. The deterministic **trunk** runs once over the volume with MONAI's
    ``sliding_window_inference`` (Gaussian blending, 25 % overlap); the result is
    the blended full-resolution feature volume (``channels[0]`` per voxel) - the
@@ -21,55 +21,25 @@ How one call of :func:`segment` works
    over the unflipped MC mean and the 7 flipped passes, and their population
    variance per class is reported as ``tta_variance``, beside (not mixed into)
    the MC-dropout ``variance``.
-5. **Grad-CAM** (segmentation Grad-CAM) at a chosen target layer
-   (:func:`neuroseg.model.network.default_gradcam_layer`: the second-to-last
-   decoder stage, at half resolution). For class c the score is the sum of the class-c
-   logits over the voxels predicted as c; when fewer than
-   :data:`GRADCAM_MIN_VOXELS` model voxels are predicted as c (a small class
-   that the argmax on the coarse grid may miss), over the
-   :data:`GRADCAM_MIN_VOXELS` voxels of highest p(c) instead. At a deeper
-   layer the gradients of the score weight the layer's activations voxel by
-   voxel (``ReLU(sum_k dS/dA_k(v) * A_k(v))``, the element-wise "HiResCAM"
-   form: with globally averaged weights the deep-layer map lit up healthy
-   brain and missed the tumour on a real case); at ``trunk.output`` the
-   weights are the gradients averaged over the volume (classic Grad-CAM).
-   The map is brought to the model grid
-   (trilinear), kept inside the head mask (dilated by 2 voxels; zero outside)
-   and divided by its maximum, so it lies in [0, 1] and brighter means more
-   important. Should the ReLU leave nothing, the map is the min-max scaled
-   weighted sum instead, so a predicted class always gets a non-empty map. A
-   deeper layer costs one extra sliding-window pass: a forward, and a backward
-   from each class score to the layer in the windows that hold the class
-   (:func:`grad_cam_layer`). At ``trunk.output`` (the head's input) the pass
-   is not needed (:func:`grad_cam`), but the map is then nearly the class
-   logit again. (MONAI's ``GradCAM`` default normaliser maps (min, max) to
-   (1, 0), i.e. it *inverts* the scale; we do not use it.)
+5. **Grad-CAM** (:mod:`neuroseg.model.gradcam`) at a chosen target layer,
+   by default a deeper decoder stage, for every class with predicted voxels.
 6. Everything is mapped back onto the caller's grid (trilinear; probabilities
    renormalised) and the labels are the argmax of the mapped-back mean
    probabilities, exported as BraTS values 0/1/2/4, then optionally
    post-processed with BraTS conventions (:mod:`neuroseg.model.postprocess`).
    A class that is not in the final labels gets an all-zero Grad-CAM map.
 
-On CUDA the trunk runs under float16 autocast (AMP); the head and the
-statistics run in float32. On a CPU the trunk and the Grad-CAM pass run in
-float32 or under bfloat16 autocast (``cpu_backend``, :func:`choose_cpu_backend`):
-``"auto"`` takes bf16 only where the CPU has native bf16 instructions
-(``avx512_bf16``/``amx_bf16``; emulated bf16 is slower than fp32) and the
-labels of one check window at the centre of the head, run both ways, agree on
-at least :data:`BF16_MIN_AGREEMENT` of its head voxels. The choice, the
-flags and the agreement are kept in ``SegmentationResult.cpu_backend``.
+The network runs on the device and CPU backend that
+:mod:`neuroseg.model.runtime` chooses; the head and the statistics run in float32.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
-import math
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -77,62 +47,28 @@ import torch
 from scipy import ndimage
 
 from neuroseg.common.enums import CpuBackend
-from neuroseg.model.checkpoint import SHIPPED_WEIGHTS, load_checkpoint
+from neuroseg.model.gradcam import gradcam_score_masks, grad_cam, grad_cam_layer
 from neuroseg.model.network import (
     BRATS_LABELS,
     CLASS_NAMES,
     HEAD_INPUT_LAYER,
-    NetworkConfig,
-    SegmentationNetwork,
-    build_network,
     default_gradcam_layer,
     layer_scale,
     set_dropout,
 )
 from neuroseg.model.postprocess import PostprocessConfig, postprocess_labels
 from neuroseg.model.preprocess import PreprocessedCase, preprocess, to_input_grid, voxel_volume_ml
+from neuroseg.model.runtime import LoadedModel, chunk_size, chunks, choose_cpu_backend, sliding_window
+from neuroseg.model.runtime import load_model, random_model, resolve_device, window_size  # noqa: F401  TEMP re-export
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str, float], None]
 TUMOUR_CLASSES: tuple[str, ...] = ("ncr", "ed", "et")
 MC_SCHEMES = ("head", "full")
-GRADCAM_MIN_VOXELS = 8
-"""A class with fewer predicted model voxels is explained from its top-probability voxels."""
 TTA_FLIPS: tuple[tuple[int, ...], ...] = tuple(
     axes for n in (1, 2, 3) for axes in itertools.combinations((2, 3, 4), n))
 """The flips of test-time augmentation: every non-empty subset of the three spatial axes of (1, C, X, Y, Z)."""
-BF16_MIN_AGREEMENT = 0.999
-"""Share of a check window's head voxels whose bf16 labels must equal the fp32 ones for ``cpu_backend="auto"``."""
-NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
-"""CPU flags (``/proc/cpuinfo``) of native bfloat16 arithmetic."""
-
-
-@dataclass
-class LoadedModel:
-    """A network ready for inference, with its config and metadata.
-
-    Attributes
-    ----------
-    network: SegmentationNetwork
-    config: NetworkConfig
-    metadata: dict
-        From the checkpoint: name, version, training information, model card.
-    device: torch.device
-    """
-
-    network: SegmentationNetwork
-    config: NetworkConfig
-    metadata: dict[str, Any]
-    device: torch.device
-
-    @property
-    def version(self) -> str:
-        return str(self.metadata.get("version", "unknown"))
-
-    @property
-    def name(self) -> str:
-        return str(self.metadata.get("name", "neuroseg"))
 
 
 @dataclass
@@ -211,190 +147,6 @@ class ModelGridOutput:
     cpu_backend: dict[str, Any] = field(default_factory=dict)
 
 
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; ``"cuda"`` without CUDA raises ``ValueError``."""
-    if isinstance(device, torch.device):
-        return device
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    resolved = torch.device(device)
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} was asked for but CUDA is not available; use cpu or auto")
-    if resolved.type not in ("cpu", "cuda"):
-        raise ValueError(f"device {device!r} is not supported; use auto, cpu, cuda or cuda:N")
-    return resolved
-
-
-def load_model(path: Path | str | None = None, device: str | torch.device = "auto") -> LoadedModel:
-    """Load a checkpoint for inference.
-
-    Parameters
-    ----------
-    path: Path or None
-        A checkpoint written by :func:`neuroseg.model.checkpoint.save_checkpoint`;
-        None means the shipped demo weights (:data:`SHIPPED_WEIGHTS`).
-    device: str
-        "auto", "cpu", "cuda" or "cuda:N".
-
-    Raises
-    ------
-    FileNotFoundError
-        If the file does not exist.
-    neuroseg.model.checkpoint.CheckpointError
-        If it is not a usable neuroseg checkpoint.
-    """
-    target = resolve_device(device)
-    network, config, metadata = load_checkpoint(SHIPPED_WEIGHTS if path is None else Path(path), target)
-    log.info("loaded model %s %s on %s", metadata.get("name"), metadata.get("version"), target)
-    return LoadedModel(network=network, config=config, metadata=metadata, device=target)  # type: ignore[arg-type]
-
-
-def model_from_network(network: SegmentationNetwork, metadata: dict[str, Any] | None = None,
-                       device: str | torch.device = "cpu") -> LoadedModel:
-    """Wrap an in-memory network (e.g. a randomly initialised one for benchmarks) as a :class:`LoadedModel`."""
-    target = resolve_device(device)
-    network.to(target).eval()
-    meta = {"name": "neuroseg-untrained", "version": "0+random"}
-    meta.update(metadata or {})
-    return LoadedModel(network=network, config=network.config, metadata=meta, device=target)
-
-
-def random_model(config: NetworkConfig | None = None, *, seed: int = 0, device: str = "cpu") -> LoadedModel:
-    """A randomly initialised model (seeded): for benchmarks and tests before weights exist."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        network = build_network(config or NetworkConfig())
-    return model_from_network(network, {"name": "neuroseg-random", "version": f"0+random.{seed}"}, device)
-
-
-def window_size(config: NetworkConfig, shape: tuple[int, ...]) -> tuple[int, int, int]:
-    """Sliding-window size: the config's patch size, shrunk (to a multiple of the network divisor) for small volumes."""
-    div = config.divisor
-    return tuple(min(p, max(div, int(math.ceil(n / div)) * div)) for p, n in zip(config.patch_size, shape))  # type: ignore[return-value]
-
-
-def _count_windows(shape: tuple[int, ...], roi: tuple[int, ...], overlap: float) -> int:
-    count = 1
-    for size, window in zip(shape, roi):
-        interval = max(1, int(window * (1 - overlap)))
-        count *= 1 if size <= window else int(math.ceil((size - window) / interval)) + 1
-    return count
-
-
-def _autocast(device: torch.device, cpu_bf16: bool = False):
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.float16)
-    if cpu_bf16:
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)
-
-
-def native_bf16_flags() -> list[str]:
-    """The CPU's native bfloat16 flags among :data:`NATIVE_BF16_FLAGS` (empty where ``/proc/cpuinfo`` is not)."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as stream:
-            flags = next((line.split(":", 1)[1].split() for line in stream if line.startswith("flags")), [])
-    except OSError:
-        return []
-    return [flag for flag in NATIVE_BF16_FLAGS if flag in flags]
-
-
-def _check_window(mask: np.ndarray, roi: tuple[int, ...]) -> tuple[slice, ...]:
-    """The window of size ``roi`` centred on the head mask's bounding box, inside the volume."""
-    coords = np.argwhere(mask)
-    centre = (coords.min(axis=0) + coords.max(axis=0)) // 2 if len(coords) else np.array(mask.shape) // 2
-    starts = [int(min(max(0, c - r // 2), max(0, n - r))) for c, r, n in zip(centre, roi, mask.shape)]
-    return tuple(slice(start, start + r) for start, r in zip(starts, roi))
-
-
-def choose_cpu_backend(model: LoadedModel, inputs: torch.Tensor, mask: np.ndarray,
-                       requested: str | CpuBackend = CpuBackend.FP32) -> dict[str, Any]:
-    """How the network runs for this case: fp32 or bf16 autocast on a CPU (see the module docstring).
-
-    For ``auto`` and ``bf16`` on a CPU with native bf16, one check window at the centre of the head
-    (``inputs`` (1, C, X, Y, Z) on the model grid, ``mask`` its head) runs through the whole network
-    in fp32 and in bf16; ``label_agreement`` is the share of its head voxels with the same argmax.
-    ``auto`` keeps fp32 below :data:`BF16_MIN_AGREEMENT`; an explicit ``bf16`` is kept (the admin's
-    override) with the agreement recorded. Returns the record kept in ``SegmentationResult.cpu_backend``.
-    """
-    requested = CpuBackend(requested)
-    if model.device.type != "cpu":
-        return {"name": f"{model.device.type}-fp16", "requested": requested.value,
-                "reason": "float16 autocast on the accelerator"}
-    flags = native_bf16_flags()
-    record: dict[str, Any] = {"requested": requested.value, "native_bf16_flags": flags,
-                              "cpu_capability": torch.backends.cpu.get_cpu_capability()}
-    if requested is CpuBackend.FP32:
-        return {"name": "fp32", **record, "reason": "fp32 requested"}
-    if requested is CpuBackend.AUTO and not flags:
-        return {"name": "fp32", **record, "reason": f"the CPU has none of {', '.join(NATIVE_BF16_FLAGS)}"}
-    window = (slice(None), slice(None), *_check_window(mask, window_size(model.config, tuple(inputs.shape[2:]))))
-    x = inputs[window]
-    head = torch.from_numpy(np.ascontiguousarray(mask[window[2:]]))
-    short = [(0, -n % model.config.divisor) for n in x.shape[2:]]  # a small volume: pad as the windows do
-    if any(pad for _, pad in short):
-        flat = [size for pair in reversed(short) for size in pair]
-        x = torch.nn.functional.pad(x, flat)
-        head = torch.nn.functional.pad(head, flat)
-    network = model.network
-    set_dropout(network, head=False)
-    with torch.inference_mode():
-        started = time.perf_counter()
-        reference = network(x).argmax(dim=1)[0]
-        fp32_seconds = time.perf_counter() - started
-        started = time.perf_counter()
-        with _autocast(model.device, cpu_bf16=True):
-            fast = network(x).float().argmax(dim=1)[0]
-        bf16_seconds = time.perf_counter() - started
-    voxels = int(head.sum())
-    agreement = float((reference == fast)[head].float().mean()) if voxels else 1.0
-    record.update(label_agreement=round(agreement, 6), checked_voxels=voxels,
-                  check_window=[int(n) for n in x.shape[2:]],
-                  check_seconds={"fp32": round(fp32_seconds, 4), "bf16": round(bf16_seconds, 4)})
-    if requested is CpuBackend.BF16:
-        return {"name": "bf16", **record, "reason": "bf16 requested" + ("" if flags else " (no native bf16)")}
-    if agreement < BF16_MIN_AGREEMENT:
-        return {"name": "fp32", **record, "reason": f"bf16 labels agree on {agreement:.4%} of the check window's "
-                f"head voxels, below {BF16_MIN_AGREEMENT:.1%}"}
-    return {"name": "bf16", **record, "reason": f"native {', '.join(flags)}; check window agrees on "
-            f"{agreement:.4%} of head voxels"}
-
-
-def sliding_window(predictor: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor, model: LoadedModel, *,
-                   overlap: float = 0.25, progress: Callable[[float], None] | None = None,
-                   cpu_bf16: bool = False) -> torch.Tensor:
-    """Run ``predictor`` over ``inputs`` (1, C, X, Y, Z) with Gaussian-blended sliding windows (MONAI).
-
-    Returns the blended (1, C', X, Y, Z) float32 output on the model's device.
-    """
-    from monai.inferers import sliding_window_inference
-
-    roi = window_size(model.config, tuple(inputs.shape[2:]))
-    total = _count_windows(tuple(inputs.shape[2:]), roi, overlap)
-    done = [0]
-
-    def run(window: torch.Tensor) -> torch.Tensor:
-        with _autocast(model.device, cpu_bf16):
-            out = predictor(window)
-        done[0] += window.shape[0]
-        if progress is not None:
-            progress(min(1.0, done[0] / total))
-        return out.float()
-
-    with torch.inference_mode():
-        return sliding_window_inference(inputs, roi, 1, run, overlap=overlap, mode="gaussian",
-                                        sw_device=model.device, device=model.device)
-
-
-def _chunks(total: int, size: int):
-    for start in range(0, total, size):
-        yield start, min(total, start + size)
-
-
-def _chunk_size(device: torch.device) -> int:
-    return 1 << 20 if device.type == "cuda" else 1 << 15
-
-
 def mc_head(model: LoadedModel, features: torch.Tensor, mc_samples: int, seed: int,
             progress: Callable[[float], None] | None = None,
             sample_counts: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
@@ -422,7 +174,7 @@ def mc_head(model: LoadedModel, features: torch.Tensor, mc_samples: int, seed: i
     variance = torch.empty_like(mean)
     expected_entropy = torch.empty(total, device=features.device)
     devices = [features.device.index or 0] if features.device.type == "cuda" else []
-    chunk = _chunk_size(features.device)
+    chunk = chunk_size(features.device)
     if sample_counts is not None:
         sample_counts.zero_()
     with torch.random.fork_rng(devices=devices):
@@ -430,7 +182,7 @@ def mc_head(model: LoadedModel, features: torch.Tensor, mc_samples: int, seed: i
         # one mask per sample, shared by every chunk: sample s is one thinned network
         masks = head.sample_masks(mc_samples, features.device) if mc_samples > 1 else None
     with torch.inference_mode():
-        for start, stop in _chunks(total, chunk):
+        for start, stop in chunks(total, chunk):
             hidden = head.hidden_units(features[:, start:stop].float())
             if masks is None:
                 logits = head.classify.weight @ hidden + head.classify.bias[:, None]
@@ -465,194 +217,6 @@ def mc_head(model: LoadedModel, features: torch.Tensor, mc_samples: int, seed: i
         variance.zero_()
         mutual.zero_()
     return mean, variance, entropy, mutual
-
-
-def gradcam_score_masks(probabilities: torch.Tensor, predicted: torch.Tensor, n_classes: int,
-                        min_voxels: int = GRADCAM_MIN_VOXELS) -> torch.Tensor:
-    """(n_classes - 1, V) float masks of the voxels whose class-c logits make the Grad-CAM score of class c.
-
-    The voxels predicted as c; when fewer than ``min_voxels`` are, the
-    ``min_voxels`` voxels of highest p(c) (so a small class is still explained).
-    """
-    masks = torch.zeros(n_classes - 1, predicted.shape[0], device=predicted.device)
-    for row, cls in enumerate(range(1, n_classes)):
-        chosen = predicted == cls
-        if int(chosen.sum()) >= min_voxels:
-            masks[row] = chosen.float()
-        else:
-            masks[row, torch.topk(probabilities[cls], min(min_voxels, predicted.shape[0])).indices] = 1.0
-    return masks
-
-
-def _normalise_maps(raw: torch.Tensor, mask: torch.Tensor | None, explained: torch.Tensor) -> torch.Tensor:
-    """ReLU, zero outside ``mask``, divide by the maximum; a class to explain whose ReLU map is empty
-    gets its min-max scaled raw map instead (see the module docstring)."""
-    maps = raw.clamp_min(0)
-    if mask is not None:
-        maps[:, ~mask] = 0
-    for row in range(maps.shape[0]):
-        if not bool(explained[row]):
-            maps[row].zero_()
-            continue
-        peak = maps[row].max()
-        if peak <= 0:
-            values = raw[row] if mask is None else raw[row][mask]
-            low, high = values.min(), values.max()
-            maps[row] = (raw[row] - low) / (high - low) if high > low else torch.ones_like(raw[row])
-            if mask is not None:
-                maps[row, ~mask] = 0
-        else:
-            maps[row] /= peak
-    return maps
-
-
-def grad_cam(model: LoadedModel, features: torch.Tensor, predicted: torch.Tensor,
-             mask: torch.Tensor | None = None, score_masks: torch.Tensor | None = None) -> torch.Tensor:
-    """Segmentation Grad-CAM at the trunk output (the head's input) for the tumour classes.
-
-    Cheap (no extra trunk pass), but as the head is pointwise the map is close
-    to the class logit itself; :func:`grad_cam_layer` explains from a deeper layer.
-
-    Parameters
-    ----------
-    features: torch.Tensor
-        (C, V) activations of the target layer ``trunk.output``.
-    predicted: torch.Tensor
-        (V,) predicted class index per voxel (0..3).
-    mask: torch.Tensor, optional
-        (V,) bool: voxels that may carry an explanation (the head); the map is
-        zero elsewhere and normalised over the rest.
-    score_masks: torch.Tensor, optional
-        (3, V) voxels whose logits make each class's score
-        (:func:`gradcam_score_masks`); default the voxels predicted as the class.
-
-    Returns
-    -------
-    torch.Tensor
-        (3, V) float32 maps for NCR, ED, ET, each in [0, 1].
-    """
-    head = model.network.head
-    set_dropout(model.network, head=False)
-    channels, total = features.shape
-    classes = range(1, model.config.n_classes)
-    if score_masks is None:
-        score_masks = torch.stack([(predicted == cls).float() for cls in classes])
-    weights = torch.zeros(len(classes), channels, device=features.device)
-    chunk = _chunk_size(features.device)
-    with torch.enable_grad():
-        for start, stop in _chunks(total, chunk):
-            chosen = score_masks[:, start:stop]
-            present = [(row, cls) for row, cls in enumerate(classes) if bool(chosen[row].any())]
-            if not present:
-                continue
-            flat = features[:, start:stop].clone().float().requires_grad_(True)
-            logits = head.logits_cf(flat)  # one forward, (K, V)
-            for index, (row, cls) in enumerate(present):  # one backward per class, to the target layer only
-                seed_gradient = torch.zeros_like(logits)
-                seed_gradient[cls] = chosen[row].to(logits.dtype)
-                (gradient,) = torch.autograd.grad(logits, flat, grad_outputs=seed_gradient,
-                                                  retain_graph=index < len(present) - 1)
-                weights[row] += gradient.sum(dim=1)
-    weights /= total
-    raw = torch.empty(len(classes), total, device=features.device)
-    with torch.inference_mode():
-        for start, stop in _chunks(total, chunk):
-            raw[:, start:stop] = weights @ features[:, start:stop].float()
-        return _normalise_maps(raw, mask, score_masks.any(dim=1))
-
-
-@contextmanager
-def _frozen_parameters(network: torch.nn.Module) -> Iterator[None]:
-    """No parameter records gradients inside (Grad-CAM needs gradients of activations only)."""
-    flags = [(p, p.requires_grad) for p in network.parameters()]
-    for parameter, _ in flags:
-        parameter.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for parameter, flag in flags:
-            parameter.requires_grad_(flag)
-
-
-def grad_cam_layer(model: LoadedModel, inputs: torch.Tensor, score_masks: torch.Tensor, layer: str, *,
-                   mask: torch.Tensor | None = None, overlap: float = 0.0, cpu_bf16: bool = False) -> torch.Tensor:
-    """Segmentation Grad-CAM at a trunk layer, over sliding windows (see the module docstring).
-
-    The gradient of each class score weights the layer's activations voxel by
-    voxel (the element-wise form of Grad-CAM, "HiResCAM", which is faithful to
-    what the layer contributed where): the map of class c is
-    ``ReLU(sum_k dS_c/dA_k(v) * A_k(v))``. A window that holds no voxel of any
-    class's score contributes zero and is not run at all. The windows do not
-    overlap by default: an explanation map does not need the blending that
-    the probabilities do, and it keeps Grad-CAM within 2x one pass.
-
-    Parameters
-    ----------
-    inputs: torch.Tensor
-        (1, C, X, Y, Z) network input on the model grid.
-    score_masks: torch.Tensor
-        (3, X, Y, Z) voxels whose class logits make each class's score (:func:`gradcam_score_masks`).
-    layer: str
-        Target layer (:func:`neuroseg.model.network.gradcam_layers`).
-    mask: torch.Tensor, optional
-        (X, Y, Z) bool: voxels that may carry an explanation.
-    cpu_bf16: bool
-        Forward (and so backward) under bfloat16 autocast on a CPU; the activations and their
-        gradients at the layer stay float32.
-
-    Returns
-    -------
-    torch.Tensor
-        (3, X, Y, Z) float32 maps for NCR, ED, ET, each in [0, 1].
-    """
-    from monai.inferers import sliding_window_inference
-
-    scale = layer_scale(model.config, layer)  # names the valid layers if this one is not
-    network = model.network
-    set_dropout(network, head=False)
-    module = network.get_submodule(layer)
-    n_in, shape = inputs.shape[1], tuple(inputs.shape[2:])
-    n_maps = score_masks.shape[0]
-    captured: dict[str, torch.Tensor] = {}
-
-    def capture(_module: torch.nn.Module, _args: Any, output: torch.Tensor) -> torch.Tensor:
-        output = output.detach().float().requires_grad_(True)
-        captured["activations"] = output
-        return output
-
-    def run(window: torch.Tensor) -> torch.Tensor:
-        x, chosen = window[:, :n_in], window[:, n_in:]
-        coarse = [size // scale for size in window.shape[2:]]
-        maps = torch.zeros(1, n_maps, *coarse, device=window.device)
-        present = [row for row in range(n_maps) if bool(chosen[:, row].any())]
-        if not present:
-            return maps
-        with torch.enable_grad():
-            with _autocast(model.device, cpu_bf16):
-                logits = network(x).float()
-            activations = captured["activations"]
-            for index, row in enumerate(present):  # one backward per class in this window, to the layer only
-                score = (logits[:, row + 1] * chosen[:, row]).sum()
-                (gradient,) = torch.autograd.grad(score, activations, retain_graph=index < len(present) - 1)
-                maps[0, row] = (gradient * activations.detach())[0].sum(dim=0)
-        return maps
-
-    roi = window_size(model.config, shape)
-    handle = module.register_forward_hook(capture)
-    try:
-        with _frozen_parameters(network), torch.no_grad():
-            blended = sliding_window_inference(torch.cat([inputs, score_masks[None].to(inputs.dtype)], dim=1),
-                                               roi, 1, run, overlap=overlap, mode="gaussian",
-                                               sw_device=model.device, device=model.device)
-    finally:
-        handle.remove()
-    with torch.inference_mode():
-        raw = blended[0].float()
-        if tuple(raw.shape[1:]) != shape:
-            raw = torch.nn.functional.interpolate(raw[None], size=shape, mode="trilinear", align_corners=False)[0]
-        flat_mask = None if mask is None else mask.reshape(-1)
-        maps = _normalise_maps(raw.reshape(n_maps, -1), flat_mask, score_masks.reshape(n_maps, -1).any(dim=1))
-    return maps.reshape(n_maps, *shape)
 
 
 def tta_flips(model: LoadedModel, inputs: torch.Tensor, mean: torch.Tensor, *, overlap: float = 0.25,

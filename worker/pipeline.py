@@ -168,7 +168,7 @@ def model_options(settings: Settings) -> dict[str, Any]:
 def run_model(ctx: JobContext) -> None:
     """Segment, with the model's uncertainty method and Grad-CAM; the job follows the model's own stages."""
     from neuroseg.model.adapters import as_adapter
-    from neuroseg.model.inference import resolve_device
+    from neuroseg.model.runtime import resolve_device
 
     assert ctx.loaded is not None
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from neuroseg.model.inference import LoadedModel, model_from_network
+from neuroseg.model.runtime import LoadedModel, model_from_network
 from neuroseg.model.network import NetworkConfig, build_network
 
 TINY = NetworkConfig(channels=(4, 8), head_channels=8, patch_size=(16, 16, 16))

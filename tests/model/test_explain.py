@@ -7,14 +7,9 @@ import pytest
 import torch
 
 from neuroseg.model.data import find_case_files, read_case
-from neuroseg.model.inference import (
-    GRADCAM_MIN_VOXELS,
-    grad_cam,
-    grad_cam_layer,
-    gradcam_score_masks,
-    load_model,
-    segment,
-)
+from neuroseg.model.inference import segment
+from neuroseg.model.runtime import load_model
+from neuroseg.model.gradcam import GRADCAM_MIN_VOXELS, grad_cam, grad_cam_layer, gradcam_score_masks
 from neuroseg.model.io import build_report
 from neuroseg.model.network import GRADCAM_TARGET_LAYER, default_gradcam_layer
 from neuroseg.model.postprocess import PostprocessConfig, postprocess_labels

@@ -23,8 +23,9 @@ import numpy as np
 import pytest
 import torch
 
-from neuroseg.model import inference
-from neuroseg.model.inference import BF16_MIN_AGREEMENT, choose_cpu_backend, load_model, mc_head, segment
+from neuroseg.model import runtime
+from neuroseg.model.inference import mc_head, segment
+from neuroseg.model.runtime import BF16_MIN_AGREEMENT, choose_cpu_backend, load_model
 from neuroseg.model.io import read_nifti
 from neuroseg.model.phantom import make_phantom
 from neuroseg.model.preprocess import preprocess
@@ -96,7 +97,7 @@ def _case_and_model():
 
 def test_auto_keeps_fp32_on_a_cpu_without_native_bf16(monkeypatch):
     model, inputs, mask = _case_and_model()
-    monkeypatch.setattr(inference, "native_bf16_flags", lambda: [])
+    monkeypatch.setattr(runtime, "native_bf16_flags", lambda: [])
     chosen = choose_cpu_backend(model, inputs, mask, "auto")
     assert chosen["name"] == "fp32" and "avx512_bf16" in chosen["reason"] and "label_agreement" not in chosen
     assert choose_cpu_backend(model, inputs, mask, "fp32")["name"] == "fp32"
@@ -105,8 +106,8 @@ def test_auto_keeps_fp32_on_a_cpu_without_native_bf16(monkeypatch):
 @pytest.mark.parametrize("agreement_bar, expected", [(0.0, "bf16"), (1.01, "fp32")])
 def test_auto_takes_bf16_only_when_the_check_window_agrees(monkeypatch, agreement_bar, expected):
     model, inputs, mask = _case_and_model()
-    monkeypatch.setattr(inference, "native_bf16_flags", lambda: ["avx512_bf16"])
-    monkeypatch.setattr(inference, "BF16_MIN_AGREEMENT", agreement_bar)
+    monkeypatch.setattr(runtime, "native_bf16_flags", lambda: ["avx512_bf16"])
+    monkeypatch.setattr(runtime, "BF16_MIN_AGREEMENT", agreement_bar)
     chosen = choose_cpu_backend(model, inputs, mask, "auto")
     assert chosen["name"] == expected, chosen
     assert 0.0 <= chosen["label_agreement"] <= 1.0 and chosen["checked_voxels"] > 0

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from neuroseg.model.inference import SegmentationResult, grad_cam, load_model, segment
+from neuroseg.model.inference import SegmentationResult, segment
+from neuroseg.model.runtime import load_model
+from neuroseg.model.gradcam import grad_cam
 from neuroseg.model.network import build_network
 from neuroseg.model.preprocess import preprocess, to_model_grid
 from tests.model.model_helpers import TINY, head_volume, lps_affine, rotation, tiny_model
@@ -167,7 +169,7 @@ def toy_model():
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
-    from neuroseg.model.inference import model_from_network
+    from neuroseg.model.runtime import model_from_network
 
     return model_from_network(network, {"name": "toy", "version": "0"})
 

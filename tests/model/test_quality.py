@@ -125,7 +125,7 @@ def test_the_shipped_weights_have_a_fit_made_on_them() -> None:
 
 @pytest.fixture(scope="module")
 def shipped():
-    from neuroseg.model.inference import load_model
+    from neuroseg.model.runtime import load_model
 
     return load_model(None, device="cpu"), q.load_quality_model(None)
 

@@ -77,7 +77,8 @@ def test_patient_motion_in_the_real_tcga_study_is_found(shared_data):
 
 def _labels_of_both_paths(images: dict[str, tuple[np.ndarray, np.ndarray]], reference_key: str):
     """Labels after co-registering every (array, affine) to ``reference_key`` at working resolution and at full."""
-    from neuroseg.model.inference import load_model, segment
+    from neuroseg.model.inference import segment
+    from neuroseg.model.runtime import load_model
 
     model = load_model(None, "cpu")
     fixed, fixed_affine = images[reference_key]
@@ -129,7 +130,8 @@ def test_fast_path_labels_match_the_reference_path_on_the_real_tcga_study(shared
     # equal), the fast path against the reference 0.928 (99.85 %). So the Dice tolerance here is the
     # reference path's own seed-to-seed spread plus 0.05, not the phantom's 0.99: ITK's threaded metric
     # sums make both paths vary from run to run, and 0.03 failed once on a loaded machine.
-    from neuroseg.model.inference import load_model, segment
+    from neuroseg.model.inference import segment
+    from neuroseg.model.runtime import load_model
 
     folder = shared_data / "real-mri" / "tcga-fg-6692-native"
     images = {key: read_nifti(folder / f"{key}.nii.gz") for key in ("t1", "t1ce", "t2", "flair")}

@@ -22,7 +22,8 @@ def test_shipped_weights_carry_the_training_command_and_model_card():
 
 @pytest.mark.slow
 def test_shipped_weights_segment_a_fresh_phantom():
-    from neuroseg.model.inference import load_model, segment
+    from neuroseg.model.inference import segment
+    from neuroseg.model.runtime import load_model
 
     config = PhantomConfig(skull_probability=0.0, clinical_grid_probability=0.0, multifocal_probability=0.0)
     phantom = make_phantom(FRESH_SEED, config)

@@ -130,9 +130,9 @@ def test_a_bug_that_does_not_come_back_lets_the_job_finish(setup, monkeypatch):
 def test_cuda_out_of_memory_is_recognised_by_its_type_not_its_message(make_settings, monkeypatch):
     import torch
 
-    from neuroseg.model import inference
+    from neuroseg.model import inference, runtime
 
-    monkeypatch.setattr(inference, "resolve_device", lambda wanted: "cuda:0")
+    monkeypatch.setattr(runtime, "resolve_device", lambda wanted: "cuda:0")
     monkeypatch.setattr(pipeline, "get_model", lambda settings, device: SimpleNamespace(metadata={}))
     ctx = SimpleNamespace(settings=make_settings(retry_on_cpu=False), loaded=SimpleNamespace(images={}, affine=None),
                           job_id="job", enter=lambda *a: None, progress=lambda *a: None)

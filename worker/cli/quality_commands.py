@@ -60,7 +60,7 @@ def run_fit(args: argparse.Namespace) -> int:
             samples = [{**s, "measurements": measurements_from_dict(s["measurements"])} for s in stored]
         else:
             from neuroseg.model.evaluate import collect_quality_samples
-            from neuroseg.model.inference import load_model
+            from neuroseg.model.runtime import load_model
 
             model = load_model(model_path, device=args.device)
             samples = collect_quality_samples(model, args.data, mc_samples=args.mc_samples,
@@ -75,7 +75,7 @@ def run_fit(args: argparse.Namespace) -> int:
 
     weights = Path(model_path) if model_path else Path(SHIPPED_WEIGHTS)
     fitted.weights_sha256 = file_sha256(weights) if weights.is_file() else ""
-    from neuroseg.model.inference import load_model as _load
+    from neuroseg.model.runtime import load_model as _load
 
     fitted.model_version = _load(model_path, device="cpu").version if weights.is_file() else ""
     fitted.fit["command"] = " ".join(["neuroseg", *_inputs_only(sys.argv[1:])])

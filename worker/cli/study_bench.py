@@ -265,7 +265,7 @@ def plain_network_pass(shape_mm: tuple[float, float, float]) -> dict[str, Any]:
     import torch
 
     from neuroseg.model.checkpoint import SHIPPED_WEIGHTS
-    from neuroseg.model.inference import load_model, random_model, sliding_window
+    from neuroseg.model.runtime import load_model, random_model, sliding_window
 
     model = load_model(None, "cpu") if SHIPPED_WEIGHTS.is_file() else random_model(device="cpu")
     shape = tuple(max(8, int(round(n / model.config.spacing_mm))) for n in shape_mm)
