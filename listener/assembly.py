@@ -41,7 +41,8 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from neuroseg.listener.classify import Classification, RuleSet, SeriesHeader
-from neuroseg.listener.spool import HANDED_OVER_FILE, STUDY_STATE_FILE, Spool, write_json_atomic
+from neuroseg.listener.durable_write import write_json_atomic
+from neuroseg.listener.spool import HANDED_OVER_FILE, STUDY_STATE_FILE, Spool
 from neuroseg.worker.contracts import SeriesManifest, StudyManifest
 from neuroseg.worker.settings import Settings
 

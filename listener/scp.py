@@ -57,17 +57,16 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from neuroseg.listener.assembly import EventSink, emit
-from neuroseg.listener.spool import (
+from neuroseg.listener.file_meta import encode_file_meta
+from neuroseg.listener.header_check import (
     InstanceHeader,
     InvalidUIDError,
     PixelDataError,
     SOPClassMismatchError,
-    Spool,
-    StoredInstance,
     UnreadableInstanceError,
-    encode_file_meta,
     inspect_instance,
 )
+from neuroseg.listener.spool import Spool, StoredInstance
 from neuroseg.worker.settings import Settings
 
 log = logging.getLogger(__name__)

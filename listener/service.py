@@ -17,7 +17,8 @@ from types import TracebackType
 from neuroseg.listener.assembly import Enqueue, EventSink, HandOff, StudyAssembler, default_enqueue
 from neuroseg.listener.classify import RuleSet
 from neuroseg.listener.scp import DicomServer, start_server
-from neuroseg.listener.spool import InstanceHeader, Spool, StoredInstance
+from neuroseg.listener.header_check import InstanceHeader
+from neuroseg.listener.spool import Spool, StoredInstance
 from neuroseg.worker.settings import Settings
 
 log = logging.getLogger(__name__)

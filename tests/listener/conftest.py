@@ -92,7 +92,7 @@ def spool_path(service: ListenerService, dataset: pydicom.Dataset) -> Path:
 def write_raw_file(folder: Path, dataset_bytes: bytes, sop_class_uid: str, sop_instance_uid: str,
                    transfer_syntax_uid: str = "1.2.840.10008.1.2.1") -> Path:
     """A Part 10 file with a valid file meta and arbitrary dataset bytes (for chunked sending)."""
-    from neuroseg.listener.spool import encode_file_meta
+    from neuroseg.listener.file_meta import encode_file_meta
 
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{generate_uid()}.dcm"

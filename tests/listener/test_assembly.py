@@ -15,7 +15,8 @@ from pydicom.uid import ExplicitVRLittleEndian
 from neuroseg.listener import assembly as assembly_module
 from neuroseg.listener.assembly import StudyAssembler
 from neuroseg.listener.classify import RuleSet
-from neuroseg.listener.spool import HANDED_OVER_FILE, STUDY_STATE_FILE, Spool, inspect_instance
+from neuroseg.listener.header_check import inspect_instance
+from neuroseg.listener.spool import HANDED_OVER_FILE, STUDY_STATE_FILE, Spool
 from neuroseg.worker.contracts import SequenceRole, StudyManifest
 from tests.listener.conftest import CALLING_AE, RecordingQueue, copy_series, series_files, split_file
 

@@ -17,7 +17,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, _config
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage, Verification
 
-from neuroseg.listener import spool as spool_module
+from neuroseg.listener import durable_write
 from neuroseg.listener.scp import StoreStatus, TRANSFER_SYNTAXES
 from tests.listener.conftest import (
     CALLING_AE,
@@ -245,14 +245,14 @@ def test_full_disk_gets_a700_and_keeps_what_was_acknowledged(listener, shared_da
     files = series_files(shared_data, "siemens-prisma-t1-sagittal-prone")[:4]
     assoc = associate(listener)
     assert assoc.send_c_store(files[0]).Status == 0
-    real_write = spool_module._write_file
+    real_write = durable_write.write_new_file
 
     def full(path, parts, durable):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
-    monkeypatch.setattr(spool_module, "_write_file", full)
+    monkeypatch.setattr(durable_write, "write_new_file", full)
     assert assoc.send_c_store(files[1]).Status == StoreStatus.OUT_OF_RESOURCES
-    monkeypatch.setattr(spool_module, "_write_file", real_write)
+    monkeypatch.setattr(durable_write, "write_new_file", real_write)
     assert assoc.send_c_store(files[1]).Status == 0  # the peer's retry succeeds once there is room
     assoc.release()
     stored = {path.stem for path in listener.spool.instance_files()}

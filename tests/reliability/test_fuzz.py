@@ -21,7 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from pydicom.uid import ImplicitVRLittleEndian
 
 from neuroseg.listener.scp import StoreStatus, handle_store
-from neuroseg.listener.spool import Spool, encode_file_meta
+from neuroseg.listener.file_meta import encode_file_meta
+from neuroseg.listener.spool import Spool
 from neuroseg.worker.contracts import SequenceRole, SeriesManifest
 from neuroseg.worker.errors import InputError
 from neuroseg.worker.loading import load_series
