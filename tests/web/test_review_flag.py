@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.services import free_port, wait_for_port
-from tests.web.conftest import ADMIN_TOKEN
+from tests.web.conftest import wait_until
 from tests.web.synthetic import fill_store, manifest, run_to_done
 
 FLAGGED = {"expected_dice": {"WT": 0.55, "TC": 0.4, "ET": None}, "review_recommended": True,
@@ -45,62 +40,29 @@ def test_api_filters_flagged_jobs_and_metrics_count_them(client, anonymous, stor
 
 
 @pytest.fixture
-def flagged_server(tmp_path, store, web_settings, result_template):
-    jobs, flagged = flag_jobs(store, web_settings.results_dir, result_template)
-    port = free_port()
-    env = {key: value for key, value in os.environ.items() if not key.startswith("NEUROSEG_")}
-    env.update(NEUROSEG_DATA_DIR=str(web_settings.data_dir), NEUROSEG_ADMIN_TOKEN=ADMIN_TOKEN,
-               NEUROSEG_ADMIN_PORT=str(port), NEUROSEG_JOB_STALE_SECONDS="3600")
-    log_path = tmp_path / "admin.log"
-    with open(log_path, "wb") as log_file:
-        process = subprocess.Popen([sys.executable, "-m", "neuroseg.worker", "admin"], env=env,
-                                   stdout=log_file, stderr=subprocess.STDOUT, cwd=tmp_path)
-    try:
-        wait_for_port(port, timeout=60)
-        yield f"http://127.0.0.1:{port}", jobs, flagged
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        print(log_path.read_text(errors="replace")[-3000:])
+def served_jobs(store, web_settings, result_template):
+    """The browser test's server holds the flagged job too (overrides the fixture of tests/web/conftest.py)."""
+    return flag_jobs(store, web_settings.results_dir, result_template)
 
 
 @pytest.mark.browser
 @pytest.mark.integration
-def test_dashboard_badges_and_filters_flagged_jobs_in_headless_chromium(flagged_server):
-    from playwright.sync_api import sync_playwright
-
-    from tests.web.test_browser import CHROMIUM_ARGS, chromium_binary, wait_until
-
-    base_url, jobs, flagged = flagged_server
-    problems: list[str] = []
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium_binary(), args=CHROMIUM_ARGS, headless=True)
-        try:
-            page = browser.new_page(viewport={"width": 1500, "height": 1000})
-            page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
-            page.set_default_timeout(60_000)
-            page.goto(base_url + "/login")
-            page.fill("#token", ADMIN_TOKEN)
-            page.click("#login-button")
-            page.wait_for_selector(f'tr[data-job-id="{flagged}"]')
-            wait_until(page, "document.querySelectorAll('#jobs-table tbody tr').length === 5")
-            # the badge on the flagged job only
-            assert page.locator(f'tr[data-job-id="{flagged}"] .badge-review').inner_text() == "review"
-            assert page.locator(f'tr[data-job-id="{jobs.done}"] .badge-review').count() == 0
-            assert page.locator("#jobs-table .badge-review").count() == 1
-            # the filter keeps the flagged job alone, then the others
-            page.select_option("#filter-review", "true")
-            wait_until(page, "document.querySelectorAll('#jobs-table tbody tr').length === 1")
-            assert page.locator("#jobs-table tbody tr").get_attribute("data-job-id") == flagged
-            page.select_option("#filter-review", "false")
-            wait_until(page, "document.querySelectorAll('#jobs-table tbody tr').length === 4")
-            assert page.locator(f'tr[data-job-id="{flagged}"]').count() == 0
-            page.select_option("#filter-review", "")
-            wait_until(page, "document.querySelectorAll('#jobs-table tbody tr').length === 5")
-        finally:
-            browser.close()
-    assert not problems, problems
+def test_dashboard_badges_and_filters_flagged_jobs_in_headless_chromium(served_jobs, logged_in_page, page_problems):
+    jobs, flagged = served_jobs
+    page = logged_in_page("/")
+    page.wait_for_selector(f'tr[data-job-id="{flagged}"]')
+    wait_until(page, "document.querySelectorAll('#jobs-table tbody tr').length === 5")
+    # the badge on the flagged job only
+    assert page.locator(f'tr[data-job-id="{flagged}"] .badge-review').inner_text() == "review"
+    assert page.locator(f'tr[data-job-id="{jobs.done}"] .badge-review').count() == 0
+    assert page.locator("#jobs-table .badge-review").count() == 1
+    # the filter keeps the flagged job alone, then the others
+    page.select_option("#filter-review", "true")
+    wait_until(page, "document.querySelectorAll('#jobs-table tbody tr').length === 1")
+    assert page.locator("#jobs-table tbody tr").get_attribute("data-job-id") == flagged
+    page.select_option("#filter-review", "false")
+    wait_until(page, "document.querySelectorAll('#jobs-table tbody tr').length === 4")
+    assert page.locator(f'tr[data-job-id="{flagged}"]').count() == 0
+    page.select_option("#filter-review", "")
+    wait_until(page, "document.querySelectorAll('#jobs-table tbody tr').length === 5")
+    assert not page_problems, page_problems
