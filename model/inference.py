@@ -47,6 +47,7 @@ import torch
 from scipy import ndimage
 
 from neuroseg.common.enums import CpuBackend
+from neuroseg.common.parallel import map_in_threads
 from neuroseg.model.gradcam import gradcam_score_masks, grad_cam, grad_cam_layer
 from neuroseg.model.network import (
     BRATS_LABELS,
@@ -445,10 +446,18 @@ def segment(images: Mapping[str, np.ndarray], affine: np.ndarray, model: LoadedM
 def to_result(case: PreprocessedCase, grid: ModelGridOutput, model: LoadedModel, mc_samples: int,
               postprocess: PostprocessConfig | None = None) -> SegmentationResult:
     """Map model-grid outputs back onto the input grid and derive labels (post-processed) and volumes."""
-    probabilities = np.stack([
-        to_input_grid(grid.probabilities[index], case, order=1, cval=1.0 if index == 0 else 0.0)
-        for index in range(len(CLASS_NAMES))
-    ])
+    # every map is resampled independently (scipy.ndimage releases the GIL): all of them in threads
+    maps: dict[str, tuple[np.ndarray, float]] = {
+        f"p_{name}": (grid.probabilities[index], 1.0 if index == 0 else 0.0) for index, name in enumerate(CLASS_NAMES)}
+    maps.update({f"variance_{name}": (grid.variance[index + 1], 0.0) for index, name in enumerate(TUMOUR_CLASSES)})
+    if grid.tta_variance is not None:
+        maps.update({f"tta_{name}": (grid.tta_variance[index + 1], 0.0) for index, name in enumerate(TUMOUR_CLASSES)})
+    maps.update(entropy=(grid.entropy, 0.0), mutual=(grid.mutual_information, 0.0))
+    if grid.gradcam is not None:
+        maps.update({f"gradcam_{name}": (grid.gradcam[index], 0.0) for index, name in enumerate(TUMOUR_CLASSES)})
+    mapped = dict(zip(maps, map_in_threads(lambda key: to_input_grid(maps[key][0], case, order=1, cval=maps[key][1]),
+                                           maps, name="map-back")))
+    probabilities = np.stack([mapped[f"p_{name}"] for name in CLASS_NAMES])
     np.clip(probabilities, 0.0, None, out=probabilities)
     probabilities /= probabilities.sum(axis=0, keepdims=True)
     lookup = np.array(BRATS_LABELS, dtype=np.uint8)
@@ -457,19 +466,17 @@ def to_result(case: PreprocessedCase, grid: ModelGridOutput, model: LoadedModel,
     if postprocess is not None and postprocess.enabled:
         labels, changes = postprocess_labels(labels, case.input_affine, postprocess)
         postprocessing = {**postprocess.to_dict(), **changes}
-    variance = {name: to_input_grid(grid.variance[index + 1], case, order=1).clip(0, None)
-                for index, name in enumerate(TUMOUR_CLASSES)}
+    variance = {name: mapped[f"variance_{name}"].clip(0, None) for name in TUMOUR_CLASSES}
     tta_variance = {} if grid.tta_variance is None else {
-        name: to_input_grid(grid.tta_variance[index + 1], case, order=1).clip(0, None).astype(np.float32, copy=False)
-        for index, name in enumerate(TUMOUR_CLASSES)}
-    entropy = to_input_grid(grid.entropy, case, order=1).clip(0, None)
-    mutual = to_input_grid(grid.mutual_information, case, order=1).clip(0, None)
+        name: mapped[f"tta_{name}"].clip(0, None).astype(np.float32, copy=False) for name in TUMOUR_CLASSES}
+    entropy = mapped["entropy"].clip(0, None)
+    mutual = mapped["mutual"].clip(0, None)
     if grid.gradcam is None:
         cams = {name: np.zeros(case.input_shape, dtype=np.float32) for name in TUMOUR_CLASSES}
     else:
         # a class that is not in the final labels is explained by nothing
-        cams = {name: (to_input_grid(grid.gradcam[index], case, order=1).clip(0, 1)
-                       if np.any(labels == BRATS_LABELS[index + 1]) else np.zeros(case.input_shape, np.float32))
+        cams = {name: (mapped[f"gradcam_{name}"].clip(0, 1) if np.any(labels == BRATS_LABELS[index + 1])
+                       else np.zeros(case.input_shape, np.float32))
                 for index, name in enumerate(TUMOUR_CLASSES)}
     return SegmentationResult(
         labels=labels,

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from neuroseg.common.files import atomic_target, atomic_write
+from neuroseg.common.parallel import map_in_threads
 from neuroseg.model.registration import register_rigid, resample_onto
 
 log = logging.getLogger(__name__)
@@ -312,28 +313,23 @@ def write_result_folder(result: Any, images: Mapping[str, np.ndarray], affine: n
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     shape = result.labels.shape
-    files: dict[str, str] = {}
-
-    def save(name: str, array: np.ndarray) -> None:
+    arrays: dict[str, np.ndarray] = {"seg": result.labels.astype(np.uint8)}
+    arrays.update({f"prob_{key}": result.probabilities[key] for key in TUMOUR_CLASSES})
+    arrays.update({f"variance_{key}": result.variance[key] for key in TUMOUR_CLASSES})
+    arrays.update(entropy=result.entropy, mutual_information=result.mutual_information)
+    arrays.update({f"gradcam_{key}": result.gradcam[key] for key in TUMOUR_CLASSES})
+    arrays.update({f"tta_variance_{key}": array for key, array in (getattr(result, "tta_variance", None) or {}).items()})
+    arrays.update({f"image_{key}": images[key] for key in SEQUENCE_KEYS if key in images})
+    for name, array in arrays.items():
         if array.shape != shape:
             raise ValueError(f"{name} has shape {array.shape}, the labels {shape}: the result is inconsistent")
-        write_nifti(array, affine, out / f"{name}.nii.gz")
-        files[name] = f"{name}.nii.gz"
 
-    save("seg", result.labels.astype(np.uint8))
-    for key in TUMOUR_CLASSES:
-        save(f"prob_{key}", result.probabilities[key].astype(np.float32))
-    for key in TUMOUR_CLASSES:
-        save(f"variance_{key}", result.variance[key].astype(np.float32))
-    save("entropy", result.entropy.astype(np.float32))
-    save("mutual_information", result.mutual_information.astype(np.float32))
-    for key in TUMOUR_CLASSES:
-        save(f"gradcam_{key}", result.gradcam[key].astype(np.float32))
-    for key, array in (getattr(result, "tta_variance", None) or {}).items():
-        save(f"tta_variance_{key}", array.astype(np.float32))
-    for key in SEQUENCE_KEYS:
-        if key in images:
-            save(f"image_{key}", np.asarray(images[key], dtype=np.float32))
+    def save(name: str) -> None:
+        array = arrays[name]
+        write_nifti(array if name == "seg" else np.asarray(array, dtype=np.float32), affine, out / f"{name}.nii.gz")
+
+    map_in_threads(save, arrays, name="nifti")  # gzip is most of the time here, and zlib releases the GIL
+    files = {name: f"{name}.nii.gz" for name in arrays}
     report = build_report(result, shape, affine, model_metadata, notes, quality)
     report["files"] = files
     _write_json(report, out / "report.json")

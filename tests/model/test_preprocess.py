@@ -134,3 +134,25 @@ def test_singular_affine_is_refused() -> None:
     affine[2, 2] = 0
     with pytest.raises(ValueError, match="singular"):
         preprocess({"flair": head_volume()}, affine)
+
+
+@pytest.mark.parametrize("scales, offsets, cval", [
+    ((1 / 3, 1 / 3, 1 / 3), (-3.3, -1.0, 2.0), 1.0),     # the model grid back to 1 mm, partly outside
+    ((3.0, 3.0, 2.5), (0.4, 1.0, -2.0), 0.0),            # downsampling onto the model grid
+    ((-1 / 3, 1 / 3, 0.5), (79.0, 0.5, 0.0), 0.0),        # a flipped axis
+])
+def test_trilinear_resampling_equals_scipy(scales, offsets, cval) -> None:
+    from scipy import ndimage
+
+    from neuroseg.model.preprocess import resample_grid
+
+    source = np.random.default_rng(3).random((80, 70, 52)).astype(np.float32)
+    index_map = np.eye(4)
+    index_map[:3, :3] = np.diag(scales)
+    index_map[:3, 3] = offsets
+    shape = (120, 100, 90)
+    expected = ndimage.affine_transform(source, np.diag(scales), offset=offsets, output_shape=shape, order=1,
+                                        mode="constant", cval=cval, prefilter=False)
+    got = resample_grid(source, index_map, shape, order=1, cval=cval)
+    assert got.dtype == np.float32 and got.flags.c_contiguous
+    np.testing.assert_allclose(got, expected, atol=1e-6)
