@@ -5,7 +5,9 @@ Called from the encode stage once the study's own objects are built
 
 1. records the study's time point (patient identity, study date and time);
 2. looks for the prior (:meth:`~neuroseg.worker.jobs.followups.FollowupLog.find_prior`:
-   same PatientID, issuer, birth date and sex, an earlier finished job);
+   same PatientID, issuer, birth date and sex, an earlier finished job); with
+   ``prior_query`` on and none found, asks the PACS for one and processes it
+   first (:mod:`neuroseg.worker.prior_query`);
 3. reads the prior's result folder (labels and images on its reference grid)
    and compares (:func:`neuroseg.model.longitudinal.compare`);
 4. adds the change SEG to the job's objects and keeps the figures on the time point.
@@ -23,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from neuroseg.worker.jobstore import PatientIdentity, TimePoint
+from neuroseg.worker.jobstore import PatientIdentity, PriorSearch, TimePoint
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +91,18 @@ def _with_followup(ctx: Any, request: Any, objects: list[Any]) -> list[Any]:
     if not ctx.settings.followup:
         return objects
     search = ctx.store.find_prior(ctx.job_id)
+    if search.prior is None and ctx.settings.prior_query \
+            and ctx.store.prior_requested_by(ctx.manifest.study_instance_uid) is None:
+        from neuroseg.worker.prior_query import fetch_prior_from_pacs
+
+        for note in search.notes:
+            _note(ctx, note)
+        why_not = fetch_prior_from_pacs(ctx)  # notes on the job what it did
+        # the PACS had one: it is processed now, so look again
+        search = ctx.store.find_prior(ctx.job_id) if why_not is None else PriorSearch(None, ())
+        if search.prior is None:
+            ctx.store.set_comparison(ctx.job_id, "no_prior", why_not or "; ".join(search.notes))
+            return objects
     for note in search.notes:
         _note(ctx, note)
     prior = search.prior

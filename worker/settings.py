@@ -315,6 +315,9 @@ class Settings(BaseSettings):
     )
     followup: bool = Field(True, description="compare each study with the patient's newest earlier processed "
                            "study: volumes at both time points, a change SEG, the prior in the SR")
+    prior_query: bool = Field(False, description="when a study has no processed prior, C-FIND the first DICOM "
+                              "destination for the patient's earlier MR studies and C-GET the newest one we never "
+                              "processed, through our own listener, to process it first and compare")
     delivery_max_retries: int = Field(
         12, ge=0, description="retries with backoff (PACS or DICOMweb server down) before giving up"
     )

@@ -29,6 +29,8 @@ from neuroseg.worker.jobs.tables import Base, JobRow, utcnow
 
 #: job states whose results a later study may be compared with
 COMPARABLE_STATES = (JobState.DONE.value, JobState.PARTIAL.value)
+#: the time point status while a prior retrieved from the PACS is being processed
+AWAITING_PRIOR = "awaiting_prior"
 
 
 class TimePointRow(Base):
@@ -42,7 +44,7 @@ class TimePointRow(Base):
     patient_sex: Mapped[str] = mapped_column(String(16), default="")
     study_date: Mapped[str] = mapped_column(String(8), default="")
     study_time: Mapped[str] = mapped_column(String(16), default="")
-    # compared, no_prior or not_comparable (the note says why)
+    # compared, no_prior, not_comparable or awaiting_prior (the note says why)
     status: Mapped[str] = mapped_column(String(16), default="no_prior")
     prior_job_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
     note: Mapped[str] = mapped_column(Text, default="")
@@ -78,7 +80,7 @@ class TimePoint(Record):
     patient_key: str
     study_date: str
     study_time: str
-    status: str = Field(description="compared, no_prior or not_comparable")
+    status: str = Field(description="compared, no_prior, not_comparable or awaiting_prior")
     prior_job_id: str | None
     note: str
     summary: dict[str, Any]
@@ -184,3 +186,28 @@ class FollowupLog(StoreBase):
             notes.append(f"{len(same_day)} earlier studies on {prior.study_date}: the later one "
                          f"({prior.study_time}) is the prior")
         return PriorSearch(prior, tuple(notes))
+
+    def identity_of(self, job_id: str) -> PatientIdentity | None:
+        """The patient identity recorded for ``job_id`` (None before its time point is recorded)."""
+        with self.session() as session:
+            row = session.get(TimePointRow, job_id)
+            if row is None:
+                return None
+            return PatientIdentity(row.patient_id, row.issuer_of_patient_id, row.patient_birth_date,
+                                   row.patient_sex)
+
+    def mark_awaiting_prior(self, job_id: str, prior_study_instance_uid: str, note: str) -> None:
+        """Record that ``job_id`` asked the PACS for ``prior_study_instance_uid`` and waits for its processing."""
+        self.set_comparison(job_id, AWAITING_PRIOR, note, summary={"requested_prior": prior_study_instance_uid})
+
+    def prior_requested_by(self, study_instance_uid: str) -> str | None:
+        """The job that retrieved ``study_instance_uid`` from the PACS as its prior, if one waits for it.
+
+        A study retrieved as a prior does not query the PACS for priors of its
+        own: that would walk the patient's whole history, one study at a time.
+        """
+        with self.session() as session:
+            rows = session.execute(select(TimePointRow.job_id, TimePointRow.summary)
+                                   .where(TimePointRow.status == AWAITING_PRIOR)).all()
+        return next((job_id for job_id, summary in rows
+                     if (summary or {}).get("requested_prior") == study_instance_uid), None)
