@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
 
+from neuroseg.common.parallel import usable_cpus
 from neuroseg.dicom_out import _iod_cache
 from neuroseg.dicom_out.common import EncodedObject, EncodeRequest
 from neuroseg.dicom_out.mesh import build_meshes
@@ -41,23 +43,31 @@ def encode_study(request: EncodeRequest,
         :func:`neuroseg.dicom_out.send.write_outbox`.
     """
     _iod_cache.install()
-    objects: list[EncodedObject] = []
+    builders: list[tuple[str, Callable[[], list[EncodedObject]]]] = [
+        ("seg", lambda: [build_segmentation(request)])]
+    builders += [(spec.kind, lambda spec=spec: [build_parametric_map(request, spec)]) for spec in map_specs(request)]
+    builders += [("meshes", lambda: build_meshes(request)), ("reports", lambda: build_reports(request))]
 
-    def timed(builder: Callable[[], list[EncodedObject]], label: str) -> list[EncodedObject]:
+    def timed(builder: Callable[[], list[EncodedObject]]) -> tuple[list[EncodedObject], float]:
         start = time.perf_counter()
         built = builder()
-        seconds = time.perf_counter() - start
-        if progress is not None:
-            progress(label, seconds)
-        return built
+        return built, time.perf_counter() - start
 
-    segmentation = timed(lambda: [build_segmentation(request)], "seg")[0]
-    objects.append(segmentation)
-    for spec in map_specs(request):
-        objects.extend(timed(lambda spec=spec: [build_parametric_map(request, spec)], spec.kind))
-    objects.extend(timed(lambda: build_meshes(request), "meshes"))
-    objects.extend(timed(lambda: [build_measurement_report(request, segmentation)], "sr"))
-    objects.extend(timed(lambda: build_reports(request), "reports"))
+    # the objects are independent but for the SR, which references the SEG; their compression
+    # (deflate, JPEG-LS) and pixel packing release the GIL, so threads share the cores
+    with ThreadPoolExecutor(max_workers=usable_cpus(), thread_name_prefix="neuroseg-encode") as pool:
+        label_of = {pool.submit(timed, builder): label for label, builder in builders}
+        built: dict[str, list[EncodedObject]] = {}
+        for future in as_completed(label_of):  # progress from this thread only: the caller's store is not shared
+            built[label_of[future]], seconds = future.result()
+            if progress is not None:
+                progress(label_of[future], seconds)
+        segmentation = built["seg"][0]
+        sr, seconds = timed(lambda: [build_measurement_report(request, segmentation)])
+        if progress is not None:
+            progress("sr", seconds)
+    objects = [obj for label, _ in builders if label != "reports" for obj in built[label]]
+    objects += sr + built["reports"]
     log.info("encoded %d objects for study %s (model %s %s)", len(objects), request.study_instance_uid,
              request.model_name, request.model_version)
     return objects
