@@ -122,17 +122,25 @@ def to_spacing(image: Any, spacing_mm: float):  # noqa: ANN201 - SimpleITK impor
                          [float(v) for v in spacing], image.GetDirection(), 0.0, sitk.sitkFloat32)
 
 
+def working_image(array: np.ndarray, affine: np.ndarray, working_spacing_mm: float | None = WORKING_SPACING_MM):  # noqa: ANN201
+    """The SimpleITK image that :func:`register_rigid` registers: at ``working_spacing_mm`` (``None``: as given)."""
+    image = to_sitk(array, affine)
+    return image if working_spacing_mm is None else to_spacing(image, working_spacing_mm)
+
+
 def register_rigid(moving: np.ndarray, moving_affine: np.ndarray, fixed: np.ndarray, fixed_affine: np.ndarray, *,
                    same_frame: bool = True, max_rotation_deg: float = MAX_ROTATION_DEG,
                    max_translation_mm: float = MAX_TRANSLATION_MM, seed: int = 7,
-                   working_spacing_mm: float | None = WORKING_SPACING_MM) -> Registration:
+                   working_spacing_mm: float | None = WORKING_SPACING_MM,
+                   prepared_fixed: Any = None) -> Registration:
     """Rigidly register ``moving`` to ``fixed`` (Euler 3D, Mattes MI, two resolution levels).
 
     With ``working_spacing_mm`` both images are first resampled to that
     isotropic voxel size and the levels are twice it and it (the fast path);
     ``None`` registers the images as given with levels of 4 and 2 voxels (the
     reference path). The transform lives in physical space either way, so it
-    applies to the full-resolution images.
+    applies to the full-resolution images. ``prepared_fixed`` is ``fixed`` as
+    :func:`working_image` made it, for several sequences registered to one reference.
 
     Raises
     ------
@@ -143,13 +151,10 @@ def register_rigid(moving: np.ndarray, moving_affine: np.ndarray, fixed: np.ndar
     """
     import SimpleITK as sitk
 
-    fixed_image = to_sitk(fixed, fixed_affine)
-    moving_image = to_sitk(moving, moving_affine)
-    shrink, sigmas = [4, 2], [2, 1]
-    if working_spacing_mm is not None:
-        fixed_image = to_spacing(fixed_image, working_spacing_mm)
-        moving_image = to_spacing(moving_image, working_spacing_mm)
-        shrink, sigmas = [2, 1], [1, 0]
+    fixed_image = prepared_fixed if prepared_fixed is not None else working_image(fixed, fixed_affine,
+                                                                                  working_spacing_mm)
+    moving_image = working_image(moving, moving_affine, working_spacing_mm)
+    shrink, sigmas = ([4, 2], [2, 1]) if working_spacing_mm is None else ([2, 1], [1, 0])
     if same_frame:
         initial = sitk.Euler3DTransform()
         centre = [(n - 1) / 2.0 for n in fixed_image.GetSize()]

@@ -42,8 +42,9 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 
+from neuroseg.common.parallel import map_in_threads
 from neuroseg.model.enhanced import frame_attribute, is_multiframe, largest_stack
-from neuroseg.model.registration import WORKING_SPACING_MM, register_rigid, resample_onto
+from neuroseg.model.registration import WORKING_SPACING_MM, register_rigid, resample_onto, working_image
 from neuroseg.worker.contracts import SequenceRole, SeriesManifest, StudyManifest
 from neuroseg.worker.errors import InputError, JobInterrupted
 from neuroseg.worker.settings import FrameOfReferencePolicy, Settings
@@ -361,8 +362,12 @@ def load_series(series: SeriesManifest) -> SeriesVolume:
 
 def register_to_reference(volume: SeriesVolume, reference: SeriesVolume, role: SequenceRole,
                           reference_role: SequenceRole, settings: Settings, *,
-                          registration_spacing_mm: float | None = WORKING_SPACING_MM) -> tuple[object, str | None]:
+                          registration_spacing_mm: float | None = WORKING_SPACING_MM,
+                          prepared_reference: object = None) -> tuple[object, str | None]:
     """The transform that puts ``volume`` on ``reference`` (``None``: scanner geometry) and a note for the job.
+
+    ``prepared_reference`` is the reference as :func:`neuroseg.model.registration.working_image` made it
+    at ``registration_spacing_mm`` (made here when not given).
 
     Another frame of reference is registered (or refused, per
     ``frame_of_reference_policy``); within one frame the sequence is
@@ -379,7 +384,8 @@ def register_to_reference(volume: SeriesVolume, reference: SeriesVolume, role: S
         return None, None
     try:
         outcome = register_rigid(volume.array, volume.affine, reference.array, reference.affine,
-                                 same_frame=same_frame, working_spacing_mm=registration_spacing_mm)
+                                 same_frame=same_frame, working_spacing_mm=registration_spacing_mm,
+                                 prepared_fixed=prepared_reference)
     except RuntimeError as exc:
         raise InputError(f"{_name(volume.series_instance_uid, volume.series_description)}: rigid registration "
                          f"to the reference failed: {exc}") from exc
@@ -462,17 +468,22 @@ def load_study(manifest: StudyManifest, settings: Settings,
     notes += [note for volume in volumes.values() for note in volume.notes]
     if reference_role.value != settings.reference_role:
         notes.append(f"reference grid is {reference_role.value} ({settings.reference_role} not available)")
+    started = time.perf_counter()
+    others = [role for role in volumes if role is not reference_role]
+    # the reference is brought to the working spacing once; the registrations run in threads (ITK
+    # releases the GIL) and give the same transforms as one after another
+    prepared = working_image(reference.array, reference.affine, registration_spacing_mm) \
+        if others and settings.coregister else None
+    outcomes = dict(zip(others, map_in_threads(
+        lambda role: register_to_reference(volumes[role], reference, role, reference_role, settings,
+                                           registration_spacing_mm=registration_spacing_mm,
+                                           prepared_reference=prepared), others, name="register")))
+    notes += [note for _, note in outcomes.values() if note]
+    timings["register"] = time.perf_counter() - started
     images: dict[str, np.ndarray] = {}
     for role, volume in volumes.items():
-        transform = None
         started = time.perf_counter()
-        if role is not reference_role:
-            transform, note = register_to_reference(volume, reference, role, reference_role, settings,
-                                                    registration_spacing_mm=registration_spacing_mm)
-            if note:
-                notes.append(note)
-        timings["register"] += time.perf_counter() - started
-        started = time.perf_counter()
+        transform = outcomes[role][0] if role in outcomes else None
         images[MODEL_KEYS[role]] = resample_onto(volume.array, volume.affine, reference.array.shape,
                                                  reference.affine, transform)
         timings["resample"] += time.perf_counter() - started
