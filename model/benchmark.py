@@ -30,6 +30,9 @@ Gaussian-blended sliding windows of the model's patch size:
 - ``uncertainty_auroc``: with trained weights and the phantom generator, the
   AUROC of voxel-wise error against entropy and against the summed class
   variance, for head-only and for full-network MC dropout.
+
+A MONAI bundle or an nnU-Net folder has no dropout: :func:`run_adapter_benchmark`
+times its test-time flips (and nnU-Net's fold ensemble) against one plain pass.
 """
 
 from __future__ import annotations
@@ -419,10 +422,14 @@ def run_adapter_benchmark(path: Path, shape: tuple[int, int, int] = (240, 240, 1
                           device: str = "auto") -> dict[str, Any]:
     """A MONAI bundle or nnU-Net folder: its uncertainty method's cost against one plain pass, in one run.
 
-    On a synthetic head of ``shape`` (1 mm voxels), through the adapter's own ``segment``: ``one_pass`` is one
-    unflipped pass of one network (the first fold of an nnU-Net model), the faster of two runs;
-    ``uncertainty`` the model's method with ``mc_samples`` (flips, times the folds for nnU-Net), then
-    ``gradcam`` and the whole call. Ratios are to ``one_pass``'s inference time.
+    On a synthetic head of ``shape`` (1 mm voxels), through the adapter's own ``segment``; every ratio is
+    to ``one_pass``'s inference time:
+
+    - ``one_pass``: one unflipped pass of one network (the first fold of an nnU-Net model), the faster of two;
+    - ``flips``: the test-time flips alone, ``mc_samples`` passes (at most 8) of that one network;
+    - ``fold_ensemble`` (nnU-Net with more than one fold): every fold once, unmirrored;
+    - ``uncertainty``: the model's whole method (flips, times the folds for nnU-Net), then ``gradcam`` and
+      ``segment_total`` of that same call.
     """
     from neuroseg.model.adapters import load_adapter
 
@@ -438,18 +445,28 @@ def run_adapter_benchmark(path: Path, shape: tuple[int, int, int] = (240, 240, 1
     adapter.segment(small, affine, mc_samples=1, gradcam=False, folds=1)  # warm-up, out of the timings
     plain = [run(mc_samples=1, gradcam=False, folds=1) for _ in range(2)]
     base = min(result.timings["tta"] for result in plain)
-    full = run(mc_samples=mc_samples, gradcam=True)
+    flips = run(mc_samples=mc_samples, gradcam=False, folds=1)
     times: dict[str, dict[str, Any]] = {
-        "one_pass": {"seconds": base, "passes": 1, "runs": 2},
-        "uncertainty": {"seconds": full.timings["tta"], "passes": full.mc_samples,
-                        "note": f"{adapter.uncertainty_method}, {full.mc_samples} passes"},
-        "gradcam": {"seconds": full.timings.get("gradcam", 0.0), "note": f"layer {full.gradcam_layer or 'none'}"},
-        "segment_total": {"seconds": full.timings["total"], "note": "preprocessing to results on the input grid"},
+        "one_pass": {"seconds": base, "passes": 1, "runs": 2, "note": "one unflipped pass of one network"},
+        "flips": {"seconds": flips.timings["tta"], "passes": flips.mc_samples,
+                  "note": f"test-time flips alone, {flips.mc_samples} passes of one network"},
     }
+    folds = len(getattr(adapter, "folds", ()) or ())
+    if folds > 1:  # nnU-Net's fold ensemble on its own: each fold once, unmirrored
+        ensemble = run(mc_samples=1, gradcam=False)
+        times["fold_ensemble"] = {"seconds": ensemble.timings["tta"], "passes": ensemble.mc_samples,
+                                  "note": f"fold ensemble alone, {folds} folds unmirrored"}
+    full = run(mc_samples=mc_samples, gradcam=True)
+    times["uncertainty"] = {"seconds": full.timings["tta"], "passes": full.mc_samples,
+                            "note": f"{adapter.uncertainty_method}, {full.mc_samples} passes"}
+    times["gradcam"] = {"seconds": full.timings.get("gradcam", 0.0), "note": f"layer {full.gradcam_layer or 'none'}"}
+    times["segment_total"] = {"seconds": full.timings["total"], "note": "preprocessing to results on the input grid"}
     for row in times.values():
         row["ratio"] = round(row["seconds"] / base, 3) if base > 0 else None
         row["seconds"] = round(row["seconds"], 3)
-    times["uncertainty"]["ratio_per_pass"] = round(times["uncertainty"]["ratio"] / max(1, full.mc_samples), 3)
+    for row in times.values():
+        if row.get("passes", 1) > 1 and row["ratio"] is not None:
+            row["ratio_per_pass"] = round(row["ratio"] / row["passes"], 3)
     return {"device": str(adapter.device), "torch_threads": torch.get_num_threads(), "shape": list(shape),
             "mc_samples": mc_samples, "model": {"name": adapter.name, "version": adapter.version,
                                                 "kind": adapter.provenance.kind, "weights": str(path)},

@@ -1,4 +1,7 @@
-"""MONAI bundles (made here with MONAI's tools) through the adapter, ``neuroseg predict`` and the worker."""
+"""MONAI bundles (made here with MONAI's tools) through the adapter and ``neuroseg predict``.
+
+The worker and PACS round trip is shared with nnU-Net: tests/model/test_own_model_round_trip.py.
+"""
 
 from __future__ import annotations
 
@@ -7,29 +10,19 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pydicom
 import pytest
 
 from neuroseg.common.errors import InputError
 from neuroseg.model.adapters import TEST_TIME_FLIPS, load_adapter
 from neuroseg.model.bundle import BundleAdapter
 from neuroseg.model.io import write_nifti
-from neuroseg.worker import pipeline
 from neuroseg.worker.cli import main
-from neuroseg.worker.jobstore import ClaimOutcome, JobStore
-from tests.dicom_out.dciodvfy import assert_dciodvfy_clean
 from tests.model.bundle_helpers import INFERENCE_CONFIG, METADATA, make_bundle, zip_bundle
 from tests.model.model_helpers import head_volume, lps_affine
-from tests.worker.helpers import build_study
 
 SHAPE = (24, 22, 20)
 SEQUENCES = ("t1", "t1ce", "t2", "flair")
 CUBE = (slice(8, 14), slice(8, 14), slice(7, 13))
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_bundle(tmp_path_factory.mktemp("bundles") / "tiny_brats")
 
 
 def images() -> dict[str, np.ndarray]:
@@ -135,37 +128,18 @@ def test_predict_runs_a_bundle_and_reports_its_provenance(tmp_path: Path, bundle
 
 
 @pytest.mark.slow
-def test_the_worker_runs_a_bundle_into_valid_dicom_with_its_provenance(tmp_path: Path, bundle: Path,
-                                                                       make_settings) -> None:
-    settings = make_settings(model_path=bundle, mc_samples=2, device="cpu")
-    store = JobStore.from_settings(settings)
-    study = build_study(tmp_path / "spool", "bundle-job", roles=("T1", "T1ce", "T2", "FLAIR"))
-    job_id, _ = store.create_job(study.manifest())
-    assert store.claim(job_id, worker="test:1").outcome is ClaimOutcome.CLAIMED
-    assert pipeline.run_job(store, job_id, settings) == "done"
-    detail = store.get_job(job_id)
-    assert detail.model_name == "tiny-brats-segresnet" and detail.model_version == "0.3.1"
-    folder = pipeline.job_folder(settings, job_id)
-    card = json.loads((folder / "viewer" / "report.json").read_text())["model"]["model_card"]
-    assert card["uncertainty"]["method"] == TEST_TIME_FLIPS and card["provenance"]["authors"] == "neuroseg test suite"
-    files = sorted((folder / "dicom").glob("*.dcm"))
-    assert {path.stem for path in files} >= {"seg", "sr", "pmap-uncertainty-entropy"}
-    for path in files:
-        assert_dciodvfy_clean(path)
-    seg = pydicom.dcmread(folder / "dicom" / "seg.dcm")
-    algorithm = seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
-    assert algorithm.AlgorithmName == "tiny-brats-segresnet" and algorithm.AlgorithmVersion == "0.3.1"
-
-
-def test_a_job_whose_study_lacks_a_bundle_sequence_fails_and_delivers_nothing(tmp_path: Path, bundle: Path,
-                                                                               make_settings) -> None:
-    settings = make_settings(model_path=bundle, mc_samples=1, device="cpu")
-    store = JobStore.from_settings(settings)
-    study = build_study(tmp_path / "spool", "bundle-missing", roles=("T1ce", "FLAIR"))
-    job_id, _ = store.create_job(study.manifest())
-    assert store.claim(job_id, worker="test:1").outcome is ClaimOutcome.CLAIMED
-    with pytest.raises(InputError, match="needs the sequences t1ce, t1, t2, flair .*lacks t1, t2"):
-        pipeline.run_job(store, job_id, settings)
-    assert not store.get_job(job_id).outputs
-    assert not list(pipeline.job_folder(settings, job_id).glob("dicom/*"))
-    assert not list(settings.outbox_dir.glob("**/*.dcm"))
+def test_bench_model_times_a_bundles_flips_against_one_plain_pass(tmp_path: Path, bundle: Path,
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    code = main(["bench", "model", "--model", str(bundle), "--shape", "40", "40", "32", "--mc-samples", "4",
+                 "--device", "cpu", "--json", str(tmp_path / "bench.json")])
+    assert code == 0, capsys.readouterr().err
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert report["model"]["kind"] == "monai-bundle"
+    timings = report["timings"]
+    assert timings["one_pass"]["ratio"] == 1.0 and "fold_ensemble" not in timings
+    assert timings["flips"]["passes"] == 4 and timings["uncertainty"]["passes"] == 4
+    # four passes of the same network cannot cost less than two single ones
+    assert timings["flips"]["ratio"] > 2 and timings["uncertainty"]["ratio"] > 2, timings
+    assert timings["gradcam"]["note"] == "layer up_layers.1"
+    out = capsys.readouterr().out
+    assert "test-time flips alone, 4 passes of one network" in out and "x one pass" in out
