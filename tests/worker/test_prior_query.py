@@ -125,3 +125,25 @@ def test_a_pacs_that_is_down_leaves_a_note_and_the_results_reach_the_other_desti
     assert by_destination[orthanc.destination] == "delivered"
     seg = next(item for item in store.get_job(job_id).outputs if item.kind == "seg")
     assert orthanc.post("/tools/lookup", seg.sop_instance_uid)
+
+
+def test_a_pacs_study_of_another_birth_date_is_never_retrieved(tmp_path, make_settings, tiny_checkpoint):
+    modalities = {"neuroseg": ("NEUROSEG", "127.0.0.1", free_port())}
+    orthanc = OrthancServer(tmp_path / "orthanc", modalities=modalities).start()
+    try:
+        other = _study(tmp_path / "pacs-source", "fu-query-other", "20260101", 0.0, birth_date="19811111")
+        files = sorted((tmp_path / "pacs-source").rglob("*.dcm"))
+        assert all(result.ok for result in deliver(load_objects(files), Peer(
+            orthanc.ae_title, "127.0.0.1", orthanc.dicom_port, timeout=30)))
+        settings = _settings(make_settings, tiny_checkpoint, orthanc.destination, free_port())
+        store = JobStore.from_settings(settings)
+        job_id, _ = store.create_job(_study(tmp_path / "spool", "fu-query-same-id", "20260402", 0.0))
+        store.claim(job_id, worker="test:1")
+        assert pipeline.run_job(store, job_id, settings) == "done"
+    finally:
+        orthanc.stop()
+    events = _events(store, job_id)
+    assert any(other.study_instance_uid in message and "different patient" in message for message in events), events
+    assert store.get_time_point(job_id).status == "no_prior"
+    assert store.list_jobs(study_instance_uid=other.study_instance_uid) == []
+    assert not (settings.data_dir / "prior-retrieve").exists()
