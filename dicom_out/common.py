@@ -374,6 +374,12 @@ class EncodeRequest:
                                 f"{', '.join(UNCERTAINTY_METHODS)}")
         return UNCERTAINTY_METHODS[method]
 
+    def provenance(self) -> dict[str, str]:
+        """Who made the model and under which terms (model card ``provenance``: ``authors``, ``license``),
+        each at most 200 characters; empty where the card does not say."""
+        found = (self.model_card or {}).get("provenance") or {}
+        return {key: str(found[key])[:200] for key in ("authors", "license") if found.get(key)}
+
     def gradcam_layer(self) -> str:
         """The layer the Grad-CAM maps were taken at (model card ``gradcam.layer``); "" when not known."""
         return str(((self.model_card or {}).get("gradcam") or {}).get("layer") or "")

@@ -54,7 +54,9 @@ def algorithm_identification(request: EncodeRequest) -> hd.AlgorithmIdentificati
         family=codes.DCM.ArtificialIntelligence,
         version=request.model_version[:64],
         source=MANUFACTURER,
-        parameters={"sequences_used": ",".join(request.sequences_used) or "unknown"},
+        # highdicom joins the parameters with commas: keep them out of the values
+        parameters={"sequences_used": ";".join(request.sequences_used) or "unknown",
+                    **{key: value.replace(",", ";") for key, value in request.provenance().items()}},
     )
 
 

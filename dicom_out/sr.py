@@ -99,6 +99,7 @@ def _algorithm(request: EncodeRequest) -> hd.sr.AlgorithmIdentification:
         parameters=[f"sequences used: {sequences}",
                     f"uncertainty: {request.uncertainty_method()[0].meaning}",
                     *([f"Grad-CAM layer: {request.gradcam_layer()}"] if request.gradcam_layer() else []),
+                    *(f"model {key}: {value}" for key, value in request.provenance().items()),
                     NOT_FOR_DIAGNOSTIC_USE],
     )
 

@@ -119,6 +119,9 @@ def test_an_own_model_through_the_worker_to_a_real_pacs(own_model: OwnModel, ser
     assert f"uncertainty: {own_model.method_words}" in texts
     seg = by_kind["seg"].SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
     assert seg.AlgorithmName == own_model.name and seg.AlgorithmVersion == own_model.version
+    # the authors travel with the objects, not only in the job folder
+    assert f"authors={own_model.authors.replace(',', ';')}" in seg.AlgorithmParameters
+    assert f"model authors: {own_model.authors}" in texts
 
 
 @pytest.mark.slow
