@@ -16,20 +16,15 @@ folder atomically before we answer Success.
 from __future__ import annotations
 
 import logging
-import ssl
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydicom.dataset import Dataset
 
 from neuroseg.common.files import atomic_write
-from neuroseg.dicom_out.send import DeliveryUnavailable, Peer
-
-if TYPE_CHECKING:
-    from pynetdicom.association import Association
+from neuroseg.dicom_out.send import UNCOMPRESSED, DeliveryUnavailable, Peer, association
 
 log = logging.getLogger(__name__)
 
@@ -71,37 +66,6 @@ class Retrieved:
     failed: int = 0
 
 
-@contextmanager
-def _association(peer: Peer, contexts: Sequence[str], scp_roles: Sequence[str] = (),
-                 handlers: Sequence[Any] = ()) -> Iterator["Association"]:
-    """An association proposing ``contexts`` (and ``scp_roles`` as storage classes we take), released on exit."""
-    from pynetdicom import AE, build_role
-    from pydicom.uid import AllTransferSyntaxes
-
-    ae = AE(ae_title=peer.calling_ae_title)
-    ae.connection_timeout = ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = peer.timeout
-    for abstract_syntax in contexts:
-        ae.add_requested_context(abstract_syntax)
-    for sop_class in scp_roles:  # any transfer syntax: the files are kept as the PACS sends them
-        ae.add_requested_context(sop_class, AllTransferSyntaxes[:])
-    roles = [build_role(sop_class, scp_role=True) for sop_class in scp_roles]
-    tls_args = (peer.tls, peer.tls_server_name or peer.host) if peer.tls is not None else None
-    try:
-        assoc = ae.associate(peer.host, int(peer.port), ae_title=peer.ae_title, tls_args=tls_args,
-                             ext_neg=roles or None, evt_handlers=list(handlers) or None)
-    except (OSError, RuntimeError, ssl.SSLError) as exc:
-        raise DeliveryUnavailable(f"cannot reach {peer}: {exc}") from exc
-    if not assoc.is_established:
-        why = "association rejected" if assoc.is_rejected else "association aborted" if assoc.is_aborted \
-            else "no association (connection refused or timed out)"
-        raise DeliveryUnavailable(f"cannot query {peer}: {why}")
-    try:
-        yield assoc
-    finally:
-        if assoc.is_established:
-            assoc.release()
-
-
 def _text(dataset: Dataset, keyword: str) -> str:
     return str(dataset.get(keyword, "") or "").strip()
 
@@ -133,7 +97,7 @@ def find_studies(peer: Peer, patient_id: str, issuer_of_patient_id: str = "", mo
                     "StudyDescription"):
         setattr(query, keyword, "")
     matches: list[StudyMatch] = []
-    with _association(peer, [STUDY_ROOT_FIND]) as assoc:
+    with association(peer, [(STUDY_ROOT_FIND, UNCOMPRESSED)], purpose="query") as assoc:
         if not any(context.abstract_syntax == STUDY_ROOT_FIND for context in assoc.accepted_contexts):
             raise QueryRefused(f"{peer} does not accept Study Root C-FIND")
         for status, identifier in assoc.send_c_find(query, STUDY_ROOT_FIND):
@@ -196,8 +160,8 @@ def get_study(peer: Peer, study_instance_uid: str, folder: Path,
     query.QueryRetrieveLevel = "STUDY"
     query.StudyInstanceUID = study_instance_uid
     final, failed = None, 0
-    with _association(peer, [STUDY_ROOT_GET], scp_roles=sop_classes,
-                      handlers=[(evt.EVT_C_STORE, on_store)]) as assoc:
+    with association(peer, [(STUDY_ROOT_GET, UNCOMPRESSED)], scp_roles=sop_classes,
+                     handlers=[(evt.EVT_C_STORE, on_store)], purpose="query") as assoc:
         if not any(context.abstract_syntax == STUDY_ROOT_GET for context in assoc.accepted_contexts):
             raise QueryRefused(f"{peer} does not accept Study Root C-GET")
         for status, identifier in assoc.send_c_get(query, STUDY_ROOT_GET):

@@ -156,7 +156,12 @@ def _as_accepted(obj: EncodedObject, accepted: set[tuple[str, str]]) -> pydicom.
         return None
     if own in UNCOMPRESSED:
         return obj.dataset  # pynetdicom re-encodes between the little-endian syntaxes
-    dataset = copy.deepcopy(obj.dataset)
+    # a plain data set with copies of the elements: deepcopy of a highdicom object would also copy its
+    # SQLite frame index, which may only be used from the thread that built it
+    dataset = pydicom.Dataset()
+    for element in obj.dataset:
+        dataset.add(copy.deepcopy(element))
+    dataset.file_meta = copy.deepcopy(obj.dataset.file_meta)
     if own == DeflatedExplicitVRLittleEndian:  # the pixels are not compressed: only the encoding changes
         dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
         return dataset
@@ -165,33 +170,42 @@ def _as_accepted(obj: EncodedObject, accepted: set[tuple[str, str]]) -> pydicom.
 
 
 @contextmanager
-def association(peer: Peer, contexts: Iterable[tuple[str, Sequence[str]]]) -> Iterator[Association]:
+def association(peer: Peer, contexts: Iterable[tuple[str, Sequence[str]]], *, scp_roles: Sequence[str] = (),
+                handlers: Sequence[Any] = (), purpose: str = "deliver to") -> Iterator[Association]:
     """An established association to ``peer`` proposing ``contexts``, released on exit.
 
     ``contexts`` pairs an abstract syntax (SOP class UID) with its transfer
-    syntaxes.
+    syntaxes. ``scp_roles`` are storage SOP classes we take the SCP role for
+    (C-GET brings its instances back on this association, in any transfer
+    syntax), with ``handlers`` for the events they raise. ``purpose`` words the
+    refusal ("deliver to", "query").
 
     Raises
     ------
     DeliveryUnavailable
         When the peer cannot be reached, rejects or aborts the association.
     """
-    from pynetdicom import AE
+    from pydicom.uid import AllTransferSyntaxes
+    from pynetdicom import AE, build_role
 
     destination = str(peer)
     ae = AE(ae_title=peer.calling_ae_title)
     ae.connection_timeout = ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = peer.timeout
     for abstract_syntax, syntaxes in contexts:
         ae.add_requested_context(abstract_syntax, list(syntaxes))
+    for sop_class in scp_roles:
+        ae.add_requested_context(sop_class, AllTransferSyntaxes[:])
+    roles = [build_role(sop_class, scp_role=True) for sop_class in scp_roles]
     tls_args = (peer.tls, peer.tls_server_name or peer.host) if peer.tls is not None else None
     try:
-        assoc = ae.associate(peer.host, int(peer.port), ae_title=peer.ae_title, tls_args=tls_args)
+        assoc = ae.associate(peer.host, int(peer.port), ae_title=peer.ae_title, tls_args=tls_args,
+                             ext_neg=roles or None, evt_handlers=list(handlers) or None)
     except (OSError, RuntimeError, ssl.SSLError) as exc:
         raise DeliveryUnavailable(f"cannot reach {destination}: {exc}") from exc
     if not assoc.is_established:
         why = "association rejected" if assoc.is_rejected else "association aborted" if assoc.is_aborted \
             else "no association (connection refused or timed out)"
-        raise DeliveryUnavailable(f"cannot deliver to {destination}: {why}")
+        raise DeliveryUnavailable(f"cannot {purpose} {destination}: {why}")
     try:
         yield assoc
     finally:
