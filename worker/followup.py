@@ -10,7 +10,10 @@ Called from the encode stage once the study's own objects are built
    first (:mod:`neuroseg.worker.prior_query`);
 3. reads the prior's result folder (labels and images on its reference grid)
    and compares (:func:`neuroseg.model.longitudinal.compare`);
-4. adds the change SEG to the job's objects and keeps the figures on the time point.
+4. adds the change SEG to the job's objects and keeps the figures on the time point;
+5. leaves the prior's labels, brought onto this study's grid with the
+   comparison's registration, in the job folder (:data:`PRIOR_LABELS_FILE`)
+   for the 3D viewer's prior surface.
 
 Whatever stops the comparison (no prior, the prior's results gone, no common
 sequence, a registration that does not line up, an ambiguous prior) becomes a
@@ -21,6 +24,7 @@ itself is not failed for it.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,6 +35,8 @@ log = logging.getLogger(__name__)
 
 #: the sequence the two studies are registered on, in order of preference
 REGISTRATION_ORDER = ("t1ce", "flair", "t2", "t1")
+#: the compared prior's labels on the current grid, relative to the job folder (read by the 3D viewer)
+PRIOR_LABELS_FILE = Path("followup") / "prior_seg.nii.gz"
 
 
 def _note(ctx: Any, message: str) -> None:
@@ -40,6 +46,16 @@ def _note(ctx: Any, message: str) -> None:
 def _not_compared(ctx: Any, status: str, message: str, prior: TimePoint | None = None) -> None:
     _note(ctx, message)
     ctx.store.set_comparison(ctx.job_id, status, message, prior_job_id=prior.job_id if prior else None)
+
+
+def keep_prior_labels(job_folder: Path, comparison: Any, affine: np.ndarray) -> Path:
+    """Write the comparison's prior labels (already on the current grid, ``affine`` LPS) for the 3D viewer."""
+    from neuroseg.model.io import write_nifti
+
+    path = Path(job_folder) / PRIOR_LABELS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_nifti(np.asarray(comparison.prior_labels, dtype=np.uint8), affine, path)
+    return path
 
 
 def add_followup_objects(ctx: Any, request: Any, objects: list[Any]) -> list[Any]:
@@ -85,6 +101,8 @@ def _with_followup(ctx: Any, request: Any, objects: list[Any]) -> list[Any]:
     from neuroseg.model.longitudinal import NotComparable, compare
     from neuroseg.worker.pipeline import job_folder
 
+    prior_on_grid = job_folder(ctx.settings, ctx.job_id) / PRIOR_LABELS_FILE
+    prior_on_grid.unlink(missing_ok=True)  # a retry that compares nothing must not show an earlier prior
     first = ctx.loaded.reference.datasets[0]
     ctx.store.record_time_point(ctx.job_id, ctx.manifest.study_instance_uid, PatientIdentity.from_dataset(first),
                                 str(first.get("StudyDate", "") or ""), str(first.get("StudyTime", "") or ""))
@@ -139,6 +157,10 @@ def _with_followup(ctx: Any, request: Any, objects: list[Any]) -> list[Any]:
     objects = _with_prior_in_report(ctx, request, objects, prior, prior_seg, folder.labels, comparison)
     for note in comparison.notes:
         _note(ctx, note)
+    try:
+        keep_prior_labels(job_folder(ctx.settings, ctx.job_id), comparison, ctx.loaded.affine)
+    except OSError as exc:  # the viewer loses the prior surface, the comparison still goes out
+        _note(ctx, f"the prior's labels could not be kept for the 3D viewer ({exc})")
     message = f"compared with prior study of {prior.study_date or 'unknown date'}: {comparison.et_class.text}"
     _note(ctx, message)
     ctx.store.set_comparison(ctx.job_id, "compared", message, prior_job_id=prior.job_id, summary=summary)

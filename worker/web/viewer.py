@@ -20,7 +20,14 @@ from fastapi import APIRouter, HTTPException, Request, status
 from fastapi.responses import Response
 
 from neuroseg.worker.web.auth import ApiUser
-from neuroseg.worker.web.viewer_data import MESH_NAMES, VOLUME_FILES, ResultFolder, ResultNotFound
+from neuroseg.worker.web.viewer_data import (
+    MESH_NAMES,
+    PRIOR_MESH,
+    PRIOR_REGION,
+    VOLUME_FILES,
+    ResultFolder,
+    ResultNotFound,
+)
 
 log = logging.getLogger(__name__)
 
@@ -71,13 +78,34 @@ def _result(request: Request, job_id: str) -> ResultFolder:
     return request.app.state.results.get(job_id)
 
 
+def _compared_prior(request: Request, job_id: str, result: ResultFolder) -> dict[str, Any] | None:
+    """The prior the job was compared with, for the viewer; None without a comparison or its labels.
+
+    The job store's follow-up record decides: labels left by an earlier run
+    whose comparison did not happen again are not shown.
+    """
+    point = request.app.state.jobstore.get().get_time_point(job_id)
+    if point is None or point.status != "compared" or not result.prior_labels_path().is_file():
+        return None
+    prior = (point.summary or {}).get("prior") or {}
+    wt = ((point.summary or {}).get("regions") or {}).get("wt") or {}
+    return {**PRIOR_REGION, "key": PRIOR_MESH, "job_id": point.prior_job_id,
+            "study_date": prior.get("study_date", ""), "volume_ml": wt.get("prior_ml"),
+            "registration": (point.summary or {}).get("registration")}
+
+
 @router.get("/api/jobs/{job_id}/viewer/manifest", summary="What the 3D viewer of a job can show")
 def viewer_manifest(request: Request, job_id: str, user: ApiUser) -> dict[str, Any]:
-    """Grid (shape, LPS affine), available sequences and overlays, regions with volumes in mL."""
+    """Grid (shape, LPS affine), available sequences and overlays, regions with volumes in mL.
+
+    ``prior`` describes the compared prior study (null without one); its
+    surface is then the mesh named ``prior``.
+    """
     result = _result(request, job_id)
     manifest = result.manifest()
     manifest["job_id"] = job_id
     manifest["meshes"] = list(MESH_NAMES)
+    manifest["prior"] = _compared_prior(request, job_id, result)
     return manifest
 
 
@@ -102,7 +130,11 @@ def viewer_volume(request: Request, job_id: str, key: str, user: ApiUser) -> Res
     response_class=Response,
 )
 def viewer_mesh(request: Request, job_id: str, name: str, user: ApiUser) -> Response:
-    if name not in MESH_NAMES:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"unknown mesh {name!r}; known: {', '.join(MESH_NAMES)}")
+    """A surface; ``prior`` is the compared prior's whole tumour on this job's grid (404 without a comparison)."""
+    if name not in (*MESH_NAMES, PRIOR_MESH):
+        raise HTTPException(status.HTTP_404_NOT_FOUND,
+                            detail=f"unknown mesh {name!r}; known: {', '.join((*MESH_NAMES, PRIOR_MESH))}")
     result = _result(request, job_id)
+    if name == PRIOR_MESH and _compared_prior(request, job_id, result) is None:
+        raise ResultNotFound(f"job {job_id} was not compared with a prior study")
     return _blob_response(request, result.mesh_blob(name))

@@ -17,7 +17,12 @@ the job's results (``results_dir/<job id>/viewer-cache``, removed with them):
 - surface meshes of NCR, ED and ET (and a head/brain surface for context) by
   :func:`neuroseg.dicom_out.mesh.surface_mesh`, vertices in patient LPS
   millimetres, with the entropy, the region's class variance and the region's
-  class Grad-CAM sampled at every vertex.
+  class Grad-CAM sampled at every vertex;
+- after a follow-up comparison, the prior study's whole-tumour surface
+  (:data:`PRIOR_MESH`), meshed from the prior labels that the comparison
+  brought onto this job's grid with its registration
+  (:data:`neuroseg.worker.followup.PRIOR_LABELS_FILE`), so it lies in the
+  same patient coordinates as the current surfaces.
 
 Binary layout (little endian): ``b"NSV1"``, ``uint32`` header length, the
 header as UTF-8 JSON padded with spaces to a multiple of 4 bytes, then the
@@ -78,6 +83,9 @@ VOLUME_FILES: dict[str, str] = {
     **{key: value[0] for key, value in OVERLAYS.items()},
 }
 MESH_NAMES = (*REGIONS, "head")
+#: the compared prior's whole-tumour surface; only for jobs with a comparison, so not in MESH_NAMES
+PRIOR_MESH = "prior"
+PRIOR_REGION = {"label": "Prior whole tumour", "color": "#8fb8ff"}
 _JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
@@ -195,12 +203,19 @@ class ResultFolder:
     # identity of the folder's content, so a reprocess invalidates cached blobs
     def stamp(self) -> str:
         parts = []
-        for name in ("seg.nii.gz", "report.json"):
-            path = self.folder / name
+        for name, path in (("seg.nii.gz", self.folder / "seg.nii.gz"), ("report.json", self.folder / "report.json"),
+                           ("prior", self.prior_labels_path())):
             if path.is_file():
                 info = path.stat()
                 parts.append(f"{name}:{info.st_size}:{info.st_mtime_ns}")
         return hashlib.sha256(("|".join(parts) + CACHE_VERSION).encode()).hexdigest()[:16]
+
+    def prior_labels_path(self) -> Path:
+        """Where the follow-up step leaves the prior's labels on this job's grid (may not exist)."""
+        from neuroseg.worker.followup import PRIOR_LABELS_FILE
+
+        job_folder = self.folder.parent if self.folder.name == "viewer" else self.folder
+        return job_folder / PRIOR_LABELS_FILE
 
     def available(self) -> set[str]:
         """Volume keys (see :data:`VOLUME_FILES`) whose files exist."""
@@ -282,7 +297,9 @@ class ResultFolder:
         return self._cached(f"volume-{key}", lambda: pack_arrays(*self.volume_arrays(key)))
 
     def mesh_blob(self, name: str) -> bytes:
-        """Gzipped packed mesh ``name`` (``ncr``, ``ed``, ``et`` or ``head``)."""
+        """Gzipped packed mesh ``name`` (``ncr``, ``ed``, ``et``, ``head`` or :data:`PRIOR_MESH`)."""
+        if name == PRIOR_MESH:
+            return self._cached(f"mesh-{name}", lambda: pack_arrays(*self.prior_mesh_arrays()))
         return self._cached(f"mesh-{name}", lambda: pack_arrays(*self.mesh_arrays(name)))
 
     # --- volumes ---------------------------------------------------------------------------------
@@ -378,6 +395,32 @@ class ResultFolder:
                     arrays[field_name] = values
                     header["fields"][field_name] = [float(values.min()), float(values.max())]
         return header, arrays
+
+    def prior_mesh_arrays(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """The prior's whole-tumour surface: header, vertices (N, 3) float32 LPS mm, faces (M, 3) uint32.
+
+        Raises :class:`ResultNotFound` when the job was not compared with a prior.
+        """
+        import nibabel as nib
+
+        from neuroseg.dicom_out.mesh import surface_mesh
+
+        path = self.prior_labels_path()
+        if not path.is_file():
+            raise ResultNotFound("this job was not compared with a prior study (no prior labels on its grid)")
+        image = nib.as_closest_canonical(nib.load(str(path)))
+        labels = np.rint(np.asanyarray(image.dataobj)).astype(np.uint8)
+        mask = np.isin(labels, (1, 2, 4))
+        affine_lps = ras_to_lps(np.asarray(image.affine, dtype=float))
+        header: dict[str, Any] = {"kind": "mesh", "name": PRIOR_MESH, "fields": {},
+                                  "volume_ml": round(float(mask.sum()) * abs(float(np.linalg.det(affine_lps[:3, :3])))
+                                                     / 1000.0, 2)}
+        if not mask.any():
+            return header, {"vertices": np.zeros((0, 3), np.float32), "faces": np.zeros((0, 3), np.uint32)}
+        smoothing = max(1.0, 0.6 * float(np.linalg.norm(affine_lps[:3, :3], axis=0).max()))
+        mesh = surface_mesh(mask, affine_lps, smoothing=smoothing, target_faces=REGION_TARGET_FACES)
+        return header, {"vertices": np.asarray(mesh.vertices, dtype=np.float32),
+                        "faces": np.asarray(mesh.faces, dtype=np.uint32)}
 
     def _head_mask(self) -> tuple[np.ndarray, np.ndarray]:
         """A head (or, for skull-stripped images, brain) mask on a coarse grid, and its LPS affine."""

@@ -36,8 +36,9 @@
     overlay: "seg",
     overlayOpacity: 0.55,
     meshes: {},
-    visible: { head: true, ncr: true, ed: true, et: true },
-    opacity: { head: 0.12, ncr: 0.9, ed: 0.35, et: 0.75 },
+    visible: { head: true, ncr: true, ed: true, et: true, prior: true },
+    // the prior's surface is see-through so the current regions stay visible inside it
+    opacity: { head: 0.12, ncr: 0.9, ed: 0.35, et: 0.75, prior: 0.3 },
     colourMode: "region",
   };
 
@@ -375,6 +376,11 @@
     if (state.meshes.head && state.meshes.head.arrays.vertices.length) {
       list.push(meshTrace("head", state.manifest.head.label, state.manifest.head.color, false, range));
     }
+    const prior = state.manifest.prior;
+    if (prior && state.meshes.prior && state.meshes.prior.arrays.vertices.length) {
+      list.push(meshTrace("prior", prior.label + (prior.study_date ? " (" + prior.study_date + ")" : ""),
+        prior.color, false, range));
+    }
     let scaleShown = false;
     for (const region of state.manifest.regions) {
       const mesh = state.meshes[region.key];
@@ -525,6 +531,11 @@
   function renderLegend() {
     const m = state.manifest;
     const rows = m.regions.map((region) => legendRow(region.key, region.label, region.color, region.volume_ml.toFixed(1) + " mL"));
+    if (m.prior) {
+      const volume = typeof m.prior.volume_ml === "number" ? m.prior.volume_ml.toFixed(1) + " mL" : "";
+      rows.push(legendRow("prior", m.prior.label + (m.prior.study_date ? " (" + m.prior.study_date + ")" : ""),
+        m.prior.color, volume));
+    }
     rows.push(legendRow("head", m.head.label, m.head.color, ""));
     NS.replaceRows(document.querySelector("#legend tbody"), rows);
     document.getElementById("totals").textContent =
@@ -581,7 +592,7 @@
     statusNode.textContent = "loading images…";
     await drawSlices();
     statusNode.textContent = "building surfaces…";
-    const names = state.manifest.meshes;
+    const names = state.manifest.prior ? [...state.manifest.meshes, "prior"] : state.manifest.meshes;
     const meshes = await Promise.all(names.map((name) => fetchBlob("meshes/" + name)));
     names.forEach((name, index) => { state.meshes[name] = meshes[index]; });
     await redraw3d();
