@@ -63,8 +63,11 @@ def listener_peer(settings: Settings) -> Any:
     """Our own listener, where retrieved instances enter the normal intake."""
     from neuroseg.dicom_out.send import Peer, client_tls_context
 
-    host = "127.0.0.1" if settings.bind_address in ("", "0.0.0.0", "::") else settings.bind_address
     tls = client_tls_context(settings.tls_ca) if settings.tls_cert is not None else None
+    if settings.prior_intake is not None:  # compose or Kubernetes: the listener is another container or pod
+        intake = settings.prior_intake
+        return Peer(intake.ae_title, intake.host, intake.port, calling_ae_title=settings.calling_ae_title, tls=tls)
+    host = "127.0.0.1" if settings.bind_address in ("", "0.0.0.0", "::") else settings.bind_address
     return Peer(settings.ae_title, host, settings.port, calling_ae_title=settings.calling_ae_title, tls=tls)
 
 

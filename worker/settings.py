@@ -318,6 +318,9 @@ class Settings(BaseSettings):
     prior_query: bool = Field(False, description="when a study has no processed prior, C-FIND the first DICOM "
                               "destination for the patient's earlier MR studies and C-GET the newest one we never "
                               "processed, through our own listener, to process it first and compare")
+    prior_intake: DicomDestination | None = Field(
+        None, description="AET@host:port of the listener that takes a prior fetched from the PACS; unset: our own "
+        "listener (AE title and port, at 127.0.0.1 or the bind address); set it when the listener runs elsewhere")
     delivery_max_retries: int = Field(
         12, ge=0, description="retries with backoff (PACS or DICOMweb server down) before giving up"
     )
@@ -354,6 +357,17 @@ class Settings(BaseSettings):
         if isinstance(items, list):
             return [parse_destination(item) if isinstance(item, str) else item for item in items]
         return items
+
+    @field_validator("prior_intake", mode="before")
+    @classmethod
+    def _parse_prior_intake(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            if not value.strip():
+                return None
+            if not re.fullmatch(r"\s*[^@]+@(\[[^\]]+\]|[^:@\s]+):\d+\s*", value):
+                raise ValueError(f"{value!r}: the prior intake is our DICOM listener, given as AET@host:port")
+            return DicomDestination.parse(value)
+        return value
 
     @field_validator("send_maps", "mesh_formats", "send_reports", mode="before")
     @classmethod
