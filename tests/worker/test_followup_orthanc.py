@@ -90,6 +90,18 @@ def test_follow_up_pair_round_trips_through_orthanc(tmp_path, make_settings, tin
     other = {item.StudyInstanceUID for item in report.get("PertinentOtherEvidenceSequence", [])}
     assert prior.study_instance_uid in other
 
+    # the 3D viewer's prior surface: the follow-up step left the prior's labels on the current job's grid
+    import nibabel as nib
+
+    from neuroseg.worker.followup import PRIOR_LABELS_FILE
+    from neuroseg.worker.web.viewer_data import ResultFolder
+
+    kept = nib.load(str(settings.results_dir / second / PRIOR_LABELS_FILE))
+    own = nib.load(str(settings.results_dir / second / "viewer" / "seg.nii.gz"))
+    assert kept.shape == own.shape and np.allclose(kept.affine, own.affine, atol=1e-4)
+    header, arrays = ResultFolder(settings.results_dir / second / "viewer").prior_mesh_arrays()
+    assert header["volume_ml"] > 0 and len(arrays["faces"]) > 0
+
 
 def _phantom_study(root: Path, seed: str, date: str, phantom, affine: np.ndarray) -> "StudyManifest":
     """The phantom's four sequences as one patient's study on ``date``, placed in the scanner by ``affine``."""
