@@ -80,7 +80,8 @@ def write_result_folder(folder: Path, *, sequences: tuple[str, ...] = ("t1", "t1
     volumes["wt"] = sum(volumes.values())
     volumes["tc"] = volumes["ncr"] + volumes["et"]
     card = {"name": "neuroseg-unet", "version": "0.1.0-test", "status": "test weights",
-            "intended_use": "Tests only. NOT a clinical model.", "limitations": ["Synthetic spheres."]}
+            "intended_use": "Tests only. NOT a clinical model.", "limitations": ["Synthetic spheres."],
+            "provenance": {"name": "neuroseg-unet", "authors": "Test Lab, Example Hospital", "license": "Apache-2.0"}}
     report = {"volumes_ml": volumes, "model": {"name": "neuroseg-unet", "version": "0.1.0-test", "model_card": card},
               "sequences_used": list(sequences)}
     (folder / "report.json").write_text(json.dumps(report))

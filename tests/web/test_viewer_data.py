@@ -197,6 +197,8 @@ def test_viewer_endpoints_serve_gzip_binary(client, jobs, web_settings):
     assert manifest["job_id"] == jobs.done and manifest["meshes"] == ["ncr", "ed", "et", "head"]
     assert manifest["model_version"] == "0.1.0-test"
     assert "NOT a clinical model" in manifest["model"]["intended_use"]
+    # a model the hospital brought names its makers and terms where the clinician looks at the result
+    assert manifest["model"]["authors"] == "Test Lab, Example Hospital" and manifest["model"]["license"] == "Apache-2.0"
     volume = client.get(f"/api/jobs/{jobs.done}/viewer/volumes/prob_et")
     assert volume.status_code == 200 and volume.headers["content-encoding"] == "gzip"
     header, arrays = unpack_arrays(volume.content)

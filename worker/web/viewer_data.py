@@ -521,6 +521,10 @@ def _model_summary(report: dict[str, Any]) -> dict[str, Any]:
     for key in ("status", "intended_use", "training_data", "limitations", "architecture"):
         if key in card:
             summary[key] = card[key]
+    provenance = card.get("provenance") if isinstance(card.get("provenance"), dict) else {}
+    for key in ("authors", "license", "source"):  # who made a model the hospital brought (bundle, nnU-Net)
+        if provenance.get(key):
+            summary[key] = str(provenance[key])
     return summary
 
 

@@ -549,6 +549,8 @@
     const parts = [el("div", { class: "model-name" }, (model.name || "model") + " " + (model.version || ""))];
     if (model.status) parts.push(el("div", { class: "muted" }, model.status));
     if (model.intended_use) parts.push(el("p", {}, model.intended_use));
+    if (model.authors) parts.push(el("div", { class: "muted" }, "Authors: " + model.authors));
+    if (model.license) parts.push(el("div", { class: "muted" }, "Licence: " + model.license));
     const more = [];
     if (model.training_data) more.push(el("p", {}, el("strong", {}, "Training data: "), model.training_data));
     if (model.architecture) more.push(el("p", {}, el("strong", {}, "Network: "), model.architecture));
