@@ -59,7 +59,12 @@ image_hash() { docker image inspect -f '{{ index .Config.Labels "io.neuroseg.smo
 
 step "prerequisites"
 docker info >/dev/null 2>&1 || fail "docker cannot reach a daemon (docker info failed)"
-command -v storescu >/dev/null || fail "DCMTK's storescu is not installed"
+# DCMTK's storescu, not pynetdicom's (a Python environment on PATH ships one of the same name)
+storescu=""
+for candidate in $(type -ap storescu); do
+  if "$candidate" --version 2>/dev/null | grep -qi dcmtk; then storescu="$candidate"; break; fi
+done
+[ -n "$storescu" ] || fail "DCMTK's storescu is not installed (or only pynetdicom's is on PATH)"
 command -v python3 >/dev/null || fail "python3 is not installed"
 [ -d "$data/real-mri/brats-gli-00001-000" ] || fail "no real data at $data (set SMOKE_DATA)"
 if docker compose version >/dev/null 2>&1; then
@@ -254,7 +259,7 @@ echo "stack healthy in $healthy_seconds s"
 
 # Pushes study $1 into Orthanc with storescu (Orthanc's routing script sends it on to the listener).
 push() {
-  storescu -aet SMOKE -aec ORTHANC +sd +r 127.0.0.1 "$SMOKE_ORTHANC_DICOM_PORT" "$studies/$1" \
+  "$storescu" -aet SMOKE -aec ORTHANC +sd +r 127.0.0.1 "$SMOKE_ORTHANC_DICOM_PORT" "$studies/$1" \
     > "$work/storescu-$1.log" 2>&1 || { tail -n 20 "$work/storescu-$1.log"; fail "storescu of the $1 study failed"; }
 }
 results_complete() {

@@ -1,8 +1,9 @@
 """The compose stack for real: deploy/smoke.sh builds the images and runs a study end to end.
 
-Opt-in (``RUN_COMPOSE_SMOKE=1``): the script has not yet passed end to end on
-a two-core machine (building the image takes 9-24 min there), so it is not
-part of the default or the CI run. With the variable set it fails, not skips,
+Opt-in (``RUN_COMPOSE_SMOKE=1``): it passes end to end on a two-core machine,
+but a cold run there takes 25-40 min (debootstrap base, four image builds, and
+``vfs`` copying the 2.1 GB image into three containers), so it is not part of
+the default or the CI run. With the variable set it fails, not skips,
 where docker cannot run.
 """
 
