@@ -31,6 +31,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,7 @@ class JobContext:
     device: str = ""
     model_metadata: dict[str, Any] = field(default_factory=dict)
     quality: dict[str, Any] = field(default_factory=dict)
+    viewer_data: Future[None] | None = None
     _last_report: float = field(default=0.0, repr=False)
 
     def progress(self, percent: float, message: str | None = None) -> None:
@@ -219,7 +221,10 @@ def run_model(ctx: JobContext) -> None:
                         device=device, sequences_used=list(result.sequences_used),
                         volumes_ml=dict(result.volumes_ml))
     assess_quality(ctx)
-    write_viewer_data(ctx)
+    # gzip of the viewer's volumes fills the cores that encoding (mostly GIL-bound) leaves idle
+    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="neuroseg-viewer-data")
+    ctx.viewer_data = writer.submit(write_viewer_data, ctx)
+    writer.shutdown(wait=False)  # the thread ends with its one piece of work; run_job waits for it
 
 
 def assess_quality(ctx: JobContext) -> None:
@@ -237,6 +242,21 @@ def assess_quality(ctx: JobContext) -> None:
     if ctx.quality["review_recommended"]:
         ctx.store.record_event("review", "review recommended: " + "; ".join(ctx.quality["reasons"]),
                                job_id=ctx.job_id, study_instance_uid=ctx.manifest.study_instance_uid)
+
+
+def wait_for_viewer_data(ctx: JobContext) -> str:
+    """Wait for the viewer data written beside encoding and delivery; what went wrong, or "".
+
+    The results are in the PACS by then, so a failure here makes the job partial, not failed.
+    """
+    if ctx.viewer_data is None:
+        return ""
+    try:
+        ctx.viewer_data.result()
+    except Exception as exc:  # noqa: BLE001 - named on the job; the delivered results stand
+        log.exception("job %s: viewer data not written", ctx.job_id)
+        return f"the 3D viewer's data could not be written ({type(exc).__name__}: {exc})"
+    return ""
 
 
 def write_viewer_data(ctx: JobContext) -> None:
@@ -406,12 +426,17 @@ def run_job(store: JobStore, job_id: str, settings: Settings) -> str:
         raise RuntimeError(f"job {job_id} is {start.value}; claim it before running it")
     if start is JobState.DELIVERING:
         ctx.partial_reasons.extend(event.message for event in detail.events if event.kind == "partial")
-    for stage in STAGES:
-        if STAGE_RANK[stage.state] < STAGE_RANK[start]:
-            continue
-        if stage.state is not start:
-            ctx.enter(stage.state)
-        stage.run(ctx)
+    try:
+        for stage in STAGES:
+            if STAGE_RANK[stage.state] < STAGE_RANK[start]:
+                continue
+            if stage.state is not start:
+                ctx.enter(stage.state)
+            stage.run(ctx)
+    finally:
+        viewer_problem = wait_for_viewer_data(ctx)
+    if viewer_problem:
+        ctx.partial_reasons.append(viewer_problem)
     if ctx.partial_reasons:
         reason = "; ".join(dict.fromkeys(ctx.partial_reasons))
         store.finish(job_id, JobState.PARTIAL, error=reason)

@@ -57,3 +57,32 @@ def test_pipeline_runs_all_stages_and_a_delivery_failure_resumes_at_delivery(tmp
     assert pipeline.run_job(store, job_id, later) == "done"
     outbox_delivery = [d for d in store.get_job(job_id).deliveries if d.destination.startswith("outbox:")][0]
     assert outbox_delivery.attempts == 2 and outbox_delivery.status == "delivered"
+
+
+def test_viewer_data_written_beside_encoding_and_a_failure_there_makes_the_job_partial(
+        tmp_path, make_settings, tiny_checkpoint, monkeypatch):
+    from neuroseg.model import io
+
+    settings = make_settings(model_path=tiny_checkpoint, mc_samples=2)
+    store = JobStore.from_settings(settings)
+    study = build_study(tmp_path / "spool", "viewer-data", roles=("T1ce", "FLAIR"))
+
+    job_id, _ = store.create_job(study.manifest())
+    assert store.claim(job_id, worker="test:1").outcome is ClaimOutcome.CLAIMED
+    assert pipeline.run_job(store, job_id, settings) == "done"
+    viewer = pipeline.job_folder(settings, job_id) / "viewer"
+    assert (viewer / "seg.nii.gz").is_file() and (viewer / "gradcam_et.nii.gz").is_file()
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(io, "write_result_folder", full_disk)
+    other = build_study(tmp_path / "spool2", "viewer-data-2", roles=("T1ce", "FLAIR"))
+    job_id, _ = store.create_job(other.manifest())
+    assert store.claim(job_id, worker="test:1").outcome is ClaimOutcome.CLAIMED
+    # the results are delivered all the same; the job says what the viewer lacks
+    assert pipeline.run_job(store, job_id, settings) == "partial"
+    detail = store.get_job(job_id)
+    assert "3D viewer's data could not be written (OSError" in detail.error
+    outbox = settings.outbox_dir / other.study_instance_uid
+    assert sorted(p.stem for p in outbox.glob("*.dcm")) == sorted(o.kind for o in detail.outputs)
