@@ -8,7 +8,7 @@ order), its label convention, its uncertainty method and its provenance, and
 0/1/2/4), so the stages after the model do not care which kind ran:
 
 - :class:`CheckpointAdapter`: our own checkpoint, through
-  :func:`neuroseg.model.inference.load_model` and
+  :func:`neuroseg.model.runtime.load_model` and
   :func:`~neuroseg.model.inference.segment` (MC dropout);
 - :class:`neuroseg.model.bundle.BundleAdapter`: a MONAI bundle folder or zip
   (test-time flips, MONAI's Grad-CAM);
@@ -293,7 +293,7 @@ class DeclaredModelAdapter(ModelAdapter):
 
 
 class CheckpointAdapter(ModelAdapter):
-    """Our own checkpoint (:func:`neuroseg.model.inference.load_model`), with MC dropout uncertainty."""
+    """Our own checkpoint (:func:`neuroseg.model.runtime.load_model`), with MC dropout uncertainty."""
 
     def __init__(self, model: Any, source: Path | None = None) -> None:
         self.model = model
@@ -372,7 +372,7 @@ def load_adapter(path: Path | str | None = None, device: str = "auto") -> ModelA
     ModelMismatchError
         For a folder of an unsupported kind, or a bundle or nnU-Net folder that does not fit.
     """
-    from neuroseg.model.inference import load_model
+    from neuroseg.model.runtime import load_model
 
     if path is None:
         return CheckpointAdapter(load_model(None, device))

@@ -14,12 +14,11 @@ Gaussian-blended sliding windows of the model's patch size:
   network (parameter gradients included, as generic Grad-CAM tools do); one
   class is measured and the cost multiplied by 3.
 - ``gradcam_ours``: Grad-CAM at the default target layer (a deeper decoder
-  stage): its own sliding-window pass, a forward and one backward per class
-  to the layer in the windows holding the class
-  (:func:`neuroseg.model.inference.grad_cam_layer`); on random input every
-  window holds every class, the worst case.
+  stage): its own pass, in one whole-volume window where the volume is small
+  enough (else in windows), a forward and one backward per class to the layer
+  (:func:`neuroseg.model.gradcam.grad_cam_layer`).
 - ``gradcam_head``: Grad-CAM at ``trunk.output``: the trunk once, then one head
-  forward and one backward per class (:func:`neuroseg.model.inference.grad_cam`).
+  forward and one backward per class (:func:`neuroseg.model.gradcam.grad_cam`).
 - ``cpu_variants``: one window (at most 32 voxels a side) through the network
   with the default thread count, with 1 thread and under bfloat16 autocast, with the fraction of voxels
   whose label matches the float32 result.
@@ -49,18 +48,9 @@ import numpy as np
 import torch
 
 from neuroseg.model.checkpoint import SHIPPED_WEIGHTS
-from neuroseg.model.inference import (
-    LoadedModel,
-    grad_cam,
-    grad_cam_layer,
-    load_model,
-    mc_head,
-    random_model,
-    resolve_device,
-    segment,
-    sliding_window,
-    window_size,
-)
+from neuroseg.model.gradcam import grad_cam, grad_cam_layer
+from neuroseg.model.inference import mc_head, segment
+from neuroseg.model.runtime import LoadedModel, load_model, random_model, resolve_device, sliding_window, window_size
 from neuroseg.model.network import HEAD_INPUT_LAYER, default_gradcam_layer, set_dropout
 from neuroseg.model.registration import register_rigid
 

@@ -145,7 +145,7 @@ class BundleAdapter(DeclaredModelAdapter):
         from monai.bundle import ConfigParser
         from monai.inferers import SlidingWindowInferer
 
-        from neuroseg.model.inference import resolve_device
+        from neuroseg.model.runtime import resolve_device
 
         target = resolve_device(device)
         root = bundle_root(Path(path))

@@ -60,7 +60,6 @@ from neuroseg.model.network import (
 from neuroseg.model.postprocess import PostprocessConfig, postprocess_labels
 from neuroseg.model.preprocess import PreprocessedCase, preprocess, to_input_grid, voxel_volume_ml
 from neuroseg.model.runtime import LoadedModel, chunk_size, chunks, choose_cpu_backend, sliding_window
-from neuroseg.model.runtime import load_model, random_model, resolve_device, window_size  # noqa: F401  TEMP re-export
 
 log = logging.getLogger(__name__)
 

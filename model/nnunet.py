@@ -156,7 +156,7 @@ class NnunetAdapter(DeclaredModelAdapter):
     @classmethod
     def load(cls, path: Path | str, device: str = "auto", folds: list[str] | None = None) -> NnunetAdapter:
         """Read the folder with nnU-Net's predictor; mismatches raise :class:`ModelMismatchError`."""
-        from neuroseg.model.inference import resolve_device
+        from neuroseg.model.runtime import resolve_device
 
         root = Path(path)
         dataset_file = root / "dataset.json"
