@@ -20,7 +20,7 @@ from tests.services import REPO_ROOT, OrthancServer
 from tests.viewer.ohif import OhifServer, ohif_dist
 from tests.viewer.study import StoredStudy, process_into_pacs, write_brats_study
 from tests.viewer.viewer_page import ViewerPage
-from tests.web.test_browser import CHROMIUM_ARGS, chromium_binary
+from tests.web.browser import CHROMIUM_ARGS, chromium_binary
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser, pytest.mark.integration]
 

@@ -16,7 +16,7 @@ import pytest
 from neuroseg.worker.web.viewer_data import ras_to_lps
 from tests.services import REPO_ROOT
 from tests.web import synthetic
-from tests.web.conftest import wait_until
+from tests.web.browser import wait_until
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.web.conftest import wait_until
+from tests.web.browser import wait_until
 from tests.web.synthetic import fill_store, manifest, run_to_done
 
 FLAGGED = {"expected_dice": {"WT": 0.55, "TC": 0.4, "ET": None}, "review_recommended": True,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.web.conftest import wait_until
+from tests.web.browser import wait_until
 from tests.web.test_browser import PLOT_BACKGROUND, _drawn_fraction, _pixels
 from tests.web.test_viewer_prior import compared  # noqa: F401 - the fixture of the two compared studies
 
