@@ -16,12 +16,13 @@ from tests.dicom_out.dciodvfy import assert_dciodvfy_clean
 from tests.worker.helpers import axial_affine, blob_volume
 
 
-def _study(root: Path, seed: str, date: str, shift_mm: float, birth_date: str = "19700101") -> StudyManifest:
-    """A two-sequence study of one patient on ``date``, the head ``shift_mm`` further along x."""
+def _study(root: Path, seed: str, date: str, shift_mm: float, birth_date: str = "19700101",
+           roles: tuple[str, ...] = ("T1ce", "FLAIR")) -> StudyManifest:
+    """A study of one patient on ``date`` with ``roles``, the head ``shift_mm`` further along x."""
     identity = StudyIdentity(uid_seed=seed, patient_id="FU-1", patient_name="Follow^Up", patient_sex="F",
                              patient_birth_date=birth_date, study_date=date)
     series = []
-    for number, role in enumerate(("T1ce", "FLAIR"), start=2):
+    for number, role in enumerate(roles, start=2):
         affine = axial_affine(origin=(-32.0 + shift_mm, -32.0, -24.0))
         datasets = [copy.deepcopy(ds) for ds in build_mr_series(blob_volume((12, 32, 32), number, role), affine,
                                                                 study=identity, series_number=number, role=role)]
@@ -76,3 +77,17 @@ def test_same_id_another_birth_date_is_not_compared(tmp_path, make_settings, tin
     events = [event.message for event in store.get_job(second).events if event.kind == "followup"]
     assert any("different patient" in message for message in events), events
     assert "change-seg" not in {item.kind for item in store.get_job(second).outputs}
+
+
+def test_a_prior_that_shares_no_sequence_is_a_note_and_no_change_objects(tmp_path, make_settings, tiny_checkpoint):
+    settings = make_settings(model_path=tiny_checkpoint, mc_samples=1, send_maps="", send_reports="")
+    store = JobStore.from_settings(settings)
+    _run(store, settings, _study(tmp_path / "spool", "fu-flair", "20260101", 0.0, roles=("FLAIR",)))
+    second = _run(store, settings, _study(tmp_path / "spool", "fu-t1ce", "20260401", 0.0, roles=("T1ce",)))
+    point = store.get_time_point(second)
+    assert point.status == "not_comparable", point
+    events = [event.message for event in store.get_job(second).events if event.kind == "followup"]
+    assert any("shares no sequence with this one" in message for message in events), events
+    # the study's own results go out; nothing claims a change it could not measure
+    kinds = {item.kind for item in store.get_job(second).outputs}
+    assert "seg" in kinds and "change-seg" not in kinds
