@@ -53,8 +53,11 @@ def test_bench_ingest_over_several_associations_with_a_profile(tmp_path, shared_
     report = json.loads(report_path.read_text())
     assert report["associations"] == 3 and report["profiled"]
     assert report["storescp"]["received"] == [30] and report["neuroseg"]["received"] == [30]
-    # the association threads were profiled: the C-STORE handler is in the report, the spool write in the stats
-    assert "handle_store" in profile_path.read_text()
+    # the association threads were profiled: the C-STORE handler and the spool write are in the raw stats
+    # (the text report lists the top 40 only, where a loaded machine's lock waits can push the handler out)
+    assert "3 association(s)" in profile_path.read_text()
     stats = pstats.Stats(str(profile_path.with_suffix(".pstats")))
-    assert any(path.endswith("spool.py") and name == "store" for path, _, name in stats.stats)  # type: ignore[attr-defined]
+    profiled = stats.stats  # type: ignore[attr-defined]
+    assert any(name == "handle_store" for _, _, name in profiled)
+    assert any(path.endswith("spool.py") and name == "store" for path, _, name in profiled)
     assert "3 association(s) at once" in capsys.readouterr().out
