@@ -31,6 +31,15 @@ def retrieve(orthanc, sop_instance_uid: str, folder: Path) -> Path:
     return path
 
 
+def retrieve_change_objects(orthanc, outputs: dict, folder: Path) -> tuple[Path, Path]:
+    """The change SEG and the SR as Orthanc holds them, each checked with dciodvfy."""
+    folder.mkdir()
+    paths = tuple(retrieve(orthanc, outputs[kind].sop_instance_uid, folder) for kind in ("change-seg", "sr"))
+    for path in paths:
+        assert_dciodvfy_clean(path)
+    return paths  # type: ignore[return-value]
+
+
 def sr_time_points(path: Path) -> dict[str, dict[str, tuple[float, str]]]:
     """time point text -> {tracking UID: (volume ml, source SEG SOP instance)} read with highdicom."""
     report = hd.sr.srread(path)
@@ -57,12 +66,7 @@ def test_follow_up_pair_round_trips_through_orthanc(tmp_path, make_settings, tin
     outputs = {item.kind: item for item in current.outputs}
     prior_seg = next(item for item in prior.outputs if item.kind == "seg")
 
-    back = tmp_path / "retrieved"
-    back.mkdir()
-    change_path = retrieve(orthanc, outputs["change-seg"].sop_instance_uid, back)
-    sr_path = retrieve(orthanc, outputs["sr"].sop_instance_uid, back)
-    assert_dciodvfy_clean(change_path)
-    assert_dciodvfy_clean(sr_path)
+    change_path, sr_path = retrieve_change_objects(orthanc, outputs, tmp_path / "retrieved")
 
     change = pydicom.dcmread(change_path)
     assert change.StudyInstanceUID == current.study_instance_uid
@@ -159,12 +163,7 @@ def test_a_phantom_pair_moved_between_studies_comes_back_unchanged_through_ortha
     assert point.summary["et_class"]["category"] == "stable", point.summary["et_class"]
 
     outputs = {item.kind: item for item in store.get_job(second).outputs}
-    back = tmp_path / "retrieved"
-    back.mkdir()
-    change_path = retrieve(orthanc, outputs["change-seg"].sop_instance_uid, back)
-    sr_path = retrieve(orthanc, outputs["sr"].sop_instance_uid, back)
-    assert_dciodvfy_clean(change_path)
-    assert_dciodvfy_clean(sr_path)
+    change_path, sr_path = retrieve_change_objects(orthanc, outputs, tmp_path / "retrieved")
     change = pydicom.dcmread(change_path)
     voxels = {item.SegmentLabel.lower(): 0 for item in change.SegmentSequence}
     labels = {item.SegmentNumber: item.SegmentLabel.lower() for item in change.SegmentSequence}
