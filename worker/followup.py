@@ -39,12 +39,13 @@ REGISTRATION_ORDER = ("t1ce", "flair", "t2", "t1")
 PRIOR_LABELS_FILE = Path("followup") / "prior_seg.nii.gz"
 
 
-def _note(ctx: Any, message: str) -> None:
+def note_followup(ctx: Any, message: str) -> None:
+    """A ``followup`` event on the job: what the comparison did, or why it did not."""
     ctx.store.record_event("followup", message, job_id=ctx.job_id, study_instance_uid=ctx.manifest.study_instance_uid)
 
 
 def _not_compared(ctx: Any, status: str, message: str, prior: TimePoint | None = None) -> None:
-    _note(ctx, message)
+    note_followup(ctx, message)
     ctx.store.set_comparison(ctx.job_id, status, message, prior_job_id=prior.job_id if prior else None)
 
 
@@ -67,7 +68,7 @@ def add_followup_objects(ctx: Any, request: Any, objects: list[Any]) -> list[Any
         return _with_followup(ctx, request, objects)
     except Exception as exc:  # noqa: BLE001 - the follow-up must not cost the radiologist the study's result
         log.exception("job %s: follow-up comparison failed", ctx.job_id)
-        _note(ctx, f"follow-up comparison failed ({type(exc).__name__}: {exc}); results sent without it")
+        note_followup(ctx, f"follow-up comparison failed ({type(exc).__name__}: {exc}); results sent without it")
         return objects
 
 
@@ -81,12 +82,12 @@ def _with_prior_in_report(ctx: Any, request: Any, objects: list[Any], prior: Tim
 
     segmentation = next((item for item in objects if item.kind == "seg"), None)
     if prior_seg is None or segmentation is None or not any(item.kind == "sr" for item in objects):
-        _note(ctx, "the prior study has no SEG on record: the SR holds the current time point only")
+        note_followup(ctx, "the prior study has no SEG on record: the SR holds the current time point only")
         return objects
     try:
         prior_seg_ds = pydicom.dcmread(prior_seg.path)
     except (OSError, pydicom.errors.InvalidDicomError) as exc:
-        _note(ctx, f"the prior study's SEG cannot be read ({exc}): the SR holds the current time point only")
+        note_followup(ctx, f"the prior study's SEG cannot be read ({exc}): the SR holds the current time point only")
         return objects
     time_point = PriorTimePoint(seg=prior_seg_ds, labels=prior_labels, study_date=prior.study_date,
                                 volumes_ml={key: value.prior_ml for key, value in comparison.regions.items()},
@@ -114,7 +115,7 @@ def _with_followup(ctx: Any, request: Any, objects: list[Any]) -> list[Any]:
         from neuroseg.worker.prior_query import fetch_prior_from_pacs
 
         for note in search.notes:
-            _note(ctx, note)
+            note_followup(ctx, note)
         why_not = fetch_prior_from_pacs(ctx)  # notes on the job what it did
         # the PACS had one: it is processed now, so look again
         search = ctx.store.find_prior(ctx.job_id) if why_not is None else PriorSearch(None, ())
@@ -122,7 +123,7 @@ def _with_followup(ctx: Any, request: Any, objects: list[Any]) -> list[Any]:
             ctx.store.set_comparison(ctx.job_id, "no_prior", why_not or "; ".join(search.notes))
             return objects
     for note in search.notes:
-        _note(ctx, note)
+        note_followup(ctx, note)
     prior = search.prior
     if prior is None:
         ctx.store.set_comparison(ctx.job_id, "no_prior", "; ".join(search.notes))
@@ -156,12 +157,12 @@ def _with_followup(ctx: Any, request: Any, objects: list[Any]) -> list[Any]:
     change = build_change_segmentation(request, comparison.change_map, prior.study_instance_uid, prior.study_date)
     objects = _with_prior_in_report(ctx, request, objects, prior, prior_seg, folder.labels, comparison)
     for note in comparison.notes:
-        _note(ctx, note)
+        note_followup(ctx, note)
     try:
         keep_prior_labels(job_folder(ctx.settings, ctx.job_id), comparison, ctx.loaded.affine)
     except OSError as exc:  # the viewer loses the prior surface, the comparison still goes out
-        _note(ctx, f"the prior's labels could not be kept for the 3D viewer ({exc})")
+        note_followup(ctx, f"the prior's labels could not be kept for the 3D viewer ({exc})")
     message = f"compared with prior study of {prior.study_date or 'unknown date'}: {comparison.et_class.text}"
-    _note(ctx, message)
+    note_followup(ctx, message)
     ctx.store.set_comparison(ctx.job_id, "compared", message, prior_job_id=prior.job_id, summary=summary)
     return [*objects, change]

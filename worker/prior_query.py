@@ -28,6 +28,7 @@ import shutil
 import time
 from typing import Any
 
+from neuroseg.worker.followup import note_followup
 from neuroseg.worker.jobstore import FINAL_STATES, ClaimOutcome, JobState, PatientIdentity, worker_identity
 from neuroseg.worker.settings import DicomDestination, Settings
 
@@ -38,13 +39,9 @@ INTAKE_MARGIN_S = 60.0
 POLL_S = 0.5
 
 
-def _note(ctx: Any, message: str) -> None:
-    ctx.store.record_event("followup", message, job_id=ctx.job_id, study_instance_uid=ctx.manifest.study_instance_uid)
-
-
 def _stop(ctx: Any, message: str) -> str:
     """Note on the job why no prior comes from the PACS, and hand the reason back."""
-    _note(ctx, message)
+    note_followup(ctx, message)
     return message
 
 
@@ -78,7 +75,7 @@ def _candidates(ctx: Any, matches: list[Any], identity: PatientIdentity, date: s
         if match.study_instance_uid == ctx.manifest.study_instance_uid:
             continue
         if (match.patient_birth_date, match.patient_sex) != (identity.patient_birth_date, identity.patient_sex):
-            _note(ctx, f"PACS study {match.study_instance_uid} has the same PatientID but birth date "
+            note_followup(ctx, f"PACS study {match.study_instance_uid} has the same PatientID but birth date "
                   f"{match.patient_birth_date or '(none)'} and sex {match.patient_sex or '(none)'}: "
                   "a different patient (or an identity error), not retrieved")
             continue
@@ -132,7 +129,7 @@ def _retrieve_and_process(ctx: Any, peer: Any, prior: Any, folder: Any, get_stud
 
     settings, store = ctx.settings, ctx.store
     retrieved = get_study(peer, prior.study_instance_uid, folder)
-    _note(ctx, f"retrieved prior study {prior.study_instance_uid} of {prior.study_date} from {peer} by C-GET "
+    note_followup(ctx, f"retrieved prior study {prior.study_instance_uid} of {prior.study_date} from {peer} by C-GET "
           f"({len(retrieved.files)} MR instances" + (f", {retrieved.failed} not sent" if retrieved.failed else "")
           + ")")
     listener = listener_peer(settings)
@@ -151,7 +148,7 @@ def _retrieve_and_process(ctx: Any, peer: Any, prior: Any, folder: Any, get_stud
     if state not in (JobState.DONE.value, JobState.PARTIAL.value):
         return _stop(ctx, f"the prior study {prior.study_instance_uid} (job {prior_job}) ended {state}; "
                      "nothing compared")
-    _note(ctx, f"prior study {prior.study_instance_uid} processed as job {prior_job}")
+    note_followup(ctx, f"prior study {prior.study_instance_uid} processed as job {prior_job}")
     return None
 
 
