@@ -13,6 +13,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -214,6 +215,9 @@ class EncodedObject:
     sop_class_uid: str
     sop_instance_uid: str
     dataset: Dataset = field(repr=False, compare=False)
+    #: The file holding this data set as written (:func:`~neuroseg.dicom_out.send.write_outbox`), or None:
+    #: C-STORE then sends its bytes instead of encoding (and deflating) the data set once more.
+    path: Path | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)

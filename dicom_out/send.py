@@ -36,7 +36,7 @@ import ssl
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from io import BytesIO
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -45,6 +45,7 @@ import pydicom
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from neuroseg.common.files import atomic_write
+from neuroseg.common.parallel import map_in_threads
 from neuroseg.dicom_out.common import EncodedObject
 from neuroseg.dicom_out.enum import DeliveryStatus
 
@@ -280,6 +281,10 @@ def deliver(
         if on_result is not None:
             on_result(result)
 
+    from pynetdicom import _config
+
+    # pynetdicom's documented switch: a path is sent as the file's bytes, in chunks, not decoded and re-encoded
+    _config.STORE_SEND_CHUNKED_DATASET = True
     with association(peer, [(sop, syntaxes) for (sop, _), syntaxes in contexts.items()]) as assoc:
         accepted = {(context.abstract_syntax, context.transfer_syntax[0]) for context in assoc.accepted_contexts}
         for obj in objects:
@@ -299,8 +304,10 @@ def deliver(
                 record(DeliveryResult(obj.kind, obj.sop_class_uid, obj.sop_instance_uid, destination,
                                       DeliveryStatus.FAILURE, None, message))
                 continue
+            # the file as written, when the peer takes its transfer syntax: no second encoding and deflate
+            payload = obj.path if dataset is obj.dataset and obj.path is not None else dataset
             try:
-                response = assoc.send_c_store(dataset)
+                response = assoc.send_c_store(payload)
             except (ValueError, AttributeError) as exc:  # the dataset cannot be encoded in the context
                 record(DeliveryResult(obj.kind, obj.sop_class_uid, obj.sop_instance_uid, destination,
                                       DeliveryStatus.FAILURE, None, f"could not send: {exc}"))
@@ -441,7 +448,7 @@ def _result(obj: EncodedObject, destination: str, status: int, response) -> Deli
     return DeliveryResult(obj.kind, obj.sop_class_uid, obj.sop_instance_uid, destination, outcome, status, message)
 
 
-def write_outbox(objects: Iterable[EncodedObject], folder: str | os.PathLike[str]) -> list[Path]:
+def write_outbox(objects: Iterable[EncodedObject], folder: str | os.PathLike[str]) -> list[EncodedObject]:
     """Write each object as ``<folder>/<kind>.dcm`` atomically; the folder then holds this set and no other.
 
     Each file is written to a temporary name in the same folder, flushed
@@ -450,25 +457,29 @@ def write_outbox(objects: Iterable[EncodedObject], folder: str | os.PathLike[str
     ``<kind>.dcm`` left from an earlier run that this set no longer has (a
     kind switched off since) is removed after the new files are in place, so
     whoever picks the folder up never takes a stale result for a current one.
+    The files are written in threads: their deflate compression releases the GIL.
 
     Returns
     -------
-    list of pathlib.Path
-        The written files, in the order of ``objects``.
+    list of EncodedObject
+        The objects, in the order of ``objects``, each with ``path`` set to its file.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for obj in objects:
+
+    def write(obj: EncodedObject) -> EncodedObject:
         path = folder / f"{obj.kind}.dcm"
-        atomic_write(path, lambda stream, ds=obj.dataset: pydicom.dcmwrite(stream, ds, enforce_file_format=True))
-        paths.append(path)
+        atomic_write(path, lambda stream: pydicom.dcmwrite(stream, obj.dataset, enforce_file_format=True))
+        return replace(obj, path=path)
+
+    written = map_in_threads(write, list(objects), name="outbox")
+    paths = [obj.path for obj in written]
     stale = sorted(set(folder.glob("*.dcm")) - set(paths))
     for path in stale:
         path.unlink(missing_ok=True)
     log.info("wrote %d objects to %s%s", len(paths), folder,
              f"; removed {len(stale)} no longer made ({', '.join(p.stem for p in stale)})" if stale else "")
-    return paths
+    return written
 
 
 def load_objects(paths: Iterable[str | os.PathLike[str]]) -> list[EncodedObject]:
@@ -493,5 +504,5 @@ def load_objects(paths: Iterable[str | os.PathLike[str]]) -> list[EncodedObject]
             if "SOPClassUID" not in ds or "SOPInstanceUID" not in ds:
                 log.warning("skipping %s: no SOPClassUID/SOPInstanceUID", path)
                 continue
-            objects.append(EncodedObject(path.stem, str(ds.SOPClassUID), str(ds.SOPInstanceUID), ds))
+            objects.append(EncodedObject(path.stem, str(ds.SOPClassUID), str(ds.SOPInstanceUID), ds, path=path))
     return objects

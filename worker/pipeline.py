@@ -323,8 +323,7 @@ def encode_outputs(ctx: JobContext) -> None:
         objects = add_followup_objects(ctx, request, objects)  # the prior study, when there is one
     except DicomOutError as exc:  # bad input only: any other ValueError is a bug and must surface as one
         raise InputError(f"the results cannot be encoded on the reference series: {exc}") from exc
-    save_objects(ctx, objects)
-    ctx.objects = objects
+    ctx.objects = save_objects(ctx, objects)
     ctx.progress(100, f"{len(objects)} DICOM objects written")
 
 
@@ -333,8 +332,10 @@ def _classes(arrays: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in arrays.items() if key in TUMOUR_CLASSES}
 
 
-def save_objects(ctx: JobContext, objects: list[Any]) -> None:
+def save_objects(ctx: JobContext, objects: list[Any]) -> list[Any]:
     """Write each object to ``dicom/<kind>.dcm`` atomically, list them, record them, set resume at delivering.
+
+    Returns the objects with their files (``path``), which delivery sends as written.
 
     The folder and the job's outputs then hold this set only: what an earlier run made and this one does
     not is removed from both (and named in the job's timeline by ``record_outputs``).
@@ -342,11 +343,11 @@ def save_objects(ctx: JobContext, objects: list[Any]) -> None:
     from neuroseg.dicom_out.send import write_outbox
 
     folder = ctx.dicom_folder
-    paths = write_outbox(objects, folder)
+    saved = write_outbox(objects, folder)
     listing = [{"kind": item.kind, "sop_class_uid": str(item.sop_class_uid),
                 "sop_instance_uid": str(item.sop_instance_uid),
                 "series_instance_uid": str(item.dataset.get("SeriesInstanceUID", "")),
-                "path": path.name} for item, path in zip(objects, paths, strict=True)]
+                "path": item.path.name} for item in saved]
     atomic_write(folder / "objects.json", json.dumps(listing, indent=1))
     ctx.store.record_outputs(ctx.job_id, [
         OutputRecord(kind=item["kind"], sop_instance_uid=item["sop_instance_uid"],
@@ -354,6 +355,7 @@ def save_objects(ctx: JobContext, objects: list[Any]) -> None:
                      path=str(folder / item["path"]))
         for item in listing])
     ctx.store.set_resume_stage(ctx.job_id, JobState.DELIVERING)
+    return saved
 
 
 def load_saved_objects(ctx: JobContext) -> list[Any]:
@@ -366,9 +368,10 @@ def load_saved_objects(ctx: JobContext) -> list[Any]:
                          "retry it without re-deliver to process the study again")
     objects = []
     for item in json.loads(index.read_text()):
-        dataset = pydicom.dcmread(ctx.dicom_folder / item["path"])
+        path = ctx.dicom_folder / item["path"]
         objects.append(EncodedObject(kind=item["kind"], sop_class_uid=item["sop_class_uid"],
-                                     sop_instance_uid=item["sop_instance_uid"], dataset=dataset))
+                                     sop_instance_uid=item["sop_instance_uid"], dataset=pydicom.dcmread(path),
+                                     path=path))
     return objects
 
 

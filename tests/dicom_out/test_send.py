@@ -8,7 +8,7 @@ from pathlib import Path
 import pydicom
 import pytest
 from pynetdicom import AE, evt
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from neuroseg.dicom_out import DeliveryUnavailable, EncodeOptions, Peer, deliver, encode_study, write_outbox
 from neuroseg.dicom_out.enum import DeliveryStatus
@@ -30,13 +30,15 @@ class RecordingPacs:
     """A pynetdicom SCP that stores what it accepts and can refuse by SOP class."""
 
     def __init__(self, sop_classes: set[str], refuse_with: dict[str, int] | None = None,
-                 require_called_ae: bool = False, ssl_context=None) -> None:
+                 require_called_ae: bool = False, ssl_context=None,
+                 transfer_syntaxes: tuple[str, ...] = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)) -> None:
         self.received: list[str] = []
+        self.received_bytes: dict[str, bytes] = {}
         self.refuse_with = refuse_with or {}
         self.ae = AE(ae_title="TESTPACS")
         self.ae.require_called_aet = require_called_ae
         for uid in sop_classes:
-            self.ae.add_supported_context(uid, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+            self.ae.add_supported_context(uid, list(transfer_syntaxes))
         self.ae.add_supported_context(VERIFICATION)
         self.server = self.ae.start_server(("127.0.0.1", 0), block=False, ssl_context=ssl_context,
                                            evt_handlers=[(evt.EVT_C_STORE, self.handle_store)])
@@ -47,6 +49,7 @@ class RecordingPacs:
         if sop_class in self.refuse_with:
             return self.refuse_with[sop_class]
         self.received.append(str(event.request.AffectedSOPInstanceUID))
+        self.received_bytes[self.received[-1]] = event.request.DataSet.getvalue()
         return 0x0000
 
     def stop(self) -> None:
@@ -73,6 +76,33 @@ def test_every_object_is_stored(objects, pacs_factory) -> None:
     assert [result.kind for result in results] == [obj.kind for obj in objects]
     assert all(result.outcome is DeliveryStatus.SUCCESS and result.status == 0 for result in results)
     assert pacs.received == [obj.sop_instance_uid for obj in objects]
+
+
+def test_a_written_object_is_sent_as_its_file_not_encoded_again(objects, pacs_factory, tmp_path, monkeypatch) -> None:
+    import pynetdicom.association
+    from pynetdicom.dsutils import split_dataset
+
+    written = write_outbox(objects, tmp_path / "out")
+    assert any(obj.dataset.file_meta.TransferSyntaxUID == DeflatedExplicitVRLittleEndian for obj in written)
+    own_syntaxes = {str(obj.dataset.file_meta.TransferSyntaxUID) for obj in written}
+    pacs = pacs_factory(sop_classes={obj.sop_class_uid for obj in objects},
+                        transfer_syntaxes=(*sorted(own_syntaxes), ExplicitVRLittleEndian))
+
+    def no_encoding(*args, **kwargs):
+        raise AssertionError("a written object was encoded again")
+
+    monkeypatch.setattr(pynetdicom.association, "encode", no_encoding)
+    results = deliver(written, Peer("TESTPACS", "127.0.0.1", pacs.port, timeout=10))
+    assert all(result.outcome is DeliveryStatus.SUCCESS for result in results), [r.message for r in results]
+    for obj in written:
+        _, offset = split_dataset(obj.path)
+        assert pacs.received_bytes[obj.sop_instance_uid] == obj.path.read_bytes()[offset:]
+    monkeypatch.undo()
+    # a peer that does not take a file's own transfer syntax gets the data set converted, as before
+    plain = pacs_factory(sop_classes={obj.sop_class_uid for obj in objects})
+    results = deliver(written, Peer("TESTPACS", "127.0.0.1", plain.port, timeout=10))
+    assert all(result.outcome is DeliveryStatus.SUCCESS for result in results)
+    assert sorted(plain.received) == sorted(obj.sop_instance_uid for obj in written)
 
 
 def test_a_sop_class_the_pacs_does_not_support_fails_alone(objects, pacs_factory) -> None:
@@ -176,9 +206,9 @@ def test_delivering_nothing_opens_no_association() -> None:
 
 def test_outbox_writes_each_object_atomically_and_replaces_on_rewrite(objects, tmp_path: Path) -> None:
     folder = tmp_path / "outbox" / "study"
-    paths = write_outbox(objects, folder)
+    paths = [obj.path for obj in write_outbox(objects, folder)]
     assert [path.name for path in paths] == [f"{obj.kind}.dcm" for obj in objects]
-    assert write_outbox(objects, folder) == paths
+    assert [obj.path for obj in write_outbox(objects, folder)] == paths
     assert sorted(folder.iterdir()) == sorted(paths), "no temporary files left behind"
     for obj, path in zip(objects, paths):
         assert pydicom.dcmread(path).SOPInstanceUID == obj.sop_instance_uid
@@ -192,7 +222,7 @@ def test_rewriting_the_outbox_with_fewer_kinds_removes_the_ones_no_longer_made(o
     (folder / "notes.txt").write_text("not ours to remove")
     kept = [obj for obj in objects if not obj.kind.startswith("pmap-")]  # maps switched off since
     assert len(kept) < len(objects)
-    paths = write_outbox(kept, folder)
+    paths = [obj.path for obj in write_outbox(kept, folder)]
     assert sorted(folder.glob("*.dcm")) == sorted(paths)
     assert sorted(obj.sop_instance_uid for obj in load_objects([folder])) == \
         sorted(obj.sop_instance_uid for obj in kept)
