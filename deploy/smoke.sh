@@ -89,7 +89,6 @@ echo "compose $compose_kind; build: ${docker_build[*]}"
 work="$(mktemp -d "${TMPDIR:-/tmp}/neuroseg-smoke.XXXXXX")"
 export SMOKE_DIR="$work"
 project="neuroseg-smoke-$$"
-wheel_server=""
 compose() {
   if [ "$compose_kind" = v2 ]; then
     docker compose -p "$project" -f "$compose_dir/compose.yaml" -f "$compose_dir/compose.test.yaml" "$@"
@@ -102,7 +101,6 @@ compose() {
 teardown() {
   local rc=$?
   trap - ERR
-  if [ -n "$wheel_server" ]; then kill "$wheel_server" 2>/dev/null || true; fi
   if [ "${SMOKE_KEEP:-0}" = 1 ]; then
     echo "SMOKE_KEEP=1: the stack stays up (project $project, files in $work)"
     return
@@ -161,18 +159,21 @@ if [ "$(image_hash "$image")" != "$hash" ]; then
   if [ -z "${SMOKE_TORCH_WHEELS:-}" ]; then
     python3 -m pip download -q --no-deps --only-binary=:all: "torch==2.13.0+cpu" -d "$wheels" >/dev/null 2>&1 || true
   fi
-  if ls "$wheels"/torch-2.13.0+cpu-*.whl >/dev/null 2>&1; then
-    # the build reaches the wheel over the host's loopback (builds run with the host's network)
-    read -r wheel_port < <(python3 "$helper" ports 1)
-    python3 -m http.server "$wheel_port" --bind 127.0.0.1 --directory "$wheels" >/dev/null 2>&1 &
-    wheel_server=$!
-    torch_args+=(--build-arg TORCH_INDEX_URL= --build-arg TORCH_WHEELS="http://127.0.0.1:$wheel_port/")
-  fi
+  staged_wheels=()
+  for wheel in "$wheels"/torch-2.13.0+cpu-*.whl; do
+    [ -f "$wheel" ] || continue
+    # a folder of the build context (deploy/compose/wheels): its content, not its
+    # location, keys the build cache, so the torch layer is built once
+    staged="$compose_dir/wheels/$(basename "$wheel")"
+    ln -f "$wheel" "$staged" 2>/dev/null || cp "$wheel" "$staged"
+    staged_wheels+=("$staged")
+    torch_args+=(--build-arg TORCH_INDEX_URL=)
+  done
   nice -n 19 "${docker_build[@]}" --network host -f "$compose_dir/Dockerfile" --build-arg VARIANT=cpu \
     --build-arg BASE_IMAGE="$base" "${torch_args[@]}" --label io.neuroseg.smoke-hash="$hash" \
     -t "$image" "$root" > "$work/build-neuroseg.log" 2>&1 \
-    || { tail -n 40 "$work/build-neuroseg.log"; fail "building the neuroseg image failed"; }
-  if [ -n "$wheel_server" ]; then kill "$wheel_server" 2>/dev/null || true; wheel_server=""; fi
+    || { rm -f "${staged_wheels[@]}"; tail -n 40 "$work/build-neuroseg.log"; fail "building the neuroseg image failed"; }
+  rm -f "${staged_wheels[@]}"
   build_seconds=$(( $(date +%s) - build_started ))
   docker image prune -f >/dev/null 2>&1 || true  # the replaced image's layers (vfs keeps full copies)
 fi

@@ -1,10 +1,18 @@
-"""deploy/compose/Dockerfile: installs the package exactly as the README does."""
+"""deploy/compose/Dockerfile: installs what the README's install command installs.
+
+The README installs ``pip install torch==X -e ".[test]"``; the image installs
+torch at the same pin with the dependencies pyproject.toml declares in one
+layer, then neuroseg's own wheel without dependencies, so that a source change
+does not rebuild torch.
+"""
 
 from __future__ import annotations
 
 import json
 import re
 import shlex
+import subprocess
+import sys
 import tomllib
 
 from neuroseg.worker.settings import Settings
@@ -57,26 +65,46 @@ def build_args() -> dict[str, str]:
     return args
 
 
-def dockerfile_install_commands() -> list[list[str]]:
-    """Every ``pip install ...`` of the Dockerfile that installs the package, build args expanded."""
+def dockerfile_pip_installs() -> list[list[str]]:
+    """Every ``pip install ...`` of the Dockerfile, build args expanded."""
     args = build_args()
     commands = []
     for keyword, arguments in dockerfile_instructions():
         if keyword != "RUN":
             continue
-        for part in re.split(r"&&|;", arguments):
+        for part in arguments.split("&&"):
             words = shlex.split(part)
-            if words[:2] == ["pip", "install"] and any(word.startswith("torch==") for word in words):
+            if words[:2] == ["pip", "install"]:
                 commands.append([re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], word) for word in words])
     return commands
 
 
-def test_dockerfile_installs_the_package_with_the_readme_command():
+def test_dockerfile_installs_torch_at_the_readme_pin():
     readme = normalise(readme_install_command())
-    commands = dockerfile_install_commands()
-    assert commands, "the Dockerfile never runs `pip install torch==... .`"
-    for command in commands:
-        assert command == readme, f"Dockerfile runs {' '.join(command)!r}; the README says {' '.join(readme)!r}"
+    pins = [word for word in readme if word.startswith("torch==")]
+    with_torch = [command for command in dockerfile_pip_installs() if any(w.startswith("torch==") for w in command)]
+    assert with_torch, "the Dockerfile never installs torch"
+    for command in with_torch:
+        assert [w for w in command if w.startswith("torch==")] == pins, f"Dockerfile runs {' '.join(command)!r}"
+        assert command[command.index("-r") + 1] == "/tmp/requirements.txt"
+
+
+def test_dockerfile_requirements_are_the_declared_dependencies(tmp_path):
+    """The RUN that writes /tmp/requirements.txt, run here: it lists pyproject.toml's dependencies."""
+    run = next(arguments for keyword, arguments in dockerfile_instructions()
+               if keyword == "RUN" and "/tmp/requirements.txt" in arguments)
+    script = re.search(r'python3 -c "(.*?)" >', run).group(1).replace("\\\\", "\\")
+    listed = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True,
+                            check=True).stdout.splitlines()
+    declared = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert listed == declared
+
+
+def test_dockerfile_installs_neuroseg_from_its_own_wheel_without_dependencies():
+    args_of = {tuple(command) for command in dockerfile_pip_installs()}
+    assert ("pip", "install", "--no-deps", "--no-index", "/tmp/dist/*.whl") in args_of
+    runs = [arguments for keyword, arguments in dockerfile_instructions() if keyword == "RUN"]
+    assert any("pip wheel --no-deps --wheel-dir /dist ." in run for run in runs)
 
 
 def test_readme_normalisation_keeps_the_torch_pin():
@@ -90,11 +118,13 @@ def test_dockerfile_is_multi_stage_with_cpu_and_cuda_variants():
             words = arguments.split()
             assert len(words) == 3 and words[1].upper() == "AS", f"every stage is named: FROM {arguments}"
             stages[words[2]] = words[0]
-    assert {"base-cpu", "base-cuda", "build", "runtime"} <= set(stages)
-    assert stages["build"] == stages["runtime"] == "base-${VARIANT}"
+    assert {"base-cpu", "base-cuda", "deps", "build", "runtime"} <= set(stages)
+    assert stages["deps"] == stages["runtime"] == "base-${VARIANT}"
+    assert stages["build"] == "deps"
     assert build_args()["VARIANT"] in ("cpu", "cuda")
     copies = [arguments for keyword, arguments in dockerfile_instructions() if keyword == "COPY"]
     assert any(arguments.startswith("--from=build ") for arguments in copies)
+    assert any(arguments.startswith("--from=deps ") for arguments in copies)
 
 
 def test_image_runs_as_a_non_root_user():
