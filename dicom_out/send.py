@@ -171,6 +171,22 @@ def _as_accepted(obj: EncodedObject, accepted: set[tuple[str, str]]) -> pydicom.
 
 
 @contextmanager
+def _files_sent_as_written() -> Iterator[None]:
+    """pynetdicom's documented switch, for this delivery only: a path is sent as the file's bytes, in chunks.
+
+    It is process-wide, so it is put back afterwards: other senders in the process keep decoding files.
+    """
+    from pynetdicom import _config
+
+    before = _config.STORE_SEND_CHUNKED_DATASET
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    try:
+        yield
+    finally:
+        _config.STORE_SEND_CHUNKED_DATASET = before
+
+
+@contextmanager
 def association(peer: Peer, contexts: Iterable[tuple[str, Sequence[str]]], *, scp_roles: Sequence[str] = (),
                 handlers: Sequence[Any] = (), purpose: str = "deliver to") -> Iterator[Association]:
     """An established association to ``peer`` proposing ``contexts``, released on exit.
@@ -281,11 +297,7 @@ def deliver(
         if on_result is not None:
             on_result(result)
 
-    from pynetdicom import _config
-
-    # pynetdicom's documented switch: a path is sent as the file's bytes, in chunks, not decoded and re-encoded
-    _config.STORE_SEND_CHUNKED_DATASET = True
-    with association(peer, [(sop, syntaxes) for (sop, _), syntaxes in contexts.items()]) as assoc:
+    with _files_sent_as_written(), association(peer, [(sop, syntaxes) for (sop, _), syntaxes in contexts.items()]) as assoc:
         accepted = {(context.abstract_syntax, context.transfer_syntax[0]) for context in assoc.accepted_contexts}
         for obj in objects:
             if not assoc.is_established:
@@ -504,5 +516,6 @@ def load_objects(paths: Iterable[str | os.PathLike[str]]) -> list[EncodedObject]
             if "SOPClassUID" not in ds or "SOPInstanceUID" not in ds:
                 log.warning("skipping %s: no SOPClassUID/SOPInstanceUID", path)
                 continue
-            objects.append(EncodedObject(path.stem, str(ds.SOPClassUID), str(ds.SOPInstanceUID), ds, path=path))
+            # no ``path``: a file from elsewhere may not match its own file meta; it is sent from its data set
+            objects.append(EncodedObject(path.stem, str(ds.SOPClassUID), str(ds.SOPInstanceUID), ds))
     return objects
