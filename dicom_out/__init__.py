@@ -22,7 +22,7 @@ from neuroseg.dicom_out.common import (
     GridMismatchError,
     SourceSeriesError,
 )
-from neuroseg.dicom_out.encode import encode_study
+from neuroseg.dicom_out.encode import encode_study, prepare_encoding
 from neuroseg.dicom_out.mesh import Mesh, surface_mesh
 from neuroseg.dicom_out.mr_series import StudyIdentity, build_mr_series, write_mr_series, write_study_from_nifti
 from neuroseg.dicom_out.send import DeliveryResult, DeliveryUnavailable, Peer, deliver, write_outbox
@@ -42,6 +42,7 @@ __all__ = [
     "build_mr_series",
     "deliver",
     "encode_study",
+    "prepare_encoding",
     "surface_mesh",
     "write_mr_series",
     "write_outbox",

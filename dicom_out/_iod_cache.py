@@ -46,3 +46,15 @@ def install() -> None:
         module = importlib.import_module(name)
         if getattr(module, "is_attribute_in_iod", None) is original:
             module.is_attribute_in_iod = is_attribute_in_iod
+
+
+def load_tables() -> None:
+    """Parse highdicom's tables of the standard now (a JSON file that takes about 1 s to load, once per process).
+
+    highdicom loads them on its first lookup, which would otherwise be inside
+    the first job of every new worker process.
+    """
+    install()
+    standard_utils.get_sop_class_iod_map()
+    standard_utils.get_iod_module_map()
+    standard_utils.get_module_attribute_map()

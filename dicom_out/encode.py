@@ -19,6 +19,14 @@ from neuroseg.dicom_out.sr import build_measurement_report
 log = logging.getLogger(__name__)
 
 
+def prepare_encoding() -> None:
+    """Load, once per process, what every encoding needs: highdicom's tables of the standard (about 1 s).
+
+    A worker process calls it when it starts, so that its first job does not pay for it.
+    """
+    _iod_cache.load_tables()
+
+
 def encode_study(request: EncodeRequest,
                  progress: Callable[[str, float], None] | None = None) -> list[EncodedObject]:
     """Build every result object of one study.

@@ -227,6 +227,13 @@ def run_model(ctx: JobContext) -> None:
     writer.shutdown(wait=False)  # the thread ends with its one piece of work; run_job waits for it
 
 
+def prepare_process() -> None:
+    """What a new worker process loads before its first job, beyond imports: highdicom's tables (about 1 s)."""
+    from neuroseg.dicom_out import prepare_encoding
+
+    prepare_encoding()
+
+
 def assess_quality(ctx: JobContext) -> None:
     """Expected Dice and the review flag (:mod:`neuroseg.worker.review`): it informs, it never stops the job."""
     from neuroseg.worker.review import assess_job

@@ -182,6 +182,8 @@ WARM_UP_MODULES = ("neuroseg.model.inference", "monai.inferers", "neuroseg.model
 def warm_up(**_: object) -> None:
     """Import the pipeline's heavy libraries (torch, MONAI, SimpleITK, highdicom) in a new worker process.
 
+    It also loads highdicom's tables of the standard (:func:`~neuroseg.worker.pipeline.prepare_process`).
+
     Two reasons: the first job should not pay seconds of imports, and an
     import must not run inside a job, where MONAI's optional imports (which
     catch ``Exception``) could swallow Celery's soft-time-limit exception and
@@ -195,6 +197,12 @@ def warm_up(**_: object) -> None:
             importlib.import_module(name)
         except ImportError as exc:  # the job will report it with context
             log.warning("warm-up: cannot import %s: %s", name, exc)
+    try:
+        from neuroseg.worker import pipeline
+
+        pipeline.prepare_process()
+    except (ImportError, OSError) as exc:  # the first job loads them itself, and reports a real problem
+        log.warning("warm-up: cannot load highdicom's tables: %s", exc)
     log.info("worker process warmed up in %.1f s", time.perf_counter() - started)
 
 
