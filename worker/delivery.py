@@ -73,7 +73,7 @@ def send_objects(objects: Sequence[Any], destination: DicomDestination | DicomWe
                             ca_bundle=settings.dicomweb_ca, on_result=on_result)
     peer = Peer(destination.ae_title, destination.host, destination.port,
                 calling_ae_title=calling_ae_title or settings.calling_ae_title)
-    return deliver(objects, peer, on_result=on_result)
+    return deliver(objects, peer, on_result=on_result, associations=settings.delivery_associations)
 
 
 def send_to(objects: Sequence[Any], destination: DicomDestination | DicomWebDestination,

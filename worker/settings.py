@@ -321,6 +321,9 @@ class Settings(BaseSettings):
     prior_intake: DicomDestination | None = Field(
         None, description="AET@host:port of the listener that takes a prior fetched from the PACS; unset: our own "
         "listener (AE title and port, at 127.0.0.1 or the bind address); set it when the listener runs elsewhere")
+    delivery_associations: int = Field(
+        2, ge=1, le=8, description="associations that send a study's objects to one C-STORE destination at once"
+    )
     delivery_max_retries: int = Field(
         12, ge=0, description="retries with backoff (PACS or DICOMweb server down) before giving up"
     )

@@ -34,6 +34,7 @@ class RecordingPacs:
                  transfer_syntaxes: tuple[str, ...] = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)) -> None:
         self.received: list[str] = []
         self.received_bytes: dict[str, bytes] = {}
+        self.associations: set[int] = set()
         self.refuse_with = refuse_with or {}
         self.ae = AE(ae_title="TESTPACS")
         self.ae.require_called_aet = require_called_ae
@@ -49,6 +50,7 @@ class RecordingPacs:
         if sop_class in self.refuse_with:
             return self.refuse_with[sop_class]
         self.received.append(str(event.request.AffectedSOPInstanceUID))
+        self.associations.add(id(event.assoc))
         self.received_bytes[self.received[-1]] = event.request.DataSet.getvalue()
         return 0x0000
 
@@ -76,6 +78,35 @@ def test_every_object_is_stored(objects, pacs_factory) -> None:
     assert [result.kind for result in results] == [obj.kind for obj in objects]
     assert all(result.outcome is DeliveryStatus.SUCCESS and result.status == 0 for result in results)
     assert pacs.received == [obj.sop_instance_uid for obj in objects]
+
+
+def test_several_associations_share_the_objects_and_the_results_keep_their_order(objects, pacs_factory,
+                                                                                 tmp_path) -> None:
+    written = write_outbox(objects, tmp_path / "out")
+    pacs = pacs_factory(sop_classes={obj.sop_class_uid for obj in objects},
+                        transfer_syntaxes=(DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian))
+    seen = []
+    results = deliver(written, Peer("TESTPACS", "127.0.0.1", pacs.port, timeout=10), associations=2,
+                      on_result=seen.append)
+    assert [result.sop_instance_uid for result in results] == [obj.sop_instance_uid for obj in written]
+    assert all(result.outcome is DeliveryStatus.SUCCESS for result in results)
+    assert sorted(pacs.received) == sorted(obj.sop_instance_uid for obj in written)
+    assert len(pacs.associations) == 2 and len(seen) == len(written)
+    # no peer: every association fails, and nothing was recorded
+    with pytest.raises(DeliveryUnavailable) as raised:
+        deliver(written, Peer("TESTPACS", "127.0.0.1", free_port(), timeout=2), associations=2)
+    assert raised.value.results == []
+
+
+def test_shares_balance_the_decoded_size_and_keep_the_order(objects) -> None:
+    from neuroseg.dicom_out.send import _decoded_bytes, _shares
+
+    shares = _shares(objects, 2)
+    assert len(shares) == 2 and sorted(i for share in shares for i, _ in share) == list(range(len(objects)))
+    assert all([i for i, _ in share] == sorted(i for i, _ in share) for share in shares)
+    largest = sorted(range(len(objects)), key=lambda i: -_decoded_bytes(objects[i]))[:2]
+    assert {i for i, _ in shares[0]} & set(largest) and {i for i, _ in shares[1]} & set(largest)
+    assert len(_shares(objects[:1], 4)) == 1
 
 
 def test_a_written_object_is_sent_as_its_file_not_encoded_again(objects, pacs_factory, tmp_path, monkeypatch) -> None:
