@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from neuroseg.model.benchmark import format_report, whole_study
+from neuroseg.model.benchmark import cpu_variants, format_report, whole_study
 
 
 def test_whole_study_times_co_registration_and_every_segment_step():
@@ -22,3 +22,19 @@ def test_whole_study_times_co_registration_and_every_segment_step():
                                       "mc_ours_ok": True, "gradcam_ours_ok": True},
                           "peak_rss_mb_bench_process": 1.0, "whole_study": report})
     assert "coregistration" in line
+
+
+def test_cpu_variants_measure_the_exported_trunk_where_a_runtime_is_installed():
+    import importlib.util
+
+    from neuroseg.model.runtime import random_model
+
+    report = cpu_variants(random_model(seed=1))
+    assert report["bf16_autocast"]["seconds"] > 0 and report["fp32_1_thread"]["label_agreement"] >= 0.99
+    for name in ("onnxruntime", "openvino"):
+        row = report[name]
+        if importlib.util.find_spec(name) is None or importlib.util.find_spec("onnx") is None:
+            assert row["available"] is (importlib.util.find_spec(name) is not None) and "seconds" not in row
+            continue
+        # the same network: the exported trunk gives the labels of the float32 reference
+        assert row["seconds"] > 0 and row["ratio"] > 0 and row["label_agreement"] >= 0.999, row

@@ -290,7 +290,7 @@ def _serve_env(data_dir: Path, orthanc: Orthanc, port: int, mc_samples: int | No
                NEUROSEG_DESTINATIONS=f"{orthanc.ae_title}@127.0.0.1:{orthanc.dicom_port}")
     if mc_samples is not None:
         env["NEUROSEG_MC_SAMPLES"] = str(mc_samples)
-    for name in ("NEUROSEG_DEVICE", "NEUROSEG_BROKER_URL"):
+    for name in ("NEUROSEG_DEVICE", "NEUROSEG_CPU_BACKEND", "NEUROSEG_BROKER_URL"):
         if name in os.environ:
             env[name] = os.environ[name]
     return env
