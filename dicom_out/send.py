@@ -32,6 +32,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import shutil
 import ssl
 import threading
 import time
@@ -537,7 +538,9 @@ def write_outbox(objects: Iterable[EncodedObject], folder: str | os.PathLike[str
     ``<kind>.dcm`` left from an earlier run that this set no longer has (a
     kind switched off since) is removed after the new files are in place, so
     whoever picks the folder up never takes a stale result for a current one.
-    The files are written in threads: their deflate compression releases the GIL.
+    The files are written in threads: their deflate compression releases the GIL. An object that
+    was written before (``path`` set, as :func:`write_outbox` returns it) is copied from its file
+    instead of being encoded and deflated again.
 
     Returns
     -------
@@ -549,7 +552,12 @@ def write_outbox(objects: Iterable[EncodedObject], folder: str | os.PathLike[str
 
     def write(obj: EncodedObject) -> EncodedObject:
         path = folder / f"{obj.kind}.dcm"
-        atomic_write(path, lambda stream: pydicom.dcmwrite(stream, obj.dataset, enforce_file_format=True))
+        if obj.path is not None and obj.path.is_file():
+            if obj.path.resolve() != path.resolve():
+                with open(obj.path, "rb") as source:
+                    atomic_write(path, lambda stream: shutil.copyfileobj(source, stream, 1 << 20))
+        else:
+            atomic_write(path, lambda stream: pydicom.dcmwrite(stream, obj.dataset, enforce_file_format=True))
         return replace(obj, path=path)
 
     written = map_in_threads(write, list(objects), name="outbox")

@@ -247,6 +247,22 @@ def test_outbox_writes_each_object_atomically_and_replaces_on_rewrite(objects, t
     assert sorted(obj.sop_instance_uid for obj in loaded) == sorted(obj.sop_instance_uid for obj in objects)
 
 
+def test_written_objects_are_copied_to_another_outbox_not_encoded_again(objects, tmp_path: Path, monkeypatch) -> None:
+    written = write_outbox(objects, tmp_path / "job")
+
+    def no_encoding(*args, **kwargs):
+        raise AssertionError("a written object was encoded again")
+
+    monkeypatch.setattr(pydicom, "dcmwrite", no_encoding)
+    copied = write_outbox(written, tmp_path / "outbox")
+    assert [obj.path.parent for obj in copied] == [tmp_path / "outbox"] * len(written)
+    for before, after in zip(written, copied):
+        assert after.path.read_bytes() == before.path.read_bytes()
+    again = write_outbox(copied, tmp_path / "outbox")  # onto itself: the files stay as they are
+    assert all(obj.path.is_file() for obj in again)
+    assert not [p for p in (tmp_path / "outbox").iterdir() if p.name.startswith(".")]
+
+
 def test_rewriting_the_outbox_with_fewer_kinds_removes_the_ones_no_longer_made(objects, tmp_path: Path) -> None:
     folder = tmp_path / "outbox" / "study"
     write_outbox(objects, folder)
