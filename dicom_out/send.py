@@ -293,8 +293,9 @@ def deliver(
     Raises
     ------
     DeliveryUnavailable
-        When no association can be established, or one is lost mid-way
-        (after the other associations have finished; it carries every result).
+        When no association can be established, or one is lost mid-way and
+        the objects it had left cannot be sent over one association after the
+        others have finished either (it carries every result).
     """
     if not objects:
         return []
@@ -321,12 +322,33 @@ def deliver(
         else:
             with ThreadPoolExecutor(max_workers=len(shares), thread_name_prefix="neuroseg-deliver") as pool:
                 failures = list(pool.map(lambda share: _send_share(share, peer, record), shares))
+            failures = _send_rest_over_one(objects, results, failures, peer, record)
     failures = [failure for failure in failures if failure is not None]
     if failures:
         raise DeliveryUnavailable(str(failures[0]), in_order()) from failures[0]
     log.info("delivered %d of %d objects to %s%s", sum(result.ok for result in results.values()), len(results),
              peer, f" over {len(shares)} associations" if len(shares) > 1 else "")
     return in_order()
+
+
+#: Pauses before each try of :func:`_send_rest_over_one`: a PACS may count an association as open for a
+#: moment after its release.
+ONE_ASSOCIATION_PAUSES_S = (0.0, 0.5, 1.5)
+
+
+def _send_rest_over_one(objects: Sequence[EncodedObject], results: dict[int, DeliveryResult],
+                        failures: list[DeliveryUnavailable | None], peer: Peer,
+                        record: Callable[[int, DeliveryResult], None]) -> list[DeliveryUnavailable | None]:
+    """After a share failed: the objects it left, over one association (a PACS that allows one per AE title)."""
+    for pause in ONE_ASSOCIATION_PAUSES_S:
+        unsent = [(index, obj) for index, obj in enumerate(objects) if index not in results]
+        failure = next((failure for failure in failures if failure is not None), None)
+        if not unsent or failure is None:
+            break
+        log.warning("%s: %s; sending the %d objects left over one association", peer, failure, len(unsent))
+        time.sleep(pause)
+        failures = [_send_share(unsent, peer, record)]
+    return failures
 
 
 def _decoded_bytes(obj: EncodedObject) -> int:

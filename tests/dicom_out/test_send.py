@@ -98,6 +98,16 @@ def test_several_associations_share_the_objects_and_the_results_keep_their_order
     assert raised.value.results == []
 
 
+def test_a_pacs_that_allows_one_association_still_gets_every_object(objects, pacs_factory, tmp_path) -> None:
+    written = write_outbox(objects, tmp_path / "out")
+    pacs = pacs_factory(sop_classes={obj.sop_class_uid for obj in objects})
+    pacs.ae.maximum_associations = 1
+    results = deliver(written, Peer("TESTPACS", "127.0.0.1", pacs.port, timeout=10), associations=2)
+    assert [result.sop_instance_uid for result in results] == [obj.sop_instance_uid for obj in written]
+    assert all(result.outcome is DeliveryStatus.SUCCESS for result in results)
+    assert sorted(pacs.received) == sorted(obj.sop_instance_uid for obj in written)
+
+
 def test_shares_balance_the_decoded_size_and_keep_the_order(objects) -> None:
     from neuroseg.dicom_out.send import _decoded_bytes, _shares
 
