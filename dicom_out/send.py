@@ -1,9 +1,10 @@
 """Delivery: C-STORE to a PACS, STOW-RS to a DICOMweb server, or an outbox folder.
 
-:func:`deliver` opens one association with a presentation context for every
-SOP class among the objects (the pynetdicom defaults omit Parametric Map,
-Label Map SEG and Encapsulated STL, so they are named explicitly), sends each
-object and records its status:
+:func:`deliver` opens one association (or ``associations`` of them, each
+with a share of the objects) with a presentation context for every SOP class
+among its objects (the pynetdicom defaults omit Parametric Map, Label Map SEG
+and Encapsulated STL, so they are named explicitly), sends each object and
+records its status:
 
 - ``0x0000`` -> SUCCESS;
 - ``0xB000``, ``0xB006``, ``0xB007`` (coercion, elements discarded, data set
