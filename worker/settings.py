@@ -287,8 +287,8 @@ class Settings(BaseSettings):
     )
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     cpu_backend: CpuBackend = Field(
-        CpuBackend.FP32, description="network on a CPU: fp32, bf16, or auto (bf16 autocast where the CPU has "
-        "native bf16 and a check window's labels agree on >= 99.9 % of head voxels, else fp32)")
+        CpuBackend.AUTO, description="network on a CPU: auto (bf16 autocast where the CPU has native bf16 and a "
+        "check window's labels agree on >= 99.9 % of head voxels, else fp32), fp32 or bf16")
 
     # --- DICOM out ----------------------------------------------------------------
     destinations: Annotated[list[Destination], NoDecode] = Field(
