@@ -368,10 +368,11 @@ def _shares(objects: Sequence[EncodedObject], associations: int) -> list[list[tu
     count = max(1, min(int(associations), len(objects)))
     shares: list[list[tuple[int, EncodedObject]]] = [[] for _ in range(count)]
     loads = [0] * count
-    for index in sorted(range(len(objects)), key=lambda i: -_decoded_bytes(objects[i])):
+    sizes = [_decoded_bytes(obj) for obj in objects]
+    for index in sorted(range(len(objects)), key=lambda i: -sizes[i]):
         lightest = loads.index(min(loads))
         shares[lightest].append((index, objects[index]))
-        loads[lightest] += _decoded_bytes(objects[index])
+        loads[lightest] += sizes[index]
     return [sorted(share, key=lambda item: item[0]) for share in shares if share]
 
 

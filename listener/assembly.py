@@ -42,6 +42,7 @@ from pydicom.errors import InvalidDicomError
 
 from neuroseg.listener.classify import Classification, RuleSet, SeriesHeader
 from neuroseg.listener.durable_write import write_json_atomic
+from neuroseg.listener.journal import CHECKPOINT_AFTER_SECONDS
 from neuroseg.listener.spool import HANDED_OVER_FILE, STUDY_STATE_FILE, Spool
 from neuroseg.worker.contracts import SeriesManifest, StudyManifest
 from neuroseg.worker.settings import Settings
@@ -261,6 +262,7 @@ class StudyAssembler:
             if self._open.get(uid) is not study or study.arrivals != arrivals:
                 return None  # an instance arrived meanwhile: the timer restarted
             try:
+                self.spool.checkpoint()  # the worker reads the spool files, not the journal
                 job_id = str(self.enqueue(self.settings, manifest))
             except Exception as exc:
                 log.exception("hand-off of study_uid=%s to the queue failed; will retry", uid)
@@ -367,6 +369,7 @@ class StudyAssembler:
                     last_rescan = self.clock()
                     self.resume()
                 self.poll()
+                self.spool.checkpoint(older_than=CHECKPOINT_AFTER_SECONDS)
             except Exception:  # the loop must survive anything; the next poll retries
                 log.exception("study assembly poll failed")
 

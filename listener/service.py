@@ -70,7 +70,7 @@ class ListenerService:
                  on_event: EventSink | None = None) -> None:
         self.settings = settings
         self.rules = rules if rules is not None else RuleSet.load(settings.classification_rules)
-        self.spool = Spool(settings.spool_dir)
+        self.spool = Spool(settings.spool_dir, journal_bytes=settings.intake_journal_mb * 1024 * 1024)
         self.on_event = on_event
         self.assembler = StudyAssembler(settings, self.spool, self.rules, enqueue, on_event=on_event)
         self._server: DicomServer | None = None
@@ -102,6 +102,7 @@ class ListenerService:
             raise RuntimeError("the listener is already running")
         self.spool.root.mkdir(parents=True, exist_ok=True)
         self.spool.recover()
+        self.spool.open_journal()  # zero-filled now rather than on the first instance
         if self.assembler.enqueue is default_enqueue:
             _warm_up_queue(self.settings)
         resumed = self.assembler.resume()
@@ -135,6 +136,7 @@ class ListenerService:
             self._thread.join(timeout=60)
             self._thread = None
         handed = self.assembler.poll()
+        self.spool.close()
         log.info("listener stopped; %d study(ies) still open in the spool", len(self.assembler.open_studies))
         return handed
 

@@ -6,10 +6,14 @@ Layout (all names are validated UIDs, so nothing a peer sends can leave the spoo
     <spool>/<StudyInstanceUID>/.study.json          first arrival, calling AE titles
     <spool>/<StudyInstanceUID>/.handed-over.json    written after the hand-off to the queue
 
-Each instance is written with :mod:`neuroseg.listener.durable_write` (temporary file,
-fsync, rename, folder flush) after :mod:`neuroseg.listener.header_check` has
-checked it. Leftover temporary files are removed by :meth:`Spool.recover` at
-start-up; the peer never got Success for them, so it sends them again.
+Each instance is checked by :mod:`neuroseg.listener.header_check`, written at its
+final name (temporary file and rename) and made durable by one flush of the
+intake journal (:mod:`neuroseg.listener.journal`) before Success. An instance
+too large for the journal is flushed the two-flush way instead
+(:mod:`neuroseg.listener.durable_write`: file, then folder).
+:meth:`Spool.recover` replays the journals of crashed processes and removes
+leftover temporary files at start-up; the peer never got Success for those, so
+it sends them again.
 """
 
 from __future__ import annotations
@@ -17,11 +21,13 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from neuroseg.listener import durable_write
+from neuroseg.listener.journal import JOURNAL_DIR, SEGMENT_BYTES, IntakeJournal, replay_abandoned
 from neuroseg.listener.header_check import UID_PATTERN, InstanceHeader, check_uid
 
 log = logging.getLogger(__name__)
@@ -29,6 +35,8 @@ log = logging.getLogger(__name__)
 STUDY_STATE_FILE = ".study.json"
 HANDED_OVER_FILE = ".handed-over.json"
 INSTANCE_SUFFIX = ".dcm"
+JOURNAL_RETRY_SECONDS = 60.0
+"""After the journal could not be created (a full spool disk), how long to flush the two-flush way."""
 
 
 @dataclass(frozen=True)
@@ -48,22 +56,29 @@ class Spool:
     root: Path
         The spool folder (``settings.spool_dir``); created if missing.
     durable: bool
-        Flush every file and folder before :meth:`store` returns (default). Only
+        Make every instance durable before :meth:`store` returns (default). Only
         tests of unrelated logic turn it off.
+    journal_bytes: int
+        Size of the intake journal (:mod:`neuroseg.listener.journal`); 0 makes
+        every instance durable the two-flush way (file, then folder).
 
     Thread safety: :meth:`store` may be called from several association
     threads at once; a SOP Instance UID is stored once even when two peers
     send it at the same moment.
     """
 
-    def __init__(self, root: Path, durable: bool = True) -> None:
+    def __init__(self, root: Path, durable: bool = True, journal_bytes: int = SEGMENT_BYTES) -> None:
         self.root = Path(root)
         self.durable = durable
+        self.journal_bytes = journal_bytes
         self._lock = threading.Lock()
         self._index_lock = threading.Lock()
         self._known_dirs: set[Path] = set()
         self._index: dict[str, Path] | None = None
         self._flusher = durable_write.FolderFlusher()
+        self._journal: IntakeJournal | None = None
+        self._journal_lock = threading.Lock()
+        self._journal_retry_at = 0.0
 
     # --- writing ---------------------------------------------------------------
     def store(self, header: InstanceHeader, parts: Sequence[bytes | memoryview]) -> StoredInstance:
@@ -89,15 +104,20 @@ class Spool:
         if existing is not None:
             return StoredInstance(existing, created=False, new_study=False)
         new_study = self._make_dirs(series_dir)
+        name = path.relative_to(self.root).as_posix()
+        journal = self.open_journal()
+        if journal is not None and not journal.fits(name, sum(len(part) for part in parts)):
+            journal = None
+        flush_file = self.durable and journal is None
         temp = durable_write.temp_name(path)
         try:
             try:
-                durable_write.write_new_file(temp, parts, self.durable)
+                durable_write.write_new_file(temp, parts, flush_file)
             except FileNotFoundError:
                 # the folders were removed since we made them (retention): make them again
                 self._known_dirs.difference_update({series_dir, series_dir.parent})
                 new_study = self._make_dirs(series_dir)
-                durable_write.write_new_file(temp, parts, self.durable)
+                durable_write.write_new_file(temp, parts, flush_file)
             with self._lock:
                 existing = self._existing(header.sop_instance_uid)
                 if existing is not None:  # another association stored it meanwhile
@@ -108,9 +128,83 @@ class Spool:
         except BaseException:
             durable_write.unlink_quietly(temp)
             raise
-        if self.durable:
+        if journal is not None:
+            try:
+                journal.append(name, parts)  # written before its record: a checkpoint covers it
+            except BaseException:
+                with self._lock:  # not durable: the peer gets a failure and sends it again
+                    self._index_forget(header.sop_instance_uid, path)
+                    durable_write.unlink_quietly(path)
+                raise
+        elif self.durable:
             self._flusher.flush(series_dir)
         return StoredInstance(path, created=True, new_study=new_study)
+
+    # --- intake journal -------------------------------------------------------------
+    def open_journal(self) -> IntakeJournal | None:
+        """This process's intake journal, created on first use (the listener opens it at start); None when off."""
+        if not self.durable or self.journal_bytes <= 0:
+            return None
+        if self._journal is None:
+            if time.monotonic() < self._journal_retry_at:
+                return None
+            with self._journal_lock:
+                if self._journal is None:
+                    try:
+                        self._journal = IntakeJournal(self.root / JOURNAL_DIR, self.journal_bytes).open()
+                    except OSError as exc:  # a full or small spool disk: it needs journal_bytes free
+                        self._journal_retry_at = time.monotonic() + JOURNAL_RETRY_SECONDS
+                        log.warning("cannot create the %d MB intake journal in %s (%s); instances are flushed "
+                                    "the two-flush way, trying again in %.0f s", self.journal_bytes >> 20,
+                                    self.root, exc, JOURNAL_RETRY_SECONDS)
+                        return None
+        if self._journal.failed is not None:
+            log.error("the intake journal failed (%s); instances are flushed the two-flush way until the "
+                      "listener restarts, which replays it", self._journal.failed)
+            self.journal_bytes = 0  # the failed journal keeps its lock and is replayed at the next start
+            return None
+        return self._journal
+
+    def checkpoint(self, older_than: float | None = None) -> bool:
+        """Make every stored instance durable in the spool itself and empty the journal; True if it ran.
+
+        The assembly calls it before each hand-off (the worker reads the spool
+        files) and, with ``older_than``, a few seconds after the last arrival.
+        """
+        journal = self._journal
+        return journal.checkpoint(older_than) if journal is not None else False
+
+    def close(self) -> None:
+        """Checkpoint and remove this process's journal (a clean stop leaves nothing to replay)."""
+        with self._journal_lock:
+            journal, self._journal = self._journal, None
+        if journal is not None:
+            journal.close()
+
+    def _restore(self, name: str, payload: bytes) -> None:
+        path = self._journaled_path(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temp = durable_write.temp_name(path)
+        try:
+            durable_write.write_new_file(temp, (payload,), durable=False)  # replay flushes once at the end
+            os.replace(temp, path)
+        except BaseException:
+            durable_write.unlink_quietly(temp)
+            raise
+
+    def _holds(self, name: str, payload: bytes) -> bool:
+        path = self._journaled_path(name)
+        try:
+            return path.stat().st_size == len(payload) and path.read_bytes() == payload
+        except FileNotFoundError:
+            return False
+
+    def _journaled_path(self, name: str) -> Path:
+        study, series, file_name = name.split("/")
+        if not file_name.endswith(INSTANCE_SUFFIX):
+            raise ValueError(f"journal record {name!r} is not an instance path")
+        return (self.root / check_uid(study, "StudyInstanceUID") / check_uid(series, "SeriesInstanceUID")
+                / f"{check_uid(file_name[: -len(INSTANCE_SUFFIX)], 'SOPInstanceUID')}{INSTANCE_SUFFIX}")
 
     def _make_dirs(self, series_dir: Path) -> bool:
         """Create the study and series folders (flushing their parents); True if the study is new."""
@@ -151,6 +245,10 @@ class Spool:
         if self._index is not None:
             self._index[sop_instance_uid] = path
 
+    def _index_forget(self, sop_instance_uid: str, path: Path) -> None:
+        if self._index is not None and self._index.get(sop_instance_uid) == path:
+            del self._index[sop_instance_uid]
+
     # --- reading ---------------------------------------------------------------------
     def study_dir(self, study_instance_uid: str) -> Path:
         """The folder of a study (the UID is validated)."""
@@ -189,10 +287,16 @@ class Spool:
                 yield from self.instances(series_dir)
 
     def recover(self) -> int:
-        """Remove temporary files left by a crash; return how many were removed.
+        """Replay crashed processes' journals and remove leftover temporary files; return how many were removed.
 
-        Those instances were never acknowledged, so the peer sends them again.
+        Replayed instances were acknowledged and are written back where a
+        power loss left them missing or incomplete. Temporary files were never
+        acknowledged, so the peer sends them again.
         """
+        restored = replay_abandoned(self.root / JOURNAL_DIR, self._restore, self._holds)
+        if restored:
+            log.warning("restored %d instance(s) from the intake journal of a crashed listener in %s",
+                        restored, self.root)
         removed = 0
         for study in self.studies():
             study_dir = self.root / study

@@ -250,6 +250,10 @@ class Settings(BaseSettings):
         None, description="YAML rules for series classification; unset means the shipped rules"
     )
     max_pdu_size: int = Field(0, ge=0, description="largest PDU we accept; 0 means unlimited")
+    intake_journal_mb: int = Field(
+        64, ge=0, le=4096, description="size of the listener's intake journal, which makes each received instance "
+        "durable with one flush instead of two (file and folder); 0 turns it off"
+    )
 
     # --- queue and job store (worker) ----------------------------------------
     broker_url: str | None = Field(None, description="Celery broker; unset means the embedded filesystem broker")

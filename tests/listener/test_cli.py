@@ -39,6 +39,8 @@ def test_bench_ingest_reports_both_receivers(tmp_path, shared_data, capsys):
     report = json.loads(report_path.read_text())
     assert report["instances"] == 40
     assert report["storescp"]["all_received"] and report["neuroseg"]["all_received"]
+    assert report["neuroseg_two_flushes"]["all_received"]  # the same listener with the journal off
+    assert report["ratio_two_flushes"] > 0
     assert report["ratio"] == pytest.approx(report["neuroseg"]["instances_per_s"]
                                             / report["storescp"]["instances_per_s"], rel=0.01)
     assert "ratio neuroseg/storescp" in capsys.readouterr().out

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
+from neuroseg.listener.journal import JOURNAL_DIR
+
 TMPFS = Path("/dev/shm")
 
 
@@ -73,5 +75,6 @@ class FuzzTally:
 
 
 def files_under(root: Path) -> dict[str, Path]:
-    """Every file under ``root`` by its path relative to it."""
-    return {str(path.relative_to(root)): path for path in root.rglob("*") if path.is_file()}
+    """Every file under ``root`` by its path relative to it, except the intake journal."""
+    return {str(path.relative_to(root)): path for path in root.rglob("*")
+            if path.is_file() and JOURNAL_DIR not in path.relative_to(root).parts}

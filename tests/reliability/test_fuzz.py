@@ -63,7 +63,7 @@ def test_store_handler_survives_mutated_instances(scratch, ledger):
         tally.cases += 1
         root = Path(tempfile.mkdtemp(dir=scratch))
         try:
-            check_one_store(case, Spool(root), root, tally)
+            check_one_store(case, Spool(root, journal_bytes=1 << 20), root, tally)
         finally:
             shutil.rmtree(root, ignore_errors=True)
 

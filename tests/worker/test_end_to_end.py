@@ -101,8 +101,9 @@ def test_worker_killed_mid_inference_completes_once(broker, victim, request, tin
     broker_url = request.getfixturevalue("redis_server").url if broker == "redis" else None
     data_dir = tmp_path / "data"
     settings = make_settings(data_dir=data_dir, broker_url=broker_url, destinations=orthanc.destination)
+    # fp32: under bf16 the 60 MC samples can finish between two polls, and there is nothing left to kill
     env = worker_env(data_dir, broker_url, NEUROSEG_MODEL_PATH=str(tiny_checkpoint), NEUROSEG_MC_SAMPLES="60",
-                     NEUROSEG_DESTINATIONS=orthanc.destination)
+                     NEUROSEG_DESTINATIONS=orthanc.destination, NEUROSEG_CPU_BACKEND="fp32")
     worker = WorkerProcess(env, tmp_path / "worker.log").start()
     try:
         study = build_study(tmp_path / "spool", "e2e-kill", roles=("T1ce", "FLAIR"), shape=(16, 48, 48))
