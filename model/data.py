@@ -461,21 +461,59 @@ INTENSITY_OFFSET = 3.0
 """Intensity augmentation works on z-scored values shifted by this, so the head is mostly positive."""
 
 
+ROTATION_RADIANS = 0.26
+"""Largest rotation about each axis (15 degrees)."""
+SCALE_RANGE = (0.85, 1.15)
+"""Isotropic scaling: one factor for all three axes, as a head differs in size, not in proportions."""
+
+
+def _rand_rotate_scale(keys: list[str], modes: list[str]):  # noqa: ANN202 - a MONAI transform
+    """Rotation up to :data:`ROTATION_RADIANS` per axis and one isotropic scale, in one resampling.
+
+    MONAI's ``RandAffined`` draws a scale per axis (anisotropic) and chaining
+    ``RandRotated`` with ``RandZoomd`` resamples twice; this draws the
+    parameters with MONAI's random state and resamples once with ``Affine``.
+    """
+    from monai.transforms import Affine, MapTransform, RandomizableTransform
+
+    class RandRotateIsoScaled(RandomizableTransform, MapTransform):
+        def __init__(self) -> None:
+            RandomizableTransform.__init__(self, prob=1.0)
+            MapTransform.__init__(self, keys)
+
+        def randomize(self, data: object = None) -> None:
+            super().randomize(None)
+            self.angles = tuple(self.R.uniform(-ROTATION_RADIANS, ROTATION_RADIANS, 3))
+            self.scale = float(self.R.uniform(*SCALE_RANGE))
+
+        def __call__(self, data: dict) -> dict:
+            self.randomize()
+            affine = Affine(rotate_params=self.angles, scale_params=(self.scale,) * 3, padding_mode="zeros",
+                            image_only=True)
+            out = dict(data)
+            for key, mode in zip(self.keys, modes):
+                out[key] = affine(out[key], mode=mode)
+            return out
+
+    return RandRotateIsoScaled()
+
+
 @lru_cache(maxsize=8)
 def augmentation(channels: int, patch: int, spatial: bool = True):  # noqa: ANN201 - monai Compose
     """The MONAI dictionary transforms of one training sample.
 
-    On ``{"image": (S, P, P, P), "label": (1, P, P, P)}``:
-    rotation up to 15 degrees and scaling 0.85-1.15 (``RandAffined``), flips
-    (``RandFlipd`` per axis); the non-zero voxels of the moved image are kept
-    as ``inside``; then per sequence, each with its own draw:
-    gamma (``RandAdjustContrastd``), a smooth bias field (``RandBiasFieldd``),
+    On ``{"image": (S, P, P, P), "label": (1, P, P, P)}``: the non-zero
+    voxels are kept as ``inside`` (the head, present sequences); rotation up
+    to 15 degrees and one isotropic scale 0.85-1.15 move image, label and
+    ``inside`` together (:func:`_rand_rotate_scale`), then flips (``RandFlipd``
+    per axis); per sequence, each with its own draw: gamma
+    (``RandAdjustContrastd``), a smooth bias field (``RandBiasFieldd``),
     intensity scale and shift; Gaussian noise (``RandGaussianNoised``); thick
     slices in a quarter of the samples (``Zoomd`` with area averaging by 2 or 3
     along one axis, then ``Resized`` back: 6-9 mm slices at 3 mm); and
-    finally zero outside ``inside`` (``MaskIntensityd``), so
-    missing sequences and the outside of the head stay zero. Seed it with
-    ``set_random_state`` before each sample.
+    finally zero outside ``inside`` (``MaskIntensityd``), so missing sequences
+    and the outside of the head stay zero. Seed it with ``set_random_state``
+    before each sample.
     """
     from monai.transforms import (
         Compose,
@@ -487,7 +525,6 @@ def augmentation(channels: int, patch: int, spatial: bool = True):  # noqa: ANN2
         MaskIntensityd,
         OneOf,
         RandAdjustContrastd,
-        RandAffined,
         RandBiasFieldd,
         RandFlipd,
         RandGaussianNoised,
@@ -499,14 +536,11 @@ def augmentation(channels: int, patch: int, spatial: bool = True):  # noqa: ANN2
         Zoomd,
     )
 
-    all_keys = ["image", "label"]
-    steps = []
+    moved_keys = ["image", "label", "inside"]
+    steps = [CopyItemsd(keys="image", names="inside"), Lambdad(keys="inside", func=_non_zero)]
     if spatial:
-        steps.append(RandAffined(keys=all_keys, prob=1.0, rotate_range=(0.26, 0.26, 0.26),
-                                 scale_range=(0.15, 0.15, 0.15), mode=("bilinear", "nearest"),
-                                 padding_mode="zeros"))
-        steps += [RandFlipd(keys=all_keys, prob=0.5, spatial_axis=axis) for axis in range(3)]
-    steps += [CopyItemsd(keys="image", names="inside"), Lambdad(keys="inside", func=_non_zero)]
+        steps.append(_rand_rotate_scale(moved_keys, ["bilinear", "nearest", "nearest"]))
+        steps += [RandFlipd(keys=moved_keys, prob=0.5, spatial_axis=axis) for axis in range(3)]
     names = [f"image_{i}" for i in range(channels)]
     steps.append(SplitDimd(keys="image", output_postfixes=[str(i) for i in range(channels)], dim=0,
                            keepdim=True))
@@ -514,7 +548,8 @@ def augmentation(channels: int, patch: int, spatial: bool = True):  # noqa: ANN2
         steps += [
             ShiftIntensityd(keys=name, offset=INTENSITY_OFFSET),
             RandAdjustContrastd(keys=name, prob=1.0, gamma=(0.74, 1.35)),
-            RandBiasFieldd(keys=name, prob=1.0, degree=2, coeff_range=(-0.15, 0.15)),
+            # MONAI's degree-2 field has 10 terms with the constant: +-0.1 each
+            RandBiasFieldd(keys=name, prob=1.0, degree=2, coeff_range=(-0.1, 0.1)),
             RandScaleIntensityd(keys=name, prob=1.0, factors=0.1),
             ShiftIntensityd(keys=name, offset=-INTENSITY_OFFSET),
             RandShiftIntensityd(keys=name, prob=1.0, offsets=0.15),
@@ -526,7 +561,7 @@ def augmentation(channels: int, patch: int, spatial: bool = True):  # noqa: ANN2
                       Resized(keys="image", spatial_size=(patch,) * 3, mode="trilinear")])
              for axis in range(3) for factor in (2, 3)]
     steps += [OneOf([Identityd(keys="image"), *thick], weights=[0.75] + [0.25 / len(thick)] * len(thick)),
-              MaskIntensityd(keys="image", mask_key="inside")]
+              MaskIntensityd(keys="image", mask_key="inside"), DeleteItemsd(keys="inside")]
     return Compose(steps)
 
 

@@ -62,9 +62,11 @@ def test_store_handler_survives_mutated_instances(scratch, ledger):
     def check(case: MutatedInstance) -> None:
         tally.cases += 1
         root = Path(tempfile.mkdtemp(dir=scratch))
+        spool = Spool(root, journal_bytes=1 << 20)
         try:
-            check_one_store(case, Spool(root, journal_bytes=1 << 20), root, tally)
+            check_one_store(case, spool, root, tally)
         finally:
+            spool.close()  # its journal's file descriptor, or hundreds of cases exhaust the process's
             shutil.rmtree(root, ignore_errors=True)
 
     check()
