@@ -211,3 +211,24 @@ def test_augmented_batches_are_plain_tensors():
     # a MONAI MetaTensor here sends every operation of the training step through its metadata hook
     images, labels = augment_batch(torch.randn(2, 4, 16, 16, 16), torch.randint(0, 4, (2, 16, 16, 16)), seed=3)
     assert type(images) is torch.Tensor and type(labels) is torch.Tensor
+
+
+def test_spatial_augmentation_draws_one_scale_for_all_axes_and_moves_the_head_mask_with_the_image():
+    import torch
+
+    from neuroseg.model.data import ROTATION_RADIANS, SCALE_RANGE, _rand_rotate_scale
+
+    transform = _rand_rotate_scale(["image", "inside"], ["bilinear", "nearest"])
+    image = torch.zeros(1, 24, 24, 24)
+    image[:, 6:18, 6:18, 6:18] = 1.0
+    for seed in range(5):
+        transform.set_random_state(seed=seed)
+        out = transform({"image": image, "inside": image.clone()})
+        assert SCALE_RANGE[0] <= transform.scale <= SCALE_RANGE[1]
+        assert isinstance(transform.scale, float)  # one factor, not one per axis
+        assert all(abs(angle) <= ROTATION_RADIANS for angle in transform.angles)
+        # the mask is moved by the same transform (nearest), not recomputed from the moved image
+        moved_inside = torch.as_tensor(out["inside"])
+        assert set(moved_inside.unique().tolist()) <= {0.0, 1.0}
+        assert torch.equal(moved_inside > 0.5, torch.as_tensor(out["image"]) > 0.5) or \
+            (moved_inside.sum() - (torch.as_tensor(out["image"]) > 0.5).sum()).abs() < 0.05 * moved_inside.sum()
