@@ -26,6 +26,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from neuroseg.common.files import atomic_write
 from neuroseg.listener import durable_write
 from neuroseg.listener.journal import JOURNAL_DIR, SEGMENT_BYTES, IntakeJournal, replay_abandoned
 from neuroseg.listener.header_check import UID_PATTERN, InstanceHeader, check_uid
@@ -184,13 +185,7 @@ class Spool:
     def _restore(self, name: str, payload: bytes) -> None:
         path = self._journaled_path(name)
         path.parent.mkdir(parents=True, exist_ok=True)
-        temp = durable_write.temp_name(path)
-        try:
-            durable_write.write_new_file(temp, (payload,), durable=False)  # replay flushes once at the end
-            os.replace(temp, path)
-        except BaseException:
-            durable_write.unlink_quietly(temp)
-            raise
+        atomic_write(path, payload, fsync=False)  # the replay flushes once, at the end
 
     def _holds(self, name: str, payload: bytes) -> bool:
         path = self._journaled_path(name)
