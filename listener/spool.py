@@ -98,9 +98,8 @@ class Spool:
             If the file cannot be written (disk full, permissions); nothing is left
             at the final name then.
         """
-        study_dir = self.root / check_uid(header.study_instance_uid, "StudyInstanceUID")
-        series_dir = study_dir / check_uid(header.series_instance_uid, "SeriesInstanceUID")
-        path = series_dir / f"{check_uid(header.sop_instance_uid, 'SOPInstanceUID')}{INSTANCE_SUFFIX}"
+        path = self._instance_path(header.study_instance_uid, header.series_instance_uid, header.sop_instance_uid)
+        series_dir = path.parent
         existing = self._existing(header.sop_instance_uid)
         if existing is not None:
             return StoredInstance(existing, created=False, new_study=False)
@@ -162,7 +161,7 @@ class Spool:
         if self._journal.failed is not None:
             log.error("the intake journal failed (%s); instances are flushed the two-flush way until the "
                       "listener restarts, which replays it", self._journal.failed)
-            self.journal_bytes = 0  # the failed journal keeps its lock and is replayed at the next start
+            self.journal_bytes = 0  # kept open until close(), which checkpoints it; after a crash, replayed
             return None
         return self._journal
 
@@ -198,8 +197,12 @@ class Spool:
         study, series, file_name = name.split("/")
         if not file_name.endswith(INSTANCE_SUFFIX):
             raise ValueError(f"journal record {name!r} is not an instance path")
-        return (self.root / check_uid(study, "StudyInstanceUID") / check_uid(series, "SeriesInstanceUID")
-                / f"{check_uid(file_name[: -len(INSTANCE_SUFFIX)], 'SOPInstanceUID')}{INSTANCE_SUFFIX}")
+        return self._instance_path(study, series, file_name[: -len(INSTANCE_SUFFIX)])
+
+    def _instance_path(self, study_instance_uid: str, series_instance_uid: str, sop_instance_uid: str) -> Path:
+        """``<root>/<study>/<series>/<sop>.dcm``, each UID validated (so no name leaves the spool)."""
+        return (self.study_dir(study_instance_uid) / check_uid(series_instance_uid, "SeriesInstanceUID")
+                / f"{check_uid(sop_instance_uid, 'SOPInstanceUID')}{INSTANCE_SUFFIX}")
 
     def _make_dirs(self, series_dir: Path) -> bool:
         """Create the study and series folders (flushing their parents); True if the study is new."""
