@@ -8,7 +8,10 @@ Both receivers get the same N instances from DCMTK ``storescu`` over loopback:
   its intake journal (:mod:`neuroseg.listener.journal`) before it answers
   Success;
 - the same listener with the journal off (``NEUROSEG_INTAKE_JOURNAL_MB=0``):
-  temp file, fsync, rename, fsync of the folder, two flushes per instance.
+  temp file, fsync, rename, fsync of the folder, two flushes per instance;
+- pynetdicom alone: our AE with a C-STORE handler that answers Success at
+  once, checking and storing nothing. No handler of ours can be faster, so
+  its ratio to ``storescp`` is the ceiling of the listener's.
 
 The instances are copies of real MR files with fresh SOP Instance UIDs (one new
 study and series per bench run). The rounds alternate between the receivers and
@@ -301,6 +304,28 @@ def run_neuroseg(folders: list[Path], work: Path, journal: bool = True) -> tuple
     return seconds, received
 
 
+def run_pynetdicom_alone(folders: list[Path], work: Path) -> tuple[float, int]:
+    """One round against our AE answering Success without storing; returns (seconds, instances acknowledged)."""
+    from neuroseg.listener.scp import start_acknowledging_server
+
+    settings = load_settings(data_dir=work / "pynetdicom", port=_free_port(), bind_address="127.0.0.1",
+                             ae_title="NEUROSEG", allowed_calling_aes=[BENCH_AE_TITLE])
+    acknowledged = 0
+    lock = threading.Lock()
+
+    def count() -> None:
+        nonlocal acknowledged
+        with lock:
+            acknowledged += 1
+
+    server = start_acknowledging_server(settings, count)
+    try:
+        seconds = _storescu(folders, settings.port, settings.ae_title)
+    finally:
+        server.stop(drain_seconds=10)
+    return seconds, acknowledged
+
+
 def measure_durable_write(folder: Path, size: int, count: int = 50) -> float:
     """Milliseconds per durable write (temp file, fsync, rename, fsync folder) of ``size`` bytes in ``folder``.
 
@@ -351,6 +376,7 @@ def run_ingest_bench(source: Path, count: int, rounds: int, work_dir: Path | Non
             "storescp": run_storescp,
             "neuroseg": run_neuroseg,
             "neuroseg_two_flushes": lambda folders, work: run_neuroseg(folders, work, journal=False),
+            "pynetdicom_alone": run_pynetdicom_alone,
         }
         results = {name: ReceiverResult(name) for name in runners}
         for round_index in range(rounds):
@@ -383,10 +409,12 @@ def run_ingest_bench(source: Path, count: int, rounds: int, work_dir: Path | Non
             "all_received": all(value == count for value in result.received),
         }
     report["neuroseg"]["durable"] = report["neuroseg_two_flushes"]["durable"] = True
-    report["storescp"]["durable"] = False
+    report["storescp"]["durable"] = report["pynetdicom_alone"]["durable"] = False
     report["ratio"] = round(report["neuroseg"]["instances_per_s"] / report["storescp"]["instances_per_s"], 3)
     report["ratio_two_flushes"] = round(
         report["neuroseg_two_flushes"]["instances_per_s"] / report["storescp"]["instances_per_s"], 3)
+    report["ratio_pynetdicom_alone"] = round(
+        report["pynetdicom_alone"]["instances_per_s"] / report["storescp"]["instances_per_s"], 3)
     report["durable_write_ms"] = round(durable_write_ms, 2)
     report["durable_write_ceiling_per_s"] = round(1000.0 / durable_write_ms, 1)
     report["target_ratio"] = TARGET_RATIO
@@ -407,11 +435,13 @@ def format_report(report: dict[str, Any]) -> str:
         f"{'receiver':<34}{'instances/s':>12}{'all received':>14}",
     ]
     for name, label in (("storescp", "DCMTK storescp (no fsync)"), ("neuroseg", "neuroseg listen (journal)"),
-                        ("neuroseg_two_flushes", "neuroseg listen (journal off)")):
+                        ("neuroseg_two_flushes", "neuroseg listen (journal off)"),
+                        ("pynetdicom_alone", "pynetdicom alone (stores nothing)")):
         item = report[name]
         lines.append(f"{label:<34}{item['instances_per_s']:>12.1f}{str(item['all_received']):>14}")
     lines.append(f"ratio neuroseg/storescp: {report['ratio']:.2f} (target >= {report['target_ratio']}); "
-                 f"journal off: {report['ratio_two_flushes']:.2f}")
+                 f"journal off: {report['ratio_two_flushes']:.2f}; "
+                 f"pynetdicom alone (the listener's ceiling): {report['ratio_pynetdicom_alone']:.2f}")
     lines.append(f"one durable write (temp, fsync, rename, fsync folder) on this disk: "
                  f"{report['durable_write_ms']:.2f} ms, at most {report['durable_write_ceiling_per_s']:.0f} instances/s")
     return "\n".join(lines)

@@ -298,5 +298,21 @@ def start_server(
     return DicomServer(ae, cast(ThreadedAssociationServer, server))  # block=False returns the server
 
 
+def start_acknowledging_server(settings: Settings, on_store: Callable[[], None]) -> DicomServer:
+    """Our AE, whose C-STORE handler calls ``on_store`` and answers Success without checking or storing.
+
+    For ``neuroseg bench ingest`` only: the rate pynetdicom itself reaches with
+    our AE and a sender, which bounds any handler we write.
+    """
+    def acknowledge(event: evt.Event) -> int:
+        on_store()
+        return StoreStatus.SUCCESS
+
+    ae = build_ae(settings)
+    server = ae.start_server((settings.bind_address, settings.port), block=False,
+                             evt_handlers=[(evt.EVT_C_STORE, acknowledge)])
+    return DicomServer(ae, cast(ThreadedAssociationServer, server))
+
+
 __all__ = ["DicomServer", "StoreStatus", "build_ae", "build_ssl_context", "handle_echo", "handle_store",
-           "start_server"]
+           "start_acknowledging_server", "start_server"]

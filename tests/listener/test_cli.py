@@ -41,6 +41,9 @@ def test_bench_ingest_reports_both_receivers(tmp_path, shared_data, capsys):
     assert report["storescp"]["all_received"] and report["neuroseg"]["all_received"]
     assert report["neuroseg_two_flushes"]["all_received"]  # the same listener with the journal off
     assert report["ratio_two_flushes"] > 0
+    # pynetdicom answering without storing: the ceiling, acknowledged every instance and is not durable
+    assert report["pynetdicom_alone"]["received"] == [40] and not report["pynetdicom_alone"]["durable"]
+    assert report["ratio_pynetdicom_alone"] > 0
     assert report["ratio"] == pytest.approx(report["neuroseg"]["instances_per_s"]
                                             / report["storescp"]["instances_per_s"], rel=0.01)
     assert "ratio neuroseg/storescp" in capsys.readouterr().out
