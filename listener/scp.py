@@ -47,6 +47,7 @@ from typing import Any, cast
 
 from pynetdicom import (
     ALL_TRANSFER_SYNTAXES,
+    _config as pynetdicom_config,
     AE,
     PYNETDICOM_IMPLEMENTATION_UID,
     PYNETDICOM_IMPLEMENTATION_VERSION,
@@ -126,6 +127,10 @@ def build_ssl_context(settings: Settings) -> ssl.SSLContext | None:
 
 def build_ae(settings: Settings) -> AE:
     """Our Application Entity: its title, the accepted contexts and the association checks."""
+    # pynetdicom's own event logging formats every PDU and DIMSE message, and copies each
+    # received data set, even when its logger drops the lines: off unless they would be shown
+    shown = logging.getLogger("pynetdicom").isEnabledFor(logging.INFO)
+    pynetdicom_config.LOG_HANDLER_LEVEL = "standard" if shown else "none"
     ae = AE(ae_title=settings.ae_title)
     ae.require_called_aet = True
     ae.require_calling_aet = list(settings.allowed_calling_aes)
