@@ -369,6 +369,21 @@ def test_missing_tls_file_is_named(make_settings, tmp_path):
         build_ssl_context(settings)
 
 
+@pytest.mark.parametrize(("level", "handlers"), [(logging.WARNING, "none"), (logging.INFO, "standard")])
+def test_pynetdicom_event_logging_runs_only_when_its_lines_are_shown(make_settings, monkeypatch, level, handlers):
+    from neuroseg.listener.scp import build_ae
+
+    monkeypatch.setattr(_config, "LOG_HANDLER_LEVEL", _config.LOG_HANDLER_LEVEL)  # restored after the test
+    pynetdicom_log = logging.getLogger("pynetdicom")
+    previous = pynetdicom_log.level
+    pynetdicom_log.setLevel(level)  # setLevel, not the attribute: it clears logging's level cache
+    try:
+        build_ae(make_settings())
+    finally:
+        pynetdicom_log.setLevel(previous)
+    assert _config.LOG_HANDLER_LEVEL == handlers
+
+
 def test_decisions_are_passed_to_the_event_sink(start_listener, shared_data, tmp_path, raw_send):
     events: list[tuple[str, str, str]] = []
     listener = start_listener(on_event=lambda *event: events.append(event))
