@@ -62,7 +62,9 @@ docker info >/dev/null 2>&1 || fail "docker cannot reach a daemon (docker info f
 # DCMTK's storescu, not pynetdicom's (a Python environment on PATH ships one of the same name)
 storescu=""
 for candidate in $(type -ap storescu); do
-  if "$candidate" --version 2>/dev/null | grep -qi dcmtk; then storescu="$candidate"; break; fi
+  # grep without -q reads to the end: with -q it may exit first, storescu then dies of SIGPIPE
+  # and pipefail makes the match a failure
+  if "$candidate" --version 2>/dev/null | grep -i dcmtk >/dev/null; then storescu="$candidate"; break; fi
 done
 [ -n "$storescu" ] || fail "DCMTK's storescu is not installed (or only pynetdicom's is on PATH)"
 command -v python3 >/dev/null || fail "python3 is not installed"
@@ -251,7 +253,7 @@ healthy() {
     esac
   done
   # the worker has no healthcheck: it is ready when Celery says so
-  compose logs worker-cpu 2>&1 | grep -q "ready\." || { echo "worker-cpu: not ready"; return; }
+  compose logs worker-cpu 2>&1 | grep "ready\." >/dev/null || { echo "worker-cpu: not ready"; return; }
   echo "all healthy"
 }
 wait_for 300 "^all healthy$" healthy >/dev/null || fail "not healthy after 300 s: $(healthy)"
