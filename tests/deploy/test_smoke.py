@@ -1,7 +1,7 @@
 """The compose stack for real: deploy/smoke.sh builds the images and runs a study end to end.
 
 Slow: a cold run builds a debootstrap base and four images, then runs two real
-studies (about 12 min on two cores; warm, about 6). It runs in CI, where
+studies (about 10 min cold on two cores, measured 573 s). It runs in CI, where
 ``.ci/run`` installs docker and starts its daemon, and with
 ``RUN_COMPOSE_SMOKE=1``; there it fails, not skips, where docker cannot run.
 Elsewhere (a developer's plain ``pytest`` without docker) it is skipped.
