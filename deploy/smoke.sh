@@ -16,6 +16,10 @@
 #   SMOKE_BASE_IMAGE     base image for every image (default: one made here with debootstrap)
 #   SMOKE_TORCH_WHEELS   folder holding the torch CPU wheel (default: what pip finds locally)
 #   SMOKE_KEEP=1         leave the stack running at the end or on a failure
+#   SMOKE_REMOVE_IMAGES=1  at the end, remove the images this script built and docker's
+#                        build cache, leaving docker's disk as it was (the test suite does)
+#   SMOKE_MIN_FREE_GB    free disk that docker's data folder needs before a build
+#                        (default: by storage driver, from measured runs; see deploy/README.md)
 #   SMOKE_TIMEOUT        seconds allowed for each study (default 1500)
 # It prints "SMOKE FAILED: <step>: <why>" and exits 1 at the first failing step,
 # and "SMOKE OK" with the measured figures at the end.
@@ -59,6 +63,16 @@ image_hash() { docker image inspect -f '{{ index .Config.Labels "io.neuroseg.smo
 
 step "prerequisites"
 docker info >/dev/null 2>&1 || fail "docker cannot reach a daemon (docker info failed)"
+read -r storage_driver docker_root < <(docker info -f '{{.Driver}} {{.DockerRootDir}}')
+# vfs keeps a full copy of every layer and of every container's file system
+case "$storage_driver" in vfs) min_free_gb=40 ;; *) min_free_gb=12 ;; esac
+min_free_gb="${SMOKE_MIN_FREE_GB:-$min_free_gb}"
+free_gb=$(( $(df -Pk "$docker_root" 2>/dev/null | awk 'NR == 2 {print $4}' || echo 0) / 1048576 ))
+echo "docker storage $storage_driver in $docker_root: $free_gb GB free"
+disk_used_kb() { df -Pk "$docker_root" | awk 'NR == 2 {print $3}'; }
+used_at_start_kb=$(disk_used_kb)
+[ "$free_gb" -ge "$min_free_gb" ] \
+  || fail "$free_gb GB free in $docker_root, the $storage_driver storage driver needs $min_free_gb GB (SMOKE_MIN_FREE_GB)"
 # DCMTK's storescu, not pynetdicom's (a Python environment on PATH ships one of the same name)
 storescu=""
 for candidate in $(type -ap storescu); do
@@ -113,6 +127,13 @@ teardown() {
   fi
   if [ -f "$work/compose.env" ]; then compose down -v --remove-orphans >/dev/null 2>&1 || true; fi
   rm -rf "$work"
+  if [ "${SMOKE_REMOVE_IMAGES:-0}" = 1 ]; then
+    local built=(neuroseg:smoke "$prefix"/redis:bookworm "$prefix"/postgres:bookworm "$prefix"/orthanc:bookworm)
+    [ -n "${SMOKE_BASE_IMAGE:-}" ] || built+=("$prefix"/base:bookworm)
+    docker image rm -f "${built[@]}" >/dev/null 2>&1 || true
+    docker builder prune -af >/dev/null 2>&1 || true
+    echo "removed the images and the build cache: docker uses $(du -sh "$docker_root" 2>/dev/null | cut -f1) in $docker_root"
+  fi
 }
 trap teardown EXIT
 
@@ -307,8 +328,10 @@ read -r _ _ _ jobs state attempts <<<"$out"
 echo "results in Orthanc: $out: one job, $attempts attempts ($(( $(date +%s) - trip2_started )) s)"
 
 step "tear down"
+disk_mb=$(( ($(disk_used_kb) - used_at_start_kb) / 1024 ))
 compose down -v --remove-orphans >/dev/null 2>&1 || fail "compose down failed"
 rm -f "$work/compose.env"
 echo "SMOKE OK: image $(( image_size / 1000000 )) MB (built in $build_seconds s, 0: reused)," \
   "stack healthy in $healthy_seconds s, round trip of a study $round_trip s," \
+  "disk used on the $storage_driver driver $disk_mb MB," \
   "total $(( $(date +%s) - started )) s"
