@@ -306,6 +306,7 @@ class StudyAssembler:
         self, study_instance_uid: str, calling_ae_titles: set[str] | None = None
     ) -> tuple[StudyManifest, list[str]]:
         """Classify the series of a spooled study; return the manifest and the missing roles."""
+        self.spool.wait_for_files()  # acknowledged instances whose files are still being written
         headers: list[SeriesHeader] = []
         folders: dict[str, Path] = {}
         first_dataset: Any = None

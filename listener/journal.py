@@ -5,17 +5,20 @@ Making a new file durable takes two flushes: the file (its data) and its folder
 and together they were most of the listener's time per instance. The journal
 makes an instance durable with one flush of a file that already exists:
 
-1. the instance is written at its final name in the spool, temp file and
-   rename, without a flush;
+1. the instance is queued for its spool file (temp file and rename, without
+   a flush), which a background thread writes
+   (:mod:`neuroseg.listener.write_behind`);
 2. it is appended as a record to a journal file whose blocks were
    zero-filled and flushed when it was created, and the journal is flushed
    with ``fdatasync`` (an overwrite inside allocated blocks: the data and a
    cache flush, no file-system metadata). Only then is Success answered;
 3. a **checkpoint** flushes the whole file system once (``syncfs``), after
    which every spool file written before it is durable on its own, and the
-   journal is emptied by starting a new generation. Because a spool file is
-   written before its record, every record a checkpoint discards belongs to
-   a file that checkpoint flushed. Checkpoints happen when
+   journal is emptied by starting a new generation. A checkpoint first waits
+   until every queued spool file is written (its ``before_checkpoint``), and an
+   instance is queued before its record is appended, so every record a
+   checkpoint discards belongs to a file that checkpoint flushed. Checkpoints
+   happen when
    the journal is full, a few seconds after the last record, before a study
    is handed over to the queue (so the worker never reads an instance that
    exists only in the journal) and when the listener stops.
@@ -115,12 +118,14 @@ class IntakeJournal:
         writes it the two-flush way.
     """
 
-    def __init__(self, folder: Path, segment_bytes: int = SEGMENT_BYTES) -> None:
+    def __init__(self, folder: Path, segment_bytes: int = SEGMENT_BYTES,
+                 before_checkpoint: Callable[[], None] | None = None) -> None:
         if segment_bytes <= _HEADER_BYTES:
             raise ValueError(f"segment_bytes={segment_bytes}: must exceed the {_HEADER_BYTES}-byte header")
         self.folder = Path(folder)
         self.segment_bytes = segment_bytes
         self.path = self.folder / f"intake-{uuid.uuid4().hex}{JOURNAL_SUFFIX}"
+        self._before_checkpoint = before_checkpoint  # waits for spool files written behind (write_behind)
         self._condition = threading.Condition()
         self._fd: int | None = None
         self._generation = 1
@@ -246,6 +251,8 @@ class IntakeJournal:
         while self._flushing:  # a shared flush of the current generation is in progress
             self._condition.wait()
         assert self._fd is not None
+        if self._before_checkpoint is not None:
+            self._before_checkpoint()  # raises while a file cannot be written: its record is kept
         sync_file_system(self._fd)
         self._generation += 1
         os.pwrite(self._fd, _FILE_HEADER.pack(_FILE_MAGIC, self._generation), 0)

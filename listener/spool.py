@@ -6,9 +6,11 @@ Layout (all names are validated UIDs, so nothing a peer sends can leave the spoo
     <spool>/<StudyInstanceUID>/.study.json          first arrival, calling AE titles
     <spool>/<StudyInstanceUID>/.handed-over.json    written after the hand-off to the queue
 
-Each instance is checked by :mod:`neuroseg.listener.header_check`, written at its
-final name (temporary file and rename) and made durable by one flush of the
-intake journal (:mod:`neuroseg.listener.journal`) before Success. An instance
+Each instance is checked by :mod:`neuroseg.listener.header_check` and made
+durable by one flush of the intake journal (:mod:`neuroseg.listener.journal`)
+before Success; its file at the final name (temporary file and rename) is
+written behind, by a background thread (:mod:`neuroseg.listener.write_behind`),
+and every checkpoint of the journal waits for those files. An instance
 too large for the journal is flushed the two-flush way instead
 (:mod:`neuroseg.listener.durable_write`: file, then folder).
 :meth:`Spool.recover` replays the journals of crashed processes and removes
@@ -28,6 +30,7 @@ from pathlib import Path
 
 from neuroseg.common.files import atomic_write
 from neuroseg.listener import durable_write
+from neuroseg.listener.write_behind import WriteBehind
 from neuroseg.listener.journal import JOURNAL_DIR, SEGMENT_BYTES, IntakeJournal, replay_abandoned
 from neuroseg.listener.header_check import UID_PATTERN, InstanceHeader, check_uid
 
@@ -80,6 +83,7 @@ class Spool:
         self._journal: IntakeJournal | None = None
         self._journal_lock = threading.Lock()
         self._journal_retry_at = 0.0
+        self._write_behind = WriteBehind(self._write_spool_file)
 
     # --- writing ---------------------------------------------------------------
     def store(self, header: InstanceHeader, parts: Sequence[bytes | memoryview]) -> StoredInstance:
@@ -106,18 +110,28 @@ class Spool:
         new_study = self._make_dirs(series_dir)
         name = path.relative_to(self.root).as_posix()
         journal = self.open_journal()
-        if journal is not None and not journal.fits(name, sum(len(part) for part in parts)):
-            journal = None
-        flush_file = self.durable and journal is None
+        if journal is not None and journal.fits(name, sum(len(part) for part in parts)):
+            failure = self._write_behind.failure
+            if failure is not None:  # a full disk: refuse now rather than fill the journal
+                raise OSError(failure.errno, f"spool files cannot be written: {failure.strerror or failure}")
+            with self._lock:
+                existing = self._existing(header.sop_instance_uid)
+                if existing is not None:  # another association stored it meanwhile
+                    return StoredInstance(existing, created=False, new_study=False)
+                # queued before its record: a checkpoint between the two still waits for the file
+                pending = self._write_behind.submit(header.sop_instance_uid, path, parts)
+                self._index_add(header.sop_instance_uid, path)
+            try:
+                journal.append(name, parts)
+            except BaseException:
+                with self._lock:  # not durable: the peer gets a failure and sends it again
+                    self._write_behind.cancel(pending)
+                    self._index_forget(header.sop_instance_uid, path)
+                raise
+            return StoredInstance(path, created=True, new_study=new_study)
         temp = durable_write.temp_name(path)
         try:
-            try:
-                durable_write.write_new_file(temp, parts, flush_file)
-            except FileNotFoundError:
-                # the folders were removed since we made them (retention): make them again
-                self._known_dirs.difference_update({series_dir, series_dir.parent})
-                new_study = self._make_dirs(series_dir)
-                durable_write.write_new_file(temp, parts, flush_file)
+            new_study = self._write_file(temp, parts, self.durable) or new_study
             with self._lock:
                 existing = self._existing(header.sop_instance_uid)
                 if existing is not None:  # another association stored it meanwhile
@@ -128,17 +142,39 @@ class Spool:
         except BaseException:
             durable_write.unlink_quietly(temp)
             raise
-        if journal is not None:
-            try:
-                journal.append(name, parts)  # written before its record: a checkpoint covers it
-            except BaseException:
-                with self._lock:  # not durable: the peer gets a failure and sends it again
-                    self._index_forget(header.sop_instance_uid, path)
-                    durable_write.unlink_quietly(path)
-                raise
-        elif self.durable:
+        if self.durable:
             self._flusher.flush(series_dir)
         return StoredInstance(path, created=True, new_study=new_study)
+
+    def _write_file(self, temp: Path, parts: Sequence[bytes | memoryview], flush: bool) -> bool:
+        """Write ``temp``; True if its study folder had to be made again (it was removed since)."""
+        try:
+            durable_write.write_new_file(temp, parts, flush)
+            return False
+        except FileNotFoundError:
+            # the folders were removed since we made them (retention): make them again
+            series_dir = temp.parent
+            self._known_dirs.difference_update({series_dir, series_dir.parent})
+            new_study = self._make_dirs(series_dir)
+            durable_write.write_new_file(temp, parts, flush)
+            return new_study
+
+    def _write_spool_file(self, path: Path, parts: Sequence[bytes | memoryview]) -> None:
+        """The write-behind thread's write: temp file and rename, unflushed (the checkpoint flushes)."""
+        temp = durable_write.temp_name(path)
+        try:
+            self._write_file(temp, parts, flush=False)
+            os.replace(temp, path)
+        except BaseException:
+            durable_write.unlink_quietly(temp)
+            raise
+
+    def wait_for_files(self) -> None:
+        """Return once every acknowledged instance has its spool file (before listing them to classify).
+
+        Raises OSError while a file cannot be written (it stays in the journal).
+        """
+        self._write_behind.drain()
 
     # --- intake journal -------------------------------------------------------------
     def open_journal(self) -> IntakeJournal | None:
@@ -151,7 +187,8 @@ class Spool:
             with self._journal_lock:
                 if self._journal is None:
                     try:
-                        self._journal = IntakeJournal(self.root / JOURNAL_DIR, self.journal_bytes).open()
+                        self._journal = IntakeJournal(self.root / JOURNAL_DIR, self.journal_bytes,
+                                                      before_checkpoint=self._write_behind.drain).open()
                     except OSError as exc:  # a full or small spool disk: it needs journal_bytes free
                         self._journal_retry_at = time.monotonic() + JOURNAL_RETRY_SECONDS
                         log.warning("cannot create the %d MB intake journal in %s (%s); instances are flushed "
@@ -179,7 +216,8 @@ class Spool:
         with self._journal_lock:
             journal, self._journal = self._journal, None
         if journal is not None:
-            journal.close()
+            journal.close()  # its checkpoint waits for the files written behind
+        self._write_behind.close()
 
     def _restore(self, name: str, payload: bytes) -> None:
         path = self._journaled_path(name)
@@ -229,6 +267,9 @@ class Spool:
     # --- duplicate index ------------------------------------------------------------
     def _existing(self, sop_instance_uid: str) -> Path | None:
         """The stored file of this SOP Instance UID, if any (the index is built on first use)."""
+        pending = self._write_behind.holds(sop_instance_uid)
+        if pending is not None:  # acknowledged, its file not written yet
+            return pending
         if self._index is None:
             with self._index_lock:
                 if self._index is None:

@@ -8,6 +8,7 @@ import random
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pydicom
@@ -245,18 +246,35 @@ def test_full_disk_gets_a700_and_keeps_what_was_acknowledged(listener, shared_da
     files = series_files(shared_data, "siemens-prisma-t1-sagittal-prone")[:4]
     assoc = associate(listener)
     assert assoc.send_c_store(files[0]).Status == 0
+    listener.spool.wait_for_files()
     real_write = durable_write.write_new_file
 
     def full(path, parts, durable):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
     monkeypatch.setattr(durable_write, "write_new_file", full)
-    assert assoc.send_c_store(files[1]).Status == StoreStatus.OUT_OF_RESOURCES
+    # durable in the journal (its blocks were allocated at start): Success; its file is written behind
+    assert assoc.send_c_store(files[1]).Status == 0
+    deadline = time.monotonic() + 10
+    while listener.spool._write_behind.failure is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert listener.spool._write_behind.failure is not None
+    with pytest.raises(OSError, match="No space left"):
+        listener.spool.checkpoint()  # the journal keeps the record the spool file lacks
+    assert assoc.send_c_store(files[2]).Status == StoreStatus.OUT_OF_RESOURCES
     monkeypatch.setattr(durable_write, "write_new_file", real_write)
-    assert assoc.send_c_store(files[1]).Status == 0  # the peer's retry succeeds once there is room
+    deadline = time.monotonic() + 10
+    while True:  # the writer tries again every second
+        try:
+            listener.spool.wait_for_files()
+            break
+        except OSError:
+            assert time.monotonic() < deadline, "the file written behind never reached the spool"
+            time.sleep(0.1)
+    assert assoc.send_c_store(files[2]).Status == 0  # the peer's retry succeeds once there is room
     assoc.release()
     stored = {path.stem for path in listener.spool.instance_files()}
-    assert stored == {pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID for path in files[:2]}
+    assert stored == {pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID for path in files[:3]}
 
 
 def test_peer_aborting_mid_association_loses_nothing_acknowledged(listener, shared_data, raw_send):
