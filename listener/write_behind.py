@@ -104,6 +104,8 @@ class WriteBehind:
             if pending.state == "queued":
                 self._queue.remove(pending)
                 self._forget(pending)
+                if not self._queue and self._writing is None:
+                    self._error = None  # the file that failed was this one: nothing is left to refuse for
             written = pending.state == "written"
             pending.state = "cancelled"
         if written:

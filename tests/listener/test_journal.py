@@ -114,20 +114,26 @@ def test_concurrent_associations_share_flushes_and_every_record_checks(tmp_path,
 
 
 _CRASHING_LISTENER = """
-import os, sys
+import os, sys, threading
+from neuroseg.listener import durable_write
 from neuroseg.listener.header_check import InstanceHeader
 from neuroseg.listener.spool import Spool
+if sys.argv[2] == "pending":  # the write-behind thread never gets to write a file
+    durable_write.write_new_file = lambda path, parts, durable: threading.Event().wait()
 spool = Spool(sys.argv[1])
 for index in range(20):
     uid = f"1.2.3.4.{100 + index}"
     spool.store(InstanceHeader("1.2.840.10008.5.1.4.1.1.4", uid, "1.2.3.4", "1.2.3.4.1", "1.2.840.10008.1.2.1"),
                 [b"DICM", uid.encode() * 50])
+if sys.argv[2] == "written":
+    spool.wait_for_files()
 os._exit(0)  # like kill -9: no checkpoint, the journal stays
 """
 
 
-def _crash_after_storing_twenty(root: Path) -> None:
-    subprocess.run([sys.executable, "-c", _CRASHING_LISTENER, str(root)], check=True, timeout=120)
+def _crash_after_storing_twenty(root: Path, files: str = "written") -> None:
+    """A listener process that acknowledged 20 instances dies; ``files``: "written" or "pending" behind."""
+    subprocess.run([sys.executable, "-c", _CRASHING_LISTENER, str(root), files], check=True, timeout=120)
 
 
 def test_replay_after_a_power_loss_restores_every_acknowledged_instance(tmp_path):
@@ -154,6 +160,17 @@ def test_a_crashed_process_leaves_every_file_and_replay_changes_nothing(tmp_path
     monkeypatch.setattr(spool, "_restore", lambda name, payload: restores.append(name))
     spool.recover()
     assert restores == [] and len(list(spool.instance_files())) == 20
+
+
+def test_a_crash_before_any_file_was_written_behind_loses_nothing_acknowledged(tmp_path):
+    root = tmp_path / "spool"
+    _crash_after_storing_twenty(root, files="pending")
+    assert list(Spool(root).instance_files()) == []  # only the journal holds them
+    recovered = Spool(root)
+    recovered.recover()
+    assert {path.name: path.read_bytes() for path in recovered.instance_files()} == {
+        f"1.2.3.4.{100 + index}.dcm": b"DICM" + f"1.2.3.4.{100 + index}".encode() * 50 for index in range(20)}
+    assert _journal_files(root) == []
 
 
 def test_the_journal_of_a_running_listener_is_not_replayed(tmp_path):
