@@ -320,7 +320,8 @@ class Spool:
         )
 
     def instance_files(self) -> Iterator[Path]:
-        """Every stored instance in the spool."""
+        """Every stored instance in the spool, once the files written behind are there (see :meth:`wait_for_files`)."""
+        self.wait_for_files()
         for study in self.studies():
             for series_dir in self.series_dirs(study):
                 yield from self.instances(series_dir)

@@ -85,6 +85,7 @@ def split_file(path: Path | bytes) -> tuple[pydicom.Dataset, bytes]:
 
 
 def spool_path(service: ListenerService, dataset: pydicom.Dataset) -> Path:
+    service.spool.wait_for_files()  # acknowledged instances' files are written behind
     return (service.spool.root / dataset.StudyInstanceUID / dataset.SeriesInstanceUID
             / f"{dataset.SOPInstanceUID}.dcm")
 

@@ -83,6 +83,7 @@ def check_one_store(case: MutatedInstance, spool: Spool, root: Path, tally: Fuzz
         warnings.simplefilter("ignore")
         status = handle_store(event, spool)
     assert status != StoreStatus.PROCESSING_FAILURE, f"handler hit an unexpected error on {case.description}"
+    spool.wait_for_files()  # an acknowledged instance's file is written behind
     stored = files_under(root)
     if status == StoreStatus.SUCCESS:
         tally.accepted += 1
@@ -95,6 +96,7 @@ def check_one_store(case: MutatedInstance, spool: Spool, root: Path, tally: Fuzz
         assert content[len(expected):] == case.dataset, f"stored bytes differ from the sent data set: {case.description}"
         # a second copy is acknowledged and stored once
         assert handle_store(event, spool) == StoreStatus.SUCCESS
+        spool.wait_for_files()
         assert files_under(root).keys() == stored.keys() and path.read_bytes() == content
     else:
         tally.refused += 1
